@@ -1,0 +1,76 @@
+//! Parsing of the durations users type on the command line and in annotations.
+
+use std::time::Duration;
+
+/// A duration that could not be parsed; the message says what was expected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParseDurationError {
+    input: String,
+    reason: String,
+}
+
+impl std::fmt::Display for ParseDurationError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "invalid duration {:?}: {} (write seconds as a number, e.g. `30` or `1.5`, \
+             or with a unit, e.g. `250ms`, `90s`, `2m`, `1h 30m`)",
+            self.input, self.reason
+        )
+    }
+}
+
+impl std::error::Error for ParseDurationError {}
+
+/// Parses `30`, `1.5` (seconds, as Kubernetes writes them) or `250ms`, `90s`, `2m`, `1h 30m`.
+///
+/// Bare numbers are seconds because that is how `terminationGracePeriodSeconds` and every
+/// probe field are written; units go through `humantime`.
+pub fn parse_duration(input: &str) -> Result<Duration, ParseDurationError> {
+    let s = input.trim();
+    let err = |reason: &str| ParseDurationError {
+        input: input.to_owned(),
+        reason: reason.to_owned(),
+    };
+    if s.is_empty() {
+        return Err(err("empty"));
+    }
+    if s.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        let secs: f64 = s.parse().map_err(|_| err("not a number"))?;
+        return Duration::try_from_secs_f64(secs).map_err(|_| err("out of range"));
+    }
+    humantime::parse_duration(s).map_err(|e| err(&e.to_string()))
+}
+
+/// Formats a duration as seconds with millisecond precision, e.g. `12.345s`.
+pub fn fmt_secs(d: Duration) -> String {
+    format!("{:.3}s", d.as_secs_f64())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bare_numbers_are_seconds() {
+        assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration(" 0 "), Ok(Duration::ZERO));
+    }
+
+    #[test]
+    fn units() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1h 30m"), Ok(Duration::from_secs(5400)));
+    }
+
+    #[test]
+    fn errors_name_the_input_and_the_fix() {
+        let e = parse_duration("soon").unwrap_err().to_string();
+        assert!(e.contains("\"soon\""), "{e}");
+        assert!(e.contains("250ms"), "{e}");
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("1.2.3").is_err());
+    }
+}
