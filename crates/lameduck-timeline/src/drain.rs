@@ -1,0 +1,819 @@
+//! The drain state machine: serving → announcing → finishing → deadline → done.
+//!
+//! Sans-IO in the style of `quinn-proto`: the driver feeds events with the current time
+//! (`drain`, `request_started`, `request_finished`, `child_exited`, `handle_timeout`), then
+//! takes the resulting [`Action`]s with [`DrainMachine::poll_action`] and sleeps until
+//! [`DrainMachine::poll_timeout`]. Time is a [`Duration`] since an origin the driver picks;
+//! the gate uses real time, the rehearsal and the simulator virtual time.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::pod::{Budget, Convergence};
+
+/// A point in time: the offset from the driver's origin.
+pub type Time = Duration;
+
+/// What started a drain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Trigger {
+    /// The admin `/drain` endpoint (a preStop httpGet, an operator, a controller).
+    Endpoint,
+    /// SIGTERM or SIGINT.
+    Signal,
+    /// The drain marker file appeared.
+    MarkerFile,
+}
+
+impl Trigger {
+    /// Lower-case name, as in logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Endpoint => "endpoint",
+            Trigger::Signal => "signal",
+            Trigger::MarkerFile => "marker_file",
+        }
+    }
+}
+
+/// The phases of a drain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Normal operation.
+    Serving,
+    /// Unready; still serving while load balancers converge; telling clients to go elsewhere.
+    Announcing,
+    /// New arrivals refused; in-flight work finishing.
+    Finishing,
+    /// The budget ran out: streams are being ended cleanly, the rest aborted.
+    Deadline,
+    /// Nothing in flight any more.
+    Done,
+}
+
+impl Phase {
+    /// All phases in order.
+    pub const ALL: [Phase; 5] = [
+        Phase::Serving,
+        Phase::Announcing,
+        Phase::Finishing,
+        Phase::Deadline,
+        Phase::Done,
+    ];
+
+    /// Lower-case name, as in logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Serving => "serving",
+            Phase::Announcing => "announcing",
+            Phase::Finishing => "finishing",
+            Phase::Deadline => "deadline",
+            Phase::Done => "done",
+        }
+    }
+}
+
+/// How a request that is starting must be treated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// Serve it normally.
+    Serve,
+    /// Serve it, and tell the client to go elsewhere next time (`Connection: close`).
+    ServeAndClose,
+    /// Refuse it: 503 with `Retry-After` and `Connection: close`. Not counted as in flight.
+    Refuse,
+}
+
+/// How a request ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Completed normally (whatever the status code the upstream chose).
+    Ok,
+    /// The upstream could not be reached or failed mid-response.
+    UpstreamError,
+    /// Refused because the drain had reached the finishing phase.
+    RejectedDraining,
+    /// Ended by the deadline: a stream closed with the terminal event, a response not yet
+    /// started answered 503, or any other response aborted.
+    Truncated,
+    /// The client went away first.
+    ClientAbort,
+}
+
+impl Outcome {
+    /// All outcomes.
+    pub const ALL: [Outcome; 5] = [
+        Outcome::Ok,
+        Outcome::UpstreamError,
+        Outcome::RejectedDraining,
+        Outcome::Truncated,
+        Outcome::ClientAbort,
+    ];
+
+    /// Lower-case name, as in logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::UpstreamError => "upstream_error",
+            Outcome::RejectedDraining => "rejected_draining",
+            Outcome::Truncated => "truncated",
+            Outcome::ClientAbort => "client_abort",
+        }
+    }
+}
+
+/// What the driver must do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Fail readiness from now on.
+    GoUnready,
+    /// Tell every client to go elsewhere: close idle keep-alive connections, send HTTP/2
+    /// GOAWAY, add `Connection: close` to HTTP/1.1 responses.
+    Announce,
+    /// Refuse new arrivals from now on.
+    StartRefusing,
+    /// The deadline: end every stream at an event boundary with the terminal event, answer
+    /// requests whose response has not started with 503, abort the rest.
+    EndStreams,
+    /// Nothing is in flight any more (or the deadline passed): the drain report is final.
+    Drained,
+    /// Send SIGTERM to the child.
+    SignalChild,
+    /// Send SIGKILL to the child.
+    KillChild,
+    /// Exit the process.
+    Exit,
+}
+
+/// A request to drain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DrainRequest {
+    /// What asked for it.
+    pub trigger: Trigger,
+    /// Time of the grace period already spent before this trigger fired.
+    pub already_spent: Duration,
+    /// End in-flight work no later than this long from now (a spot notice, an operator's
+    /// deadline). Can only shorten the budget.
+    pub deadline: Option<Duration>,
+    /// Stop the child and exit once drained (SIGTERM); `/drain` and the marker file only drain.
+    pub exit: bool,
+}
+
+impl DrainRequest {
+    /// A request from `trigger` with nothing spent, no explicit deadline, no exit.
+    pub fn new(trigger: Trigger) -> Self {
+        DrainRequest {
+            trigger,
+            already_spent: Duration::ZERO,
+            deadline: None,
+            exit: false,
+        }
+    }
+}
+
+/// Whether a drain request started a drain or joined the one under way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Join {
+    /// This request started the drain.
+    Started,
+    /// A drain was already under way; this request joined it.
+    Joined,
+}
+
+/// The machine's settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DrainConfig {
+    /// The pod's `terminationGracePeriodSeconds`.
+    pub grace: Duration,
+    /// Kept at the end of the grace period for ending streams, stopping the child, exiting.
+    pub margin: Duration,
+    /// The announcing window.
+    pub convergence: Convergence,
+    /// Time between SIGTERM and SIGKILL to the child; `None` when there is no child.
+    pub child_timeout: Option<Duration>,
+    /// After `EndStreams`, how long to wait for in-flight work to reach zero before the drain
+    /// is declared done anyway.
+    pub deadline_linger: Duration,
+}
+
+impl Default for DrainConfig {
+    fn default() -> Self {
+        DrainConfig {
+            grace: crate::pod::DEFAULT_GRACE,
+            margin: Duration::from_secs(5),
+            convergence: Convergence::default(),
+            child_timeout: Some(Duration::from_secs(3)),
+            deadline_linger: Duration::from_secs(1),
+        }
+    }
+}
+
+/// An inconsistent [`DrainConfig`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError(pub String);
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl DrainConfig {
+    /// Checks that the settings make sense together; the error names the settings at fault.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let c = &self.convergence;
+        if c.min > c.max {
+            return Err(ConfigError(format!(
+                "convergence minimum ({:?}) is longer than its maximum ({:?}): lower --convergence-min or raise --convergence-max",
+                c.min, c.max
+            )));
+        }
+        if self.margin >= self.grace && !self.grace.is_zero() {
+            return Err(ConfigError(format!(
+                "kill margin ({:?}) leaves nothing of the grace period ({:?}): lower --kill-margin or raise --grace-period",
+                self.margin, self.grace
+            )));
+        }
+        Ok(())
+    }
+
+    /// The budget for a drain request.
+    pub fn budget(&self, already_spent: Duration) -> Budget {
+        Budget {
+            grace: self.grace,
+            already_spent,
+            margin: self.margin,
+        }
+    }
+}
+
+/// A phase and when it began, relative to the drain's start.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct PhaseMark {
+    /// The phase.
+    pub phase: Phase,
+    /// Seconds since the drain started.
+    #[serde(serialize_with = "secs")]
+    pub at: Duration,
+}
+
+/// The drain report: everything a person needs to judge a drain.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DrainReport {
+    /// What started the drain.
+    pub trigger: Trigger,
+    /// Every phase entered, with when.
+    pub phases: Vec<PhaseMark>,
+    /// Seconds from drain start to the deadline that applied.
+    #[serde(serialize_with = "secs")]
+    pub deadline: Duration,
+    /// Requests in flight when the drain started.
+    pub in_flight_at_start: u64,
+    /// Requests still in flight now.
+    pub in_flight: u64,
+    /// Requests that completed normally during the drain.
+    pub completed: u64,
+    /// Requests ended by the deadline.
+    pub truncated: u64,
+    /// Arrivals refused during finishing.
+    pub rejected: u64,
+    /// Requests that failed upstream during the drain.
+    pub upstream_errors: u64,
+    /// Requests whose client went away during the drain.
+    pub client_aborts: u64,
+    /// Requests that arrived after the gate went unready (served or refused).
+    pub arrivals_after_unready: u64,
+    /// Delay from going unready to the last arrival: the measured propagation lag.
+    #[serde(serialize_with = "opt_secs")]
+    pub propagation_lag: Option<Duration>,
+    /// Seconds from drain start until nothing was in flight, once done.
+    #[serde(serialize_with = "opt_secs")]
+    pub total: Option<Duration>,
+}
+
+fn secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64((d.as_secs_f64() * 1000.0).round() / 1000.0)
+}
+
+fn opt_secs<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => secs(d, s),
+        None => s.serialize_none(),
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Draining {
+    trigger: Trigger,
+    started: Time,
+    deadline: Time,
+    hard_stop: Time,
+    exit: bool,
+    last_arrival: Option<Time>,
+    phases: Vec<PhaseMark>,
+    in_flight_at_start: u64,
+    completed: u64,
+    truncated: u64,
+    rejected: u64,
+    upstream_errors: u64,
+    client_aborts: u64,
+    arrivals: u64,
+    drained_at: Option<Time>,
+    child_signalled: Option<Time>,
+    child_killed: bool,
+}
+
+/// The drain state machine. See the module docs.
+#[derive(Debug, Clone)]
+pub struct DrainMachine {
+    config: DrainConfig,
+    phase: Phase,
+    in_flight: u64,
+    drain: Option<Draining>,
+    child_exited: bool,
+    exit_queued: bool,
+    actions: VecDeque<Action>,
+}
+
+impl DrainMachine {
+    /// A machine in the serving phase.
+    pub fn new(config: DrainConfig) -> Self {
+        DrainMachine {
+            config,
+            phase: Phase::Serving,
+            in_flight: 0,
+            drain: None,
+            child_exited: false,
+            exit_queued: false,
+            actions: VecDeque::with_capacity(8),
+        }
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &DrainConfig {
+        &self.config
+    }
+
+    /// The current phase.
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    /// Requests and streams in flight.
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight
+    }
+
+    /// Whether a drain is under way or done.
+    pub fn is_draining(&self) -> bool {
+        self.drain.is_some()
+    }
+
+    /// When the drain started, if one did.
+    pub fn drain_started(&self) -> Option<Time> {
+        self.drain.as_ref().map(|d| d.started)
+    }
+
+    /// The deadline for in-flight work, if a drain is under way.
+    pub fn deadline(&self) -> Option<Time> {
+        self.drain.as_ref().map(|d| d.deadline)
+    }
+
+    /// When the announcing window ends given what has been seen so far.
+    fn announce_end(&self, d: &Draining) -> Time {
+        let c = &self.config.convergence;
+        let min_end = d.started + c.min;
+        let end = match d.last_arrival {
+            Some(last) => min_end.max(last + c.quiet),
+            None => min_end,
+        };
+        end.min(d.started + c.max).min(d.deadline)
+    }
+
+    /// Starts a drain, or joins the one under way. A join can only shorten the deadline and
+    /// can add the wish to exit.
+    pub fn drain(&mut self, now: Time, req: DrainRequest) -> Join {
+        let explicit = req.deadline.map(|d| now + d);
+        let join = match &mut self.drain {
+            Some(d) => {
+                if let Some(e) = explicit {
+                    d.deadline = d.deadline.min(e.max(d.started));
+                }
+                d.exit |= req.exit;
+                Join::Joined
+            }
+            None => {
+                let budget = self.config.budget(req.already_spent);
+                let mut deadline = budget.deadline(now);
+                if let Some(e) = explicit {
+                    deadline = deadline.min(e);
+                }
+                self.drain = Some(Draining {
+                    trigger: req.trigger,
+                    started: now,
+                    deadline,
+                    hard_stop: budget.hard_stop(now).max(deadline),
+                    exit: req.exit,
+                    last_arrival: None,
+                    phases: vec![PhaseMark {
+                        phase: Phase::Announcing,
+                        at: Duration::ZERO,
+                    }],
+                    in_flight_at_start: self.in_flight,
+                    completed: 0,
+                    truncated: 0,
+                    rejected: 0,
+                    upstream_errors: 0,
+                    client_aborts: 0,
+                    arrivals: 0,
+                    drained_at: None,
+                    child_signalled: None,
+                    child_killed: false,
+                });
+                self.phase = Phase::Announcing;
+                self.actions.push_back(Action::GoUnready);
+                self.actions.push_back(Action::Announce);
+                Join::Started
+            }
+        };
+        self.advance(now);
+        join
+    }
+
+    /// A request is starting. Admitted requests count as in flight until
+    /// [`request_finished`](Self::request_finished).
+    pub fn request_started(&mut self, now: Time) -> Admission {
+        let admission = match self.phase {
+            Phase::Serving => Admission::Serve,
+            Phase::Announcing => Admission::ServeAndClose,
+            Phase::Finishing | Phase::Deadline | Phase::Done => Admission::Refuse,
+        };
+        if let Some(d) = &mut self.drain {
+            d.arrivals += 1;
+            d.last_arrival = Some(now);
+            if admission == Admission::Refuse {
+                d.rejected += 1;
+            }
+        }
+        if admission != Admission::Refuse {
+            self.in_flight += 1;
+        }
+        // A new arrival can only push the end of announcing later; nothing to advance.
+        admission
+    }
+
+    /// An admitted request ended.
+    pub fn request_finished(&mut self, now: Time, outcome: Outcome) {
+        // Saturating: a stray finish must never make the count wrap.
+        self.in_flight = self.in_flight.saturating_sub(1);
+        if let Some(d) = &mut self.drain {
+            match outcome {
+                Outcome::Ok => d.completed += 1,
+                Outcome::Truncated => d.truncated += 1,
+                Outcome::UpstreamError => d.upstream_errors += 1,
+                Outcome::ClientAbort => d.client_aborts += 1,
+                Outcome::RejectedDraining => d.rejected += 1,
+            }
+        }
+        if self.in_flight == 0 {
+            self.advance(now);
+        }
+    }
+
+    /// The child process exited (on its own or because it was signalled).
+    pub fn child_exited(&mut self, now: Time) {
+        self.child_exited = true;
+        self.queue_exit();
+        self.advance(now);
+    }
+
+    /// Time has passed; call at or after [`poll_timeout`](Self::poll_timeout).
+    pub fn handle_timeout(&mut self, now: Time) {
+        self.advance(now);
+    }
+
+    /// The next instant at which [`handle_timeout`](Self::handle_timeout) must be called.
+    pub fn poll_timeout(&self) -> Option<Time> {
+        let d = self.drain.as_ref()?;
+        match self.phase {
+            Phase::Serving => None,
+            Phase::Announcing => Some(self.announce_end(d)),
+            Phase::Finishing => Some(d.deadline),
+            Phase::Deadline => Some(d.deadline + self.config.deadline_linger),
+            Phase::Done => match (d.child_signalled, d.child_killed, self.child_exited) {
+                (Some(at), false, false) => Some(self.kill_at(d, at)),
+                _ => None,
+            },
+        }
+    }
+
+    /// The next action for the driver, if any.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// Whether actions are waiting.
+    pub fn has_actions(&self) -> bool {
+        !self.actions.is_empty()
+    }
+
+    /// The drain report so far, if a drain started.
+    pub fn report(&self) -> Option<DrainReport> {
+        let d = self.drain.as_ref()?;
+        Some(DrainReport {
+            trigger: d.trigger,
+            phases: d.phases.clone(),
+            deadline: d.deadline - d.started,
+            in_flight_at_start: d.in_flight_at_start,
+            in_flight: self.in_flight,
+            completed: d.completed,
+            truncated: d.truncated,
+            rejected: d.rejected,
+            upstream_errors: d.upstream_errors,
+            client_aborts: d.client_aborts,
+            arrivals_after_unready: d.arrivals,
+            propagation_lag: d.last_arrival.map(|t| t - d.started),
+            total: d.drained_at.map(|t| t - d.started),
+        })
+    }
+
+    fn kill_at(&self, d: &Draining, signalled: Time) -> Time {
+        match self.config.child_timeout {
+            Some(t) => (signalled + t).min(d.hard_stop.max(signalled)),
+            None => signalled,
+        }
+    }
+
+    fn queue_exit(&mut self) {
+        if !self.exit_queued {
+            self.exit_queued = true;
+            self.actions.push_back(Action::Exit);
+        }
+    }
+
+    fn enter(&mut self, now: Time, phase: Phase) {
+        self.phase = phase;
+        if let Some(d) = &mut self.drain {
+            d.phases.push(PhaseMark {
+                phase,
+                at: now.saturating_sub(d.started),
+            });
+        }
+    }
+
+    /// Runs every transition that is due at `now`.
+    fn advance(&mut self, now: Time) {
+        loop {
+            let Some(d) = &self.drain else { return };
+            let next = match self.phase {
+                Phase::Serving => None,
+                Phase::Announcing => {
+                    (now >= self.announce_end(d)).then_some((Phase::Finishing, Action::StartRefusing))
+                }
+                Phase::Finishing => {
+                    if self.in_flight == 0 {
+                        Some((Phase::Done, Action::Drained))
+                    } else if now >= d.deadline {
+                        Some((Phase::Deadline, Action::EndStreams))
+                    } else {
+                        None
+                    }
+                }
+                Phase::Deadline => (self.in_flight == 0
+                    || now >= d.deadline + self.config.deadline_linger)
+                    .then_some((Phase::Done, Action::Drained)),
+                Phase::Done => None,
+            };
+            match next {
+                Some((phase, action)) => {
+                    self.enter(now, phase);
+                    if phase == Phase::Done
+                        && let Some(d) = &mut self.drain
+                    {
+                        d.drained_at = Some(now);
+                    }
+                    self.actions.push_back(action);
+                }
+                None => break,
+            }
+        }
+        self.advance_exit(now);
+    }
+
+    /// Once drained and asked to exit: stop the child (SIGTERM, then SIGKILL), then exit.
+    fn advance_exit(&mut self, now: Time) {
+        if self.phase != Phase::Done || self.child_exited {
+            return;
+        }
+        let Some(d) = &self.drain else { return };
+        if !d.exit {
+            return;
+        }
+        match (self.config.child_timeout, d.child_signalled, d.child_killed) {
+            (None, _, _) => self.queue_exit(),
+            (Some(_), None, _) => {
+                if let Some(d) = &mut self.drain {
+                    d.child_signalled = Some(now);
+                }
+                self.actions.push_back(Action::SignalChild);
+            }
+            (Some(_), Some(at), false) if now >= self.kill_at(d, at) => {
+                if let Some(d) = &mut self.drain {
+                    d.child_killed = true;
+                }
+                self.actions.push_back(Action::KillChild);
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: fn(u64) -> Duration = Duration::from_secs;
+    const MS: fn(u64) -> Duration = Duration::from_millis;
+
+    fn config() -> DrainConfig {
+        DrainConfig {
+            grace: S(60),
+            margin: S(5),
+            convergence: Convergence {
+                min: S(2),
+                quiet: S(1),
+                max: S(10),
+            },
+            child_timeout: Some(S(3)),
+            deadline_linger: S(1),
+        }
+    }
+
+    fn drain_actions(m: &mut DrainMachine) -> Vec<Action> {
+        std::iter::from_fn(|| m.poll_action()).collect()
+    }
+
+    #[test]
+    fn full_sequence_with_child() {
+        let mut m = DrainMachine::new(config());
+        assert_eq!(m.request_started(S(0)), Admission::Serve);
+        let req = DrainRequest {
+            exit: true,
+            ..DrainRequest::new(Trigger::Signal)
+        };
+        assert_eq!(m.drain(S(1), req), Join::Started);
+        assert_eq!(drain_actions(&mut m), [Action::GoUnready, Action::Announce]);
+        assert_eq!(m.deadline(), Some(S(56)));
+        // Arrivals during announcing are served and told to close; they extend the window.
+        assert_eq!(m.request_started(MS(2500)), Admission::ServeAndClose);
+        assert_eq!(m.poll_timeout(), Some(MS(3500)));
+        m.handle_timeout(MS(3500));
+        assert_eq!(m.phase(), Phase::Finishing);
+        assert_eq!(drain_actions(&mut m), [Action::StartRefusing]);
+        assert_eq!(m.request_started(S(4)), Admission::Refuse);
+        m.request_finished(S(5), Outcome::Ok);
+        assert_eq!(m.phase(), Phase::Finishing);
+        m.request_finished(S(6), Outcome::Ok);
+        assert_eq!(m.phase(), Phase::Done);
+        assert_eq!(drain_actions(&mut m), [Action::Drained, Action::SignalChild]);
+        assert_eq!(m.poll_timeout(), Some(S(9)));
+        m.handle_timeout(S(9));
+        assert_eq!(drain_actions(&mut m), [Action::KillChild]);
+        m.child_exited(MS(9100));
+        assert_eq!(drain_actions(&mut m), [Action::Exit]);
+        let r = m.report().unwrap();
+        assert_eq!(r.in_flight_at_start, 1);
+        assert_eq!(r.completed, 2);
+        assert_eq!(r.rejected, 1);
+        assert_eq!(r.arrivals_after_unready, 2);
+        assert_eq!(r.propagation_lag, Some(S(3)));
+        assert_eq!(r.total, Some(S(5)));
+        let phases: Vec<_> = r.phases.iter().map(|p| p.phase).collect();
+        assert_eq!(phases, [Phase::Announcing, Phase::Finishing, Phase::Done]);
+    }
+
+    #[test]
+    fn deadline_ends_streams_then_done_after_linger() {
+        let mut m = DrainMachine::new(config());
+        m.request_started(S(0));
+        m.drain(S(0), DrainRequest::new(Trigger::Endpoint));
+        m.handle_timeout(S(2));
+        assert_eq!(m.phase(), Phase::Finishing);
+        m.handle_timeout(S(55));
+        assert_eq!(m.phase(), Phase::Deadline);
+        drain_actions(&mut m);
+        m.handle_timeout(S(56));
+        assert_eq!(m.phase(), Phase::Done);
+        // Not asked to exit: nothing more happens.
+        assert_eq!(drain_actions(&mut m), [Action::Drained]);
+        assert_eq!(m.poll_timeout(), None);
+        // A later SIGTERM joins and stops the child.
+        let sig = DrainRequest {
+            exit: true,
+            ..DrainRequest::new(Trigger::Signal)
+        };
+        assert_eq!(m.drain(S(70), sig), Join::Joined);
+        assert_eq!(drain_actions(&mut m), [Action::SignalChild]);
+    }
+
+    #[test]
+    fn explicit_deadline_only_shortens() {
+        let mut m = DrainMachine::new(config());
+        let req = DrainRequest {
+            deadline: Some(S(20)),
+            ..DrainRequest::new(Trigger::Endpoint)
+        };
+        m.drain(S(10), req);
+        assert_eq!(m.deadline(), Some(S(30)));
+        let longer = DrainRequest {
+            deadline: Some(S(100)),
+            ..DrainRequest::new(Trigger::Endpoint)
+        };
+        m.drain(S(11), longer);
+        assert_eq!(m.deadline(), Some(S(30)));
+        let shorter = DrainRequest {
+            deadline: Some(S(1)),
+            ..DrainRequest::new(Trigger::Endpoint)
+        };
+        m.drain(S(12), shorter);
+        assert_eq!(m.deadline(), Some(S(13)));
+    }
+
+    #[test]
+    fn child_dying_on_its_own_exits() {
+        let mut m = DrainMachine::new(config());
+        m.child_exited(S(3));
+        assert_eq!(drain_actions(&mut m), [Action::Exit]);
+        assert_eq!(m.phase(), Phase::Serving);
+    }
+
+    #[test]
+    fn sidecar_exits_without_child() {
+        let mut m = DrainMachine::new(DrainConfig {
+            child_timeout: None,
+            ..config()
+        });
+        let req = DrainRequest {
+            exit: true,
+            ..DrainRequest::new(Trigger::Signal)
+        };
+        m.drain(S(0), req);
+        m.handle_timeout(S(2));
+        assert_eq!(
+            drain_actions(&mut m),
+            [
+                Action::GoUnready,
+                Action::Announce,
+                Action::StartRefusing,
+                Action::Drained,
+                Action::Exit
+            ]
+        );
+    }
+
+    #[test]
+    fn kill_comes_before_the_kubelet_would() {
+        let mut m = DrainMachine::new(DrainConfig {
+            child_timeout: Some(S(30)),
+            ..config()
+        });
+        m.request_started(S(0));
+        let req = DrainRequest {
+            exit: true,
+            ..DrainRequest::new(Trigger::Signal)
+        };
+        m.drain(S(0), req);
+        m.handle_timeout(S(2));
+        m.handle_timeout(S(55));
+        m.handle_timeout(S(56));
+        assert_eq!(m.phase(), Phase::Done);
+        // Grace 60 s from 0: SIGKILL from us at 59 s at the latest, not 56 + 30.
+        assert_eq!(m.poll_timeout(), Some(S(59)));
+    }
+
+    #[test]
+    fn validate_names_the_flags() {
+        let bad = DrainConfig {
+            convergence: Convergence {
+                min: S(20),
+                quiet: S(1),
+                max: S(10),
+            },
+            ..config()
+        };
+        assert!(bad.validate().unwrap_err().0.contains("--convergence-min"));
+        let bad = DrainConfig {
+            margin: S(60),
+            ..config()
+        };
+        assert!(bad.validate().unwrap_err().0.contains("--kill-margin"));
+        assert!(config().validate().is_ok());
+    }
+}

@@ -1,0 +1,261 @@
+//! A pod's termination timeline as Kubernetes defines it, and the budget rule.
+//!
+//! Deleting a pod starts endpoint removal and the kubelet's termination at the same instant.
+//! The kubelet runs each container's preStop hook, then sends SIGTERM, then SIGKILL once
+//! `terminationGracePeriodSeconds` has passed since the start — the preStop runs *inside* the
+//! grace period. Everything here is plain arithmetic on durations; nothing reads a clock.
+
+use std::time::Duration;
+
+/// The kubelet's default `terminationGracePeriodSeconds`.
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(30);
+
+/// How a container's preStop hook spends time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PreStop {
+    /// No hook: SIGTERM is sent at once.
+    None,
+    /// An `exec` hook. `sleep` is how long it is known (or estimated) to take, e.g. from a
+    /// `sleep 15` in the command; `None` when it cannot be known statically.
+    Exec {
+        /// Known or estimated run time.
+        sleep: Option<Duration>,
+    },
+    /// An `httpGet` hook (for example the gate's `/drain`, which blocks until drained).
+    /// `expected` is how long the call is expected to block, when known.
+    HttpGet {
+        /// Expected blocking time.
+        expected: Option<Duration>,
+    },
+    /// The `sleep` lifecycle action (Kubernetes 1.29+).
+    Sleep(Duration),
+}
+
+impl PreStop {
+    /// How long the hook is known to take; zero when there is none, `None` when unknown.
+    pub fn duration(&self) -> Option<Duration> {
+        match self {
+            PreStop::None => Some(Duration::ZERO),
+            PreStop::Exec { sleep } => *sleep,
+            PreStop::HttpGet { expected } => *expected,
+            PreStop::Sleep(d) => Some(*d),
+        }
+    }
+}
+
+/// Probe timing as in a container spec.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Probe {
+    /// `initialDelaySeconds`.
+    pub initial_delay: Duration,
+    /// `periodSeconds` (default 10).
+    pub period: Duration,
+    /// `timeoutSeconds` (default 1).
+    pub timeout: Duration,
+    /// `successThreshold` (default 1).
+    pub success_threshold: u32,
+    /// `failureThreshold` (default 3).
+    pub failure_threshold: u32,
+}
+
+impl Default for Probe {
+    fn default() -> Self {
+        Probe {
+            initial_delay: Duration::ZERO,
+            period: Duration::from_secs(10),
+            timeout: Duration::from_secs(1),
+            success_threshold: 1,
+            failure_threshold: 3,
+        }
+    }
+}
+
+impl Probe {
+    /// Worst-case time from the moment the checked thing starts failing until the kubelet
+    /// acts on it: `failureThreshold` consecutive failures, each up to a period apart.
+    pub fn time_to_fail(&self) -> Duration {
+        self.period.saturating_mul(self.failure_threshold.max(1))
+    }
+
+    /// Worst-case time from start-up until the probe first succeeds, given the checked thing
+    /// becomes healthy at `healthy_after`.
+    pub fn time_to_succeed(&self, healthy_after: Duration) -> Duration {
+        let first_ok = if healthy_after <= self.initial_delay {
+            self.initial_delay
+        } else {
+            // The first probe at or after `healthy_after`.
+            let since = healthy_after - self.initial_delay;
+            let periods = since.as_nanos().div_ceil(self.period.as_nanos().max(1));
+            self.initial_delay + self.period.saturating_mul(periods.min(u32::MAX as u128) as u32)
+        };
+        first_ok + self.period.saturating_mul(self.success_threshold.max(1) - 1)
+    }
+}
+
+/// The window in which load balancers are still converging after a pod went unready.
+///
+/// The gate keeps serving for at least `min`; after that it ends the window once no new
+/// request has arrived for `quiet`, and never later than `max`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Convergence {
+    /// Always keep serving this long.
+    pub min: Duration,
+    /// End once no request arrived for this long (after `min`).
+    pub quiet: Duration,
+    /// Never keep announcing longer than this.
+    pub max: Duration,
+}
+
+impl Default for Convergence {
+    fn default() -> Self {
+        Convergence {
+            min: Duration::from_secs(5),
+            quiet: Duration::from_secs(2),
+            max: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The budget rule: how long a drain may take.
+///
+/// `deadline = drain start + grace − time already spent − margin`. The margin is kept for
+/// ending streams, stopping the engine and exiting before the kubelet's SIGKILL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget {
+    /// `terminationGracePeriodSeconds`.
+    pub grace: Duration,
+    /// Time of the grace period already used before the drain started (for example by a
+    /// preStop that ran before SIGTERM triggered the drain).
+    pub already_spent: Duration,
+    /// Reserved at the end for cleanup.
+    pub margin: Duration,
+}
+
+impl Budget {
+    /// Time from drain start until in-flight work must be ended.
+    pub fn available(&self) -> Duration {
+        self.grace
+            .saturating_sub(self.already_spent)
+            .saturating_sub(self.margin)
+    }
+
+    /// The instant at which in-flight work must be ended.
+    pub fn deadline(&self, drain_start: Duration) -> Duration {
+        drain_start + self.available()
+    }
+
+    /// The last instant at which the workload may still be stopped with SIGKILL by us rather
+    /// than by the kubelet: one second (or the whole margin, when smaller) before the grace
+    /// period runs out.
+    pub fn hard_stop(&self, drain_start: Duration) -> Duration {
+        let guard = self.margin.min(Duration::from_secs(1));
+        drain_start + self.grace.saturating_sub(self.already_spent).saturating_sub(guard)
+    }
+
+    /// The grace period needed to finish a request of `max_request` after a preStop of
+    /// `pre_stop` and a convergence window, keeping `margin`.
+    pub fn required_grace(
+        pre_stop: Duration,
+        convergence: Duration,
+        max_request: Duration,
+        margin: Duration,
+    ) -> Duration {
+        // In-flight work runs during convergence too, so the longest request bounds the
+        // drain unless convergence is longer.
+        pre_stop + convergence.max(max_request) + margin
+    }
+}
+
+/// One container's termination, as the kubelet runs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Termination {
+    /// `terminationGracePeriodSeconds`.
+    pub grace: Duration,
+    /// The container's preStop hook.
+    pub pre_stop: PreStop,
+}
+
+impl Termination {
+    /// When SIGTERM is sent, counted from the start of termination, or `None` when the
+    /// preStop outlasts the grace period (the kubelet then sends SIGKILL with no SIGTERM).
+    /// An unknown preStop duration counts as zero.
+    pub fn sigterm_at(&self) -> Option<Duration> {
+        let hook = self.pre_stop.duration().unwrap_or(Duration::ZERO);
+        (hook < self.grace).then_some(hook)
+    }
+
+    /// When SIGKILL is sent, counted from the start of termination.
+    pub fn sigkill_at(&self) -> Duration {
+        self.grace
+    }
+
+    /// Time left after SIGTERM for the process to finish its work.
+    pub fn after_sigterm(&self) -> Duration {
+        self.sigterm_at()
+            .map_or(Duration::ZERO, |t| self.grace.saturating_sub(t))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: fn(u64) -> Duration = Duration::from_secs;
+
+    #[test]
+    fn budget_arithmetic() {
+        let b = Budget {
+            grace: S(180),
+            already_spent: S(15),
+            margin: S(5),
+        };
+        assert_eq!(b.available(), S(160));
+        assert_eq!(b.deadline(S(100)), S(260));
+        assert_eq!(b.hard_stop(S(100)), S(264));
+        let tiny = Budget {
+            grace: S(3),
+            already_spent: S(15),
+            margin: S(5),
+        };
+        assert_eq!(tiny.available(), Duration::ZERO);
+    }
+
+    #[test]
+    fn prestop_longer_than_grace_means_no_sigterm() {
+        let t = Termination {
+            grace: S(30),
+            pre_stop: PreStop::Exec { sleep: Some(S(45)) },
+        };
+        assert_eq!(t.sigterm_at(), None);
+        assert_eq!(t.after_sigterm(), Duration::ZERO);
+        let ok = Termination {
+            grace: S(180),
+            pre_stop: PreStop::Sleep(S(15)),
+        };
+        assert_eq!(ok.sigterm_at(), Some(S(15)));
+        assert_eq!(ok.after_sigterm(), S(165));
+    }
+
+    #[test]
+    fn probe_timing() {
+        let p = Probe {
+            period: S(5),
+            failure_threshold: 2,
+            ..Probe::default()
+        };
+        assert_eq!(p.time_to_fail(), S(10));
+        let p = Probe {
+            initial_delay: S(10),
+            period: S(10),
+            ..Probe::default()
+        };
+        assert_eq!(p.time_to_succeed(S(5)), S(10));
+        assert_eq!(p.time_to_succeed(S(31)), S(40));
+    }
+
+    #[test]
+    fn required_grace() {
+        assert_eq!(Budget::required_grace(S(0), S(15), S(150), S(5)), S(155));
+        assert_eq!(Budget::required_grace(S(15), S(15), S(5), S(5)), S(35));
+    }
+}
