@@ -574,9 +574,8 @@ impl DrainMachine {
             let Some(d) = &self.drain else { return };
             let next = match self.phase {
                 Phase::Serving => None,
-                Phase::Announcing => {
-                    (now >= self.announce_end(d)).then_some((Phase::Finishing, Action::StartRefusing))
-                }
+                Phase::Announcing => (now >= self.announce_end(d))
+                    .then_some((Phase::Finishing, Action::StartRefusing)),
                 Phase::Finishing => {
                     if self.in_flight == 0 {
                         Some((Phase::Done, Action::Drained))
@@ -682,7 +681,10 @@ mod tests {
         assert_eq!(m.phase(), Phase::Finishing);
         m.request_finished(S(6), Outcome::Ok);
         assert_eq!(m.phase(), Phase::Done);
-        assert_eq!(drain_actions(&mut m), [Action::Drained, Action::SignalChild]);
+        assert_eq!(
+            drain_actions(&mut m),
+            [Action::Drained, Action::SignalChild]
+        );
         assert_eq!(m.poll_timeout(), Some(S(9)));
         m.handle_timeout(S(9));
         assert_eq!(drain_actions(&mut m), [Action::KillChild]);

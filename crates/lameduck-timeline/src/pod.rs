@@ -86,9 +86,15 @@ impl Probe {
             // The first probe at or after `healthy_after`.
             let since = healthy_after - self.initial_delay;
             let periods = since.as_nanos().div_ceil(self.period.as_nanos().max(1));
-            self.initial_delay + self.period.saturating_mul(periods.min(u32::MAX as u128) as u32)
+            self.initial_delay
+                + self
+                    .period
+                    .saturating_mul(periods.min(u32::MAX as u128) as u32)
         };
-        first_ok + self.period.saturating_mul(self.success_threshold.max(1) - 1)
+        first_ok
+            + self
+                .period
+                .saturating_mul(self.success_threshold.max(1) - 1)
     }
 }
 
@@ -145,11 +151,15 @@ impl Budget {
     }
 
     /// The last instant at which the workload may still be stopped with SIGKILL by us rather
-    /// than by the kubelet: one second (or the whole margin, when smaller) before the grace
-    /// period runs out.
+    /// than by the kubelet: a quarter of the margin (at most one second) before the grace
+    /// period runs out, so that most of the margin is left for the engine's own exit.
     pub fn hard_stop(&self, drain_start: Duration) -> Duration {
-        let guard = self.margin.min(Duration::from_secs(1));
-        drain_start + self.grace.saturating_sub(self.already_spent).saturating_sub(guard)
+        let guard = (self.margin / 4).min(Duration::from_secs(1));
+        drain_start
+            + self
+                .grace
+                .saturating_sub(self.already_spent)
+                .saturating_sub(guard)
     }
 
     /// The grace period needed to finish a request of `max_request` after a preStop of

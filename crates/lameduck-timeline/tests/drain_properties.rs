@@ -27,7 +27,11 @@ fn outcome() -> impl Strategy<Value = Outcome> {
 }
 
 fn trigger() -> impl Strategy<Value = Trigger> {
-    prop::sample::select(vec![Trigger::Endpoint, Trigger::Signal, Trigger::MarkerFile])
+    prop::sample::select(vec![
+        Trigger::Endpoint,
+        Trigger::Signal,
+        Trigger::MarkerFile,
+    ])
 }
 
 fn secs(max: u64) -> impl Strategy<Value = Duration> {
@@ -55,17 +59,19 @@ fn config() -> impl Strategy<Value = DrainConfig> {
         secs(40),
         prop::option::of(secs(10)),
     )
-        .prop_map(|(grace, margin, min, quiet, extra, child_timeout)| DrainConfig {
-            grace: grace + margin + Duration::from_millis(1),
-            margin,
-            convergence: Convergence {
-                min,
-                quiet,
-                max: min + extra,
+        .prop_map(
+            |(grace, margin, min, quiet, extra, child_timeout)| DrainConfig {
+                grace: grace + margin + Duration::from_millis(1),
+                margin,
+                convergence: Convergence {
+                    min,
+                    quiet,
+                    max: min + extra,
+                },
+                child_timeout,
+                deadline_linger: Duration::from_secs(1),
             },
-            child_timeout,
-            deadline_linger: Duration::from_secs(1),
-        })
+        )
 }
 
 /// Runs events at increasing times; returns the machine and the times used.

@@ -1,1 +1,65 @@
-fn main() {}
+//! `lameduck`: make Kubernetes pod drains invisible for long-request workloads.
+//!
+//! This crate only parses arguments and dispatches; each subcommand lives in its own module
+//! under `cmd/` and calls into a library crate.
+
+mod cmd;
+mod logging;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Make Kubernetes pod drains invisible for long-request workloads (LLM inference, SSE,
+/// WebSocket).
+#[derive(Debug, Parser)]
+#[command(
+    name = "lameduck",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = logging::Format::Text, env = "LAMEDUCK_LOG_FORMAT")]
+    log_format: logging::Format,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// The in-pod drain gate: a streaming-aware reverse proxy owning readiness, liveness and
+    /// the drain.
+    Gate(Box<lameduck_gate::GateArgs>),
+    /// An OpenAI-compatible streaming inference simulator with configurable timing and
+    /// shutdown behaviour.
+    EngineSim(lameduck_engine_sim::Config),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    logging::init(cli.log_format);
+    let result = match cli.command {
+        Command::Gate(args) => cmd::gate::run(*args),
+        Command::EngineSim(args) => cmd::engine_sim::run(args),
+    };
+    match result {
+        Ok(code) => ExitCode::from(u8::try_from(code.clamp(0, 255)).unwrap_or(1)),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        super::Cli::command().debug_assert();
+    }
+}

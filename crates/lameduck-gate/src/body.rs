@@ -1,0 +1,437 @@
+//! Response bodies: local answers, and proxied bodies that stream through untouched while
+//! counting the request as in flight, ending cleanly at the deadline.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Bytes, BytesMut};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use lameduck_timeline::Outcome;
+use tokio_util::sync::WaitForCancellationFutureOwned;
+
+use crate::metrics::Kind;
+use crate::state::Shared;
+
+/// The error type of gate bodies.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Counts one admitted request as in flight until dropped; reports its outcome then.
+///
+/// Dropping without an explicit outcome means the client went away first.
+#[derive(Debug)]
+pub struct Guard {
+    shared: Arc<Shared>,
+    kind: Kind,
+    outcome: Outcome,
+}
+
+impl Guard {
+    /// A guard for a request that was admitted (and counted) as `kind`.
+    pub fn new(shared: Arc<Shared>, kind: Kind) -> Self {
+        Guard {
+            shared,
+            kind,
+            outcome: Outcome::ClientAbort,
+        }
+    }
+
+    /// Records how the request ended (applied on drop).
+    pub fn set_outcome(&mut self, outcome: Outcome) {
+        self.outcome = outcome;
+    }
+
+    /// Changes the kind counted in the in-flight gauge.
+    pub fn set_kind(&mut self, kind: Kind) {
+        self.shared.rekind(self.kind, kind);
+        self.kind = kind;
+    }
+
+    /// The shared state.
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        self.shared.finish(self.kind, self.outcome);
+    }
+}
+
+/// The terminal event that ends a stream the gate could not let finish.
+///
+/// `event: error` with an `error` object is what the official OpenAI client libraries raise
+/// as an API error; `[DONE]` then ends the stream for clients that wait for it.
+pub fn terminal_event(kind: &str, code: u16, message: &str) -> Bytes {
+    let data = serde_json::json!({
+        "error": { "type": kind, "code": code, "message": message }
+    });
+    Bytes::from(format!("event: error\ndata: {data}\n\ndata: [DONE]\n\n"))
+}
+
+/// Bytes the gate holds back at most while waiting for an SSE event boundary. Larger events
+/// are passed on unframed: a stream that never has a boundary is not really SSE.
+const MAX_HELD: usize = 256 * 1024;
+
+/// Splits an SSE byte stream at event boundaries so that the client only ever receives whole
+/// events: each call returns everything up to the last complete event and holds the rest.
+///
+/// Written by hand because it must work on the proxy's own chunks without copying them
+/// (the common case — an engine flushing whole events — returns the chunk itself); SSE
+/// parsing crates decode events, which is more work than needed here.
+#[derive(Debug, Default)]
+pub struct SseFramer {
+    held: BytesMut,
+    /// The previous byte ended a line (so a line end now ends an event).
+    line_start: bool,
+    /// The previous byte was CR (a following LF belongs to the same line end).
+    after_cr: bool,
+    /// That CR ended an event (a following LF extends the boundary).
+    cr_boundary: bool,
+    started: bool,
+}
+
+impl SseFramer {
+    /// Feeds a chunk; returns the bytes that end at an event boundary, if any.
+    pub fn push(&mut self, mut chunk: Bytes) -> Option<Bytes> {
+        if !self.started {
+            self.started = true;
+            self.line_start = true;
+        }
+        let mut boundary = None;
+        for (i, &b) in chunk.iter().enumerate() {
+            match b {
+                b'\n' => {
+                    if self.after_cr {
+                        self.after_cr = false;
+                        if self.cr_boundary {
+                            boundary = Some(i + 1);
+                        }
+                        continue;
+                    }
+                    if self.line_start {
+                        boundary = Some(i + 1);
+                    }
+                    self.line_start = true;
+                }
+                b'\r' => {
+                    self.cr_boundary = self.line_start;
+                    if self.line_start {
+                        boundary = Some(i + 1);
+                    }
+                    self.line_start = true;
+                    self.after_cr = true;
+                }
+                _ => {
+                    self.line_start = false;
+                    self.after_cr = false;
+                }
+            }
+        }
+        match boundary {
+            None => {
+                self.held.extend_from_slice(&chunk);
+                if self.held.len() > MAX_HELD {
+                    return Some(self.held.split().freeze());
+                }
+                None
+            }
+            Some(end) if self.held.is_empty() => {
+                let out = chunk.split_to(end);
+                if !chunk.is_empty() {
+                    self.held.extend_from_slice(&chunk);
+                }
+                Some(out)
+            }
+            Some(end) => {
+                self.held.extend_from_slice(&chunk[..end]);
+                let out = self.held.split().freeze();
+                self.held.extend_from_slice(&chunk[end..]);
+                Some(out)
+            }
+        }
+    }
+
+    /// Whatever is held back (an unfinished event), for when the upstream ended normally.
+    pub fn take_rest(&mut self) -> Option<Bytes> {
+        (!self.held.is_empty()).then(|| self.held.split().freeze())
+    }
+}
+
+/// Why a proxied body was cut.
+#[derive(Debug, thiserror::Error)]
+pub enum CutError {
+    /// The drain deadline came.
+    #[error("drain deadline reached: response aborted")]
+    Deadline,
+    /// The upstream went silent for longer than --upstream-idle-timeout.
+    #[error("upstream sent nothing for longer than --upstream-idle-timeout")]
+    Idle,
+}
+
+pin_project_lite::pin_project! {
+    /// A proxied response body.
+    pub struct TrackedBody {
+        #[pin]
+        inner: Incoming,
+        #[pin]
+        deadline: WaitForCancellationFutureOwned,
+        #[pin]
+        idle: Option<tokio::time::Sleep>,
+        idle_timeout: Option<std::time::Duration>,
+        sse: Option<SseFramer>,
+        guard: Option<Guard>,
+    }
+}
+
+impl TrackedBody {
+    /// Wraps an upstream body; `sse` enables event framing and the terminal event.
+    pub fn new(inner: Incoming, guard: Guard, sse: bool) -> Self {
+        let shared = guard.shared();
+        let idle_timeout = shared.config.upstream_idle_timeout;
+        TrackedBody {
+            inner,
+            deadline: shared.deadline.clone().cancelled_owned(),
+            idle: idle_timeout.map(tokio::time::sleep),
+            idle_timeout,
+            sse: sse.then(SseFramer::default),
+            guard: Some(guard),
+        }
+    }
+}
+
+fn finish(guard: &mut Option<Guard>, outcome: Outcome) {
+    if let Some(mut g) = guard.take() {
+        g.set_outcome(outcome);
+    }
+}
+
+impl Body for TrackedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let mut this = self.project();
+        if this.guard.is_none() {
+            return Poll::Ready(None);
+        }
+        loop {
+            let cut = if this.deadline.as_mut().poll(cx).is_ready() {
+                Some((CutError::Deadline, Outcome::Truncated))
+            } else if let Some(idle) = this.idle.as_mut().as_pin_mut()
+                && idle.poll(cx).is_ready()
+            {
+                Some((CutError::Idle, Outcome::UpstreamError))
+            } else {
+                None
+            };
+            if let Some((why, outcome)) = cut {
+                finish(this.guard, outcome);
+                return Poll::Ready(match this.sse {
+                    Some(_) => Some(Ok(Frame::data(match why {
+                        CutError::Deadline => terminal_event(
+                            "server_shutdown",
+                            503,
+                            "the server is shutting down and could not finish this response in time; retry the request",
+                        ),
+                        CutError::Idle => terminal_event(
+                            "upstream_timeout",
+                            504,
+                            "the inference engine stopped sending; retry the request",
+                        ),
+                    }))),
+                    None => Some(Err(Box::new(why))),
+                });
+            }
+            let frame = match ready!(this.inner.as_mut().poll_frame(cx)) {
+                Some(Ok(frame)) => frame,
+                Some(Err(e)) => {
+                    tracing::debug!(error = %e, "Upstream body failed mid-response");
+                    finish(this.guard, Outcome::UpstreamError);
+                    return Poll::Ready(match this.sse {
+                        Some(_) => Some(Ok(Frame::data(terminal_event(
+                            "upstream_error",
+                            502,
+                            "the inference engine failed mid-response; retry the request",
+                        )))),
+                        None => Some(Err(Box::new(e))),
+                    });
+                }
+                None => {
+                    let rest = this.sse.as_mut().and_then(SseFramer::take_rest);
+                    finish(this.guard, Outcome::Ok);
+                    return Poll::Ready(rest.map(|b| Ok(Frame::data(b))));
+                }
+            };
+            if let (Some(idle), Some(t)) = (this.idle.as_mut().as_pin_mut(), *this.idle_timeout) {
+                idle.reset(tokio::time::Instant::now() + t);
+            }
+            let frame = match (this.sse.as_mut(), frame.into_data()) {
+                (Some(framer), Ok(data)) => match framer.push(data) {
+                    Some(out) => Frame::data(out),
+                    None => continue,
+                },
+                (None, Ok(data)) => Frame::data(data),
+                (_, Err(frame)) => frame,
+            };
+            return Poll::Ready(Some(Ok(frame)));
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.guard.is_none()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        if self.sse.is_some() {
+            SizeHint::default()
+        } else {
+            self.inner.size_hint()
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// Every body the gate sends to clients.
+    #[project = GateBodyProj]
+    pub enum GateBody {
+        /// A complete local answer (errors, admin responses).
+        Full { data: Option<Bytes> },
+        /// A proxied body.
+        Proxied { #[pin] body: TrackedBody },
+        /// An empty body (101 Switching Protocols).
+        Empty,
+    }
+}
+
+impl GateBody {
+    /// A complete body.
+    pub fn full(data: impl Into<Bytes>) -> Self {
+        let data: Bytes = data.into();
+        GateBody::Full {
+            data: (!data.is_empty()).then_some(data),
+        }
+    }
+}
+
+impl Body for GateBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.project() {
+            GateBodyProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            GateBodyProj::Proxied { body } => body.poll_frame(cx),
+            GateBodyProj::Empty => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            GateBody::Full { data } => data.is_none(),
+            GateBody::Proxied { body } => body.is_end_stream(),
+            GateBody::Empty => true,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            GateBody::Full { data } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+            GateBody::Proxied { body } => body.size_hint(),
+            GateBody::Empty => SizeHint::with_exact(0),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn feed(chunks: &[&str]) -> (Vec<String>, Option<String>) {
+        let mut f = SseFramer::default();
+        let out = chunks
+            .iter()
+            .filter_map(|c| f.push(Bytes::copy_from_slice(c.as_bytes())))
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .collect();
+        let rest = f
+            .take_rest()
+            .map(|b| String::from_utf8_lossy(&b).into_owned());
+        (out, rest)
+    }
+
+    #[test]
+    fn whole_events_pass_as_they_are() {
+        let (out, rest) = feed(&["data: a\n\n", "data: b\n\n"]);
+        assert_eq!(out, ["data: a\n\n", "data: b\n\n"]);
+        assert_eq!(rest, None);
+    }
+
+    #[test]
+    fn split_events_are_held_until_complete() {
+        let (out, rest) = feed(&["data: {\"x\":", "1}\n", "\ndata: y\n\nda", "ta: z"]);
+        // The third chunk completes two events: both go out together.
+        assert_eq!(out, ["data: {\"x\":1}\n\ndata: y\n\n"]);
+        assert_eq!(rest.as_deref(), Some("data: z"));
+    }
+
+    #[test]
+    fn crlf_and_cr_line_ends() {
+        let (out, _) = feed(&[
+            "data: a\r\n\r\n",
+            "data: b\r\r",
+            "event: x\r\ndata: c\r\n",
+            "\r\n",
+        ]);
+        assert_eq!(
+            out,
+            [
+                "data: a\r\n\r\n",
+                "data: b\r\r",
+                "event: x\r\ndata: c\r\n\r\n"
+            ]
+        );
+        // A boundary split between CR and LF: the CR ends the event.
+        let (out, rest) = feed(&["data: a\r\n\r", "\ndata: b\r\n\r\n"]);
+        assert_eq!(out, ["data: a\r\n\r", "\ndata: b\r\n\r\n"]);
+        assert_eq!(rest, None);
+    }
+
+    #[test]
+    fn multi_line_events_are_not_split() {
+        let (out, _) = feed(&["event: e\ndata: 1\ndata: 2\n", "\n"]);
+        assert_eq!(out, ["event: e\ndata: 1\ndata: 2\n\n"]);
+    }
+
+    #[test]
+    fn oversized_unframed_data_is_passed_on() {
+        let mut f = SseFramer::default();
+        let big = "x".repeat(MAX_HELD + 1);
+        assert_eq!(
+            f.push(Bytes::from(big.clone())).map(|b| b.len()),
+            Some(big.len())
+        );
+    }
+
+    #[test]
+    fn terminal_event_shape() {
+        let ev = terminal_event("server_shutdown", 503, "bye");
+        let s = std::str::from_utf8(&ev).unwrap();
+        assert!(s.starts_with("event: error\ndata: {"));
+        assert!(s.ends_with("\n\ndata: [DONE]\n\n"));
+        let json = s.lines().nth(1).unwrap().trim_start_matches("data: ");
+        let v: serde_json::Value = serde_json::from_str(json).unwrap();
+        assert_eq!(v["error"]["type"], "server_shutdown");
+        assert_eq!(v["error"]["code"], 503);
+    }
+}

@@ -1,0 +1,280 @@
+//! Command-line flags of `lameduck gate`, and their resolution into a checked [`Config`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use http::Uri;
+use lameduck_timeline::{Convergence, DrainConfig, parse_duration};
+
+use crate::Error;
+
+fn dur(s: &str) -> Result<Duration, String> {
+    parse_duration(s).map_err(|e| e.to_string())
+}
+
+/// `lameduck gate`: the in-pod drain gate.
+///
+/// Wrapper mode: `lameduck gate [FLAGS] -- CMD ARGS…` starts CMD, proxies to it, and turns
+/// SIGTERM into a graceful drain; the child gets SIGTERM only once nothing is in flight.
+/// Sidecar mode: `lameduck gate --upstream URL [FLAGS]` fronts an engine in another container;
+/// the engine's preStop calls the gate's `/drain`.
+#[derive(clap::Args, Debug, Clone)]
+#[command(after_help = "\
+Drain phases: serving → announcing (unready, still serving, Connection: close / GOAWAY) → \
+finishing (new arrivals get 503 + Retry-After) → deadline (streams end with a terminal \
+`event: error`, the rest aborted) → done.
+
+Deadline = drain start + --grace-period − --prestop-spent − --kill-margin, shortened by \
+`/drain?deadline=`. Set --grace-period to the pod's terminationGracePeriodSeconds.
+
+Admin endpoints (on --admin only): /ready /live /drain /metrics /status.")]
+pub struct GateArgs {
+    /// Address the proxy listens on for client traffic.
+    #[arg(long, default_value = "0.0.0.0:8000", env = "LAMEDUCK_LISTEN")]
+    pub listen: SocketAddr,
+
+    /// Address of the admin endpoints (/ready, /live, /drain, /metrics, /status). Never put it
+    /// in a Service.
+    #[arg(long, default_value = "0.0.0.0:9901", env = "LAMEDUCK_ADMIN")]
+    pub admin: SocketAddr,
+
+    /// The engine's base URL (http only). Required in sidecar mode; in wrapper mode defaults to
+    /// http://127.0.0.1:8001.
+    #[arg(long, env = "LAMEDUCK_UPSTREAM")]
+    pub upstream: Option<Uri>,
+
+    /// The pod's terminationGracePeriodSeconds. The drain budget is computed from it.
+    #[arg(long, default_value = "30", value_parser = dur, env = "LAMEDUCK_GRACE_PERIOD")]
+    pub grace_period: Duration,
+
+    /// Kept at the end of the grace period to end streams, stop the engine and exit before
+    /// the kubelet's SIGKILL.
+    #[arg(long, default_value = "5", value_parser = dur, env = "LAMEDUCK_KILL_MARGIN")]
+    pub kill_margin: Duration,
+
+    /// Time a preStop hook spends before SIGTERM reaches the gate (for example a `sleep`).
+    /// Subtracted from the budget of a SIGTERM-started drain. Not needed when the preStop is
+    /// the gate's /drain.
+    #[arg(long, default_value = "0", value_parser = dur, env = "LAMEDUCK_PRESTOP_SPENT")]
+    pub prestop_spent: Duration,
+
+    /// Keep serving at least this long after going unready, while load balancers converge.
+    #[arg(long, default_value = "5", value_parser = dur, env = "LAMEDUCK_CONVERGENCE_MIN")]
+    pub convergence_min: Duration,
+
+    /// After the minimum, end announcing once no request arrived for this long.
+    #[arg(long, default_value = "2", value_parser = dur, env = "LAMEDUCK_CONVERGENCE_QUIET")]
+    pub convergence_quiet: Duration,
+
+    /// Never announce longer than this.
+    #[arg(long, default_value = "30", value_parser = dur, env = "LAMEDUCK_CONVERGENCE_MAX")]
+    pub convergence_max: Duration,
+
+    /// Wrapper mode: time between SIGTERM and SIGKILL to the child (never past the grace
+    /// period).
+    #[arg(long, default_value = "3", value_parser = dur, env = "LAMEDUCK_CHILD_TIMEOUT")]
+    pub child_timeout: Duration,
+
+    /// Start a drain when this file appears (compatible with `touch /tmp/draining`).
+    #[arg(long, env = "LAMEDUCK_DRAIN_FILE")]
+    pub drain_file: Option<PathBuf>,
+
+    /// Path of the engine's health endpoint, mirrored by /ready.
+    #[arg(long, default_value = "/health", env = "LAMEDUCK_HEALTH_PATH")]
+    pub health_path: String,
+
+    /// How often the engine's health is checked.
+    #[arg(long, default_value = "2", value_parser = dur, env = "LAMEDUCK_HEALTH_INTERVAL")]
+    pub health_interval: Duration,
+
+    /// Timeout of one health check.
+    #[arg(long, default_value = "1", value_parser = dur, env = "LAMEDUCK_HEALTH_TIMEOUT")]
+    pub health_timeout: Duration,
+
+    /// A JSON body POSTed to --warmup-path once the engine is healthy; /ready stays 503 until
+    /// it succeeded.
+    #[arg(long, env = "LAMEDUCK_WARMUP_REQUEST")]
+    pub warmup_request: Option<PathBuf>,
+
+    /// Path the warm-up request is sent to.
+    #[arg(
+        long,
+        default_value = "/v1/chat/completions",
+        env = "LAMEDUCK_WARMUP_PATH"
+    )]
+    pub warmup_path: String,
+
+    /// Retry-After (seconds) on responses refused while draining.
+    #[arg(long, default_value = "1", env = "LAMEDUCK_RETRY_AFTER")]
+    pub retry_after: u32,
+
+    /// End a response whose upstream sends nothing for this long (an engine can stall a stream
+    /// without closing it). 0 disables.
+    #[arg(long, default_value = "0", value_parser = dur, env = "LAMEDUCK_UPSTREAM_IDLE_TIMEOUT")]
+    pub upstream_idle_timeout: Duration,
+
+    /// Require `Authorization: Bearer TOKEN` on /drain. Read from the environment to keep it
+    /// out of the process list.
+    #[arg(long, env = "LAMEDUCK_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+
+    /// Wrapper mode: the engine command and its arguments, after `--`.
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+/// The checked configuration the gate runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Client listener.
+    pub listen: SocketAddr,
+    /// Admin listener.
+    pub admin: SocketAddr,
+    /// Engine base URL, `scheme://authority`.
+    pub upstream: Upstream,
+    /// The drain machine's settings.
+    pub drain: DrainConfig,
+    /// Budget already spent when SIGTERM arrives.
+    pub prestop_spent: Duration,
+    /// Marker file.
+    pub drain_file: Option<PathBuf>,
+    /// Health checking.
+    pub health_path: String,
+    /// Health check period.
+    pub health_interval: Duration,
+    /// Health check timeout.
+    pub health_timeout: Duration,
+    /// Warm-up body and path.
+    pub warmup: Option<(Vec<u8>, String)>,
+    /// Retry-After seconds.
+    pub retry_after: u32,
+    /// Upstream idle timeout.
+    pub upstream_idle_timeout: Option<Duration>,
+    /// Admin token.
+    pub admin_token: Option<String>,
+    /// Child command, empty in sidecar mode.
+    pub command: Vec<String>,
+}
+
+/// The engine's address, split for cheap request rewriting.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    /// `http`.
+    pub scheme: http::uri::Scheme,
+    /// `host:port`.
+    pub authority: http::uri::Authority,
+}
+
+impl Upstream {
+    /// Parses and checks an upstream URL.
+    pub fn parse(uri: &Uri) -> Result<Self, Error> {
+        let bad = |why: &str| Error::Config(format!("--upstream {uri}: {why}"));
+        let scheme = uri
+            .scheme()
+            .cloned()
+            .ok_or_else(|| bad("missing scheme; write e.g. http://127.0.0.1:8001"))?;
+        if scheme != http::uri::Scheme::HTTP {
+            return Err(bad(
+                "only http:// upstreams are supported (the engine is in the same pod)",
+            ));
+        }
+        let authority = uri
+            .authority()
+            .cloned()
+            .ok_or_else(|| bad("missing host:port"))?;
+        if uri.path() != "/" && !uri.path().is_empty() {
+            return Err(bad("must not have a path; requests keep their own path"));
+        }
+        Ok(Upstream { scheme, authority })
+    }
+
+    /// The absolute URI of `path_and_query` on the upstream.
+    pub fn uri(
+        &self,
+        path_and_query: Option<&http::uri::PathAndQuery>,
+    ) -> Result<Uri, http::Error> {
+        let mut b = Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone());
+        b = match path_and_query {
+            Some(pq) => b.path_and_query(pq.clone()),
+            None => b.path_and_query("/"),
+        };
+        b.build()
+    }
+}
+
+impl GateArgs {
+    /// Checks the flags and resolves defaults. Every error names the flag to fix.
+    pub fn resolve(self) -> Result<Config, Error> {
+        let wrapper = !self.command.is_empty();
+        let upstream = match (&self.upstream, wrapper) {
+            (Some(u), _) => Upstream::parse(u)?,
+            (None, true) => Upstream::parse(&Uri::from_static("http://127.0.0.1:8001"))?,
+            (None, false) => {
+                return Err(Error::Config(
+                    "no engine to front: pass --upstream URL (sidecar mode) or the engine command after `--` (wrapper mode)".into(),
+                ));
+            }
+        };
+        if !self.health_path.starts_with('/') {
+            return Err(Error::Config(format!(
+                "--health-path {:?} must start with `/`",
+                self.health_path
+            )));
+        }
+        if self.health_interval.is_zero() {
+            return Err(Error::Config(
+                "--health-interval must be greater than 0".into(),
+            ));
+        }
+        if self.listen == self.admin && self.listen.port() != 0 {
+            return Err(Error::Config(format!(
+                "--listen and --admin are both {}: the admin port must be separate so it is never reachable through the Service",
+                self.listen
+            )));
+        }
+        let drain = DrainConfig {
+            grace: self.grace_period,
+            margin: self.kill_margin,
+            convergence: Convergence {
+                min: self.convergence_min,
+                quiet: self.convergence_quiet,
+                max: self.convergence_max,
+            },
+            child_timeout: wrapper.then_some(self.child_timeout),
+            deadline_linger: Duration::from_secs(1),
+        };
+        drain.validate().map_err(|e| Error::Config(e.0))?;
+        let warmup = match self.warmup_request {
+            Some(path) => {
+                let body = std::fs::read(&path).map_err(|e| {
+                    Error::Config(format!(
+                        "--warmup-request {}: cannot read it: {e}",
+                        path.display()
+                    ))
+                })?;
+                Some((body, self.warmup_path))
+            }
+            None => None,
+        };
+        Ok(Config {
+            listen: self.listen,
+            admin: self.admin,
+            upstream,
+            drain,
+            prestop_spent: self.prestop_spent,
+            drain_file: self.drain_file,
+            health_path: self.health_path,
+            health_interval: self.health_interval,
+            health_timeout: self.health_timeout,
+            warmup,
+            retry_after: self.retry_after,
+            upstream_idle_timeout: (!self.upstream_idle_timeout.is_zero())
+                .then_some(self.upstream_idle_timeout),
+            admin_token: self.admin_token.filter(|t| !t.is_empty()),
+            command: self.command,
+        })
+    }
+}

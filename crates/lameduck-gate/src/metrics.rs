@@ -1,0 +1,184 @@
+//! The gate's Prometheus metrics.
+//!
+//! Every labelled child is created once at start-up and kept as a handle, so the request path
+//! touches only atomics: no label hashing, no registry lock.
+
+use std::sync::atomic::AtomicU64;
+
+use lameduck_timeline::{Outcome, Phase};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// What kind of work a request in flight is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// An ordinary request/response.
+    Request,
+    /// A `text/event-stream` response.
+    Stream,
+    /// An upgraded connection (WebSocket).
+    Upgraded,
+}
+
+impl Kind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Kind::Request => "request",
+            Kind::Stream => "stream",
+            Kind::Upgraded => "upgraded",
+        }
+    }
+    const ALL: [Kind; 3] = [Kind::Request, Kind::Stream, Kind::Upgraded];
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PhaseLabel {
+    phase: &'static str,
+}
+
+type FGauge = Gauge<f64, AtomicU64>;
+
+/// Handles to every metric the gate exports.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    in_flight: [Gauge; 3],
+    requests: [Counter; 5],
+    phase: [Gauge; 5],
+    /// Seconds since the drain started (final once done).
+    pub drain_duration: FGauge,
+    /// Arrivals after the gate went unready.
+    pub arrivals_after_unready: Counter,
+    /// Delay from unready to the last arrival.
+    pub propagation_lag: FGauge,
+    /// 1 while /ready answers 200.
+    pub ready: Gauge,
+    /// 1 while the engine's health check passes.
+    pub upstream_healthy: Gauge,
+    /// 1 while the child process runs (wrapper mode).
+    pub child_running: Gauge,
+}
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("lameduck_gate");
+        let in_flight_f = Family::<KindLabel, Gauge>::default();
+        registry.register(
+            "in_flight",
+            "Requests and streams in flight, by kind (request, stream, upgraded)",
+            in_flight_f.clone(),
+        );
+        let requests_f = Family::<OutcomeLabel, Counter>::default();
+        registry.register(
+            "requests",
+            "Requests by outcome (ok, upstream_error, rejected_draining, truncated, client_abort)",
+            requests_f.clone(),
+        );
+        let phase_f = Family::<PhaseLabel, Gauge>::default();
+        registry.register(
+            "drain_phase",
+            "1 for the current drain phase (serving, announcing, finishing, deadline, done), 0 for the others",
+            phase_f.clone(),
+        );
+        let drain_duration = FGauge::default();
+        registry.register(
+            "drain_duration_seconds",
+            "Seconds since the drain started; final once the drain is done",
+            drain_duration.clone(),
+        );
+        let arrivals_after_unready = Counter::default();
+        registry.register(
+            "arrivals_after_unready",
+            "Requests that arrived after the gate went unready",
+            arrivals_after_unready.clone(),
+        );
+        let propagation_lag = FGauge::default();
+        registry.register(
+            "propagation_lag_seconds",
+            "Delay from going unready to the last arrival: the measured endpoint propagation lag",
+            propagation_lag.clone(),
+        );
+        let ready = Gauge::default();
+        registry.register("ready", "1 while /ready answers 200", ready.clone());
+        let upstream_healthy = Gauge::default();
+        registry.register(
+            "upstream_healthy",
+            "1 while the engine's health check passes",
+            upstream_healthy.clone(),
+        );
+        let child_running = Gauge::default();
+        registry.register(
+            "child_running",
+            "1 while the wrapped engine process runs (wrapper mode)",
+            child_running.clone(),
+        );
+        let in_flight =
+            Kind::ALL.map(|k| in_flight_f.get_or_create_owned(&KindLabel { kind: k.as_str() }));
+        let requests = Outcome::ALL.map(|o| {
+            requests_f.get_or_create_owned(&OutcomeLabel {
+                outcome: o.as_str(),
+            })
+        });
+        let phase =
+            Phase::ALL.map(|p| phase_f.get_or_create_owned(&PhaseLabel { phase: p.as_str() }));
+        phase[0].set(1);
+        Metrics {
+            registry,
+            in_flight,
+            requests,
+            phase,
+            drain_duration,
+            arrivals_after_unready,
+            propagation_lag,
+            ready,
+            upstream_healthy,
+            child_running,
+        }
+    }
+
+    /// The in-flight gauge of `kind`.
+    pub fn in_flight(&self, kind: Kind) -> &Gauge {
+        &self.in_flight[kind as usize]
+    }
+
+    /// The request counter of `outcome`.
+    pub fn requests(&self, outcome: Outcome) -> &Counter {
+        let i = Outcome::ALL.iter().position(|o| *o == outcome).unwrap_or(0);
+        &self.requests[i]
+    }
+
+    /// Marks `phase` as the current one.
+    pub fn set_phase(&self, phase: Phase) {
+        for (p, g) in Phase::ALL.iter().zip(&self.phase) {
+            g.set(i64::from(*p == phase));
+        }
+    }
+
+    /// Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

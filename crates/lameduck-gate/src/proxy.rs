@@ -1,0 +1,386 @@
+//! The reverse proxy: one request in, one request to the engine, the response streamed back
+//! through a [`TrackedBody`].
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Version};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use lameduck_timeline::{Admission, Outcome};
+use tokio::sync::Notify;
+
+use crate::body::{GateBody, Guard, TrackedBody};
+use crate::metrics::Kind;
+use crate::state::Shared;
+
+/// The proxy: shared state plus the pooled HTTP/1.1 client to the engine.
+#[derive(Debug)]
+pub struct Proxy {
+    /// Shared state.
+    pub shared: Arc<Shared>,
+    client: Client<HttpConnector, Incoming>,
+}
+
+impl Proxy {
+    /// A proxy with a keep-alive connection pool to the engine.
+    pub fn new(shared: Arc<Shared>) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(std::time::Duration::from_secs(5)));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(std::time::Duration::from_secs(60))
+            .pool_max_idle_per_host(1024)
+            .build(connector);
+        Proxy { shared, client }
+    }
+}
+
+/// Per-connection control: the handler asks the connection to close after the current
+/// response (a request arrived while announcing on a connection that was not yet told).
+#[derive(Debug, Default)]
+pub struct ConnCtl {
+    /// Notified when the connection must shut down gracefully.
+    pub close: Notify,
+}
+
+/// Headers that describe one hop and are never forwarded (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [HeaderName; 5] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRANSFER_ENCODING,
+];
+
+/// Removes hop-by-hop headers, including every header the `Connection` header names, and
+/// `Upgrade` unless the exchange is an upgrade.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    if headers.contains_key(header::CONNECTION) {
+        let listed: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|t| {
+                let framing = t.is_empty()
+                    || t.eq_ignore_ascii_case("close")
+                    || t.eq_ignore_ascii_case("keep-alive");
+                let hop_upgrade = keep_upgrade && t.eq_ignore_ascii_case("upgrade");
+                !(framing || hop_upgrade)
+            })
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+            .collect();
+        for name in listed {
+            headers.remove(name);
+        }
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+    if !keep_upgrade {
+        headers.remove(header::UPGRADE);
+    }
+}
+
+fn wants_upgrade(req: &Request<Incoming>) -> bool {
+    req.version() <= Version::HTTP_11
+        && req.headers().contains_key(header::UPGRADE)
+        && req
+            .headers()
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// An OpenAI-style JSON error answered by the gate itself.
+pub fn error_response(
+    status: StatusCode,
+    kind: &str,
+    message: &str,
+    retry_after: Option<u32>,
+    close: bool,
+) -> Response<GateBody> {
+    let body = serde_json::json!({
+        "error": { "message": message, "type": kind, "code": status.as_u16() }
+    })
+    .to_string();
+    let mut resp = Response::new(GateBody::full(body));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if let Some(secs) = retry_after {
+        h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    if close {
+        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
+}
+
+/// Handles one client request.
+pub async fn handle(
+    proxy: Arc<Proxy>,
+    ctl: Arc<ConnCtl>,
+    peer: SocketAddr,
+    mut req: Request<Incoming>,
+) -> Result<Response<GateBody>, Infallible> {
+    let shared = &proxy.shared;
+    let h1 = req.version() <= Version::HTTP_11;
+    let admission = shared.admit(Kind::Request);
+    let close = admission != Admission::Serve;
+    if close {
+        // This connection must not carry more work: close it after this response (HTTP/1.1)
+        // or send GOAWAY (HTTP/2).
+        ctl.close.notify_one();
+    }
+    if admission == Admission::Refuse {
+        tracing::debug!(%peer, uri = %req.uri(), "Refused: draining");
+        return Ok(error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_shutdown",
+            "this server is draining; retry the request (it will reach another replica)",
+            Some(shared.config.retry_after),
+            h1,
+        ));
+    }
+    let mut guard = Guard::new(shared.clone(), Kind::Request);
+
+    let upgrade = wants_upgrade(&req);
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
+    let original_authority = parts.uri.authority().cloned();
+    parts.uri = match shared.config.upstream.uri(parts.uri.path_and_query()) {
+        Ok(uri) => uri,
+        Err(e) => {
+            guard.set_outcome(Outcome::Ok);
+            return Ok(error_response(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                &format!("invalid request target: {e}"),
+                None,
+                close && h1,
+            ));
+        }
+    };
+    let upgrade_value = parts.headers.get(header::UPGRADE).cloned();
+    strip_hop_by_hop(&mut parts.headers, upgrade);
+    if upgrade && let Some(v) = upgrade_value {
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        parts.headers.insert(header::UPGRADE, v);
+    }
+    if !parts.headers.contains_key(header::HOST)
+        && let Some(a) = original_authority
+        && let Ok(v) = HeaderValue::from_str(a.as_str())
+    {
+        parts.headers.insert(header::HOST, v);
+    }
+    append_forwarded_for(&mut parts.headers, peer);
+    parts.version = Version::HTTP_11;
+    let upstream_req = Request::from_parts(parts, body);
+
+    let result = tokio::select! {
+        r = proxy.client.request(upstream_req) => r,
+        _ = shared.deadline.cancelled() => {
+            guard.set_outcome(Outcome::Truncated);
+            return Ok(error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_shutdown",
+                "the server is shutting down and could not start this response in time; retry the request",
+                Some(shared.config.retry_after),
+                h1,
+            ));
+        }
+    };
+    let mut resp = match result {
+        Ok(resp) => resp,
+        Err(e) => {
+            guard.set_outcome(Outcome::UpstreamError);
+            let (status, msg) = if e.is_connect() {
+                (
+                    StatusCode::BAD_GATEWAY,
+                    format!(
+                        "cannot reach the inference engine at {}: {}",
+                        shared.config.upstream.authority,
+                        error_chain(&e)
+                    ),
+                )
+            } else {
+                (
+                    StatusCode::BAD_GATEWAY,
+                    format!("the inference engine failed: {}", error_chain(&e)),
+                )
+            };
+            tracing::warn!(%peer, error = %msg, "Upstream error");
+            return Ok(error_response(
+                status,
+                "upstream_error",
+                &msg,
+                None,
+                close && h1,
+            ));
+        }
+    };
+
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS
+        && let Some(client_upgrade) = client_upgrade
+    {
+        let upstream_upgrade = hyper::upgrade::on(&mut resp);
+        guard.set_kind(Kind::Upgraded);
+        let deadline = shared.deadline.clone();
+        tokio::spawn(async move {
+            let mut guard = guard;
+            let (client_io, upstream_io) = match tokio::try_join!(client_upgrade, upstream_upgrade)
+            {
+                Ok(ios) => ios,
+                Err(e) => {
+                    tracing::debug!(error = %e, "Upgrade failed");
+                    guard.set_outcome(Outcome::UpstreamError);
+                    return;
+                }
+            };
+            let mut client_io = TokioIo::new(client_io);
+            let mut upstream_io = TokioIo::new(upstream_io);
+            tokio::select! {
+                r = tokio::io::copy_bidirectional(&mut client_io, &mut upstream_io) => {
+                    guard.set_outcome(if r.is_ok() { Outcome::Ok } else { Outcome::ClientAbort });
+                }
+                _ = deadline.cancelled() => guard.set_outcome(Outcome::Truncated),
+            }
+        });
+        let (parts, _) = resp.into_parts();
+        return Ok(Response::from_parts(parts, GateBody::Empty));
+    }
+
+    let (mut parts, body) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers, false);
+    let sse = is_event_stream(&parts.headers);
+    if sse {
+        // The gate may append a terminal event, so the length is no longer known.
+        parts.headers.remove(header::CONTENT_LENGTH);
+        guard.set_kind(Kind::Stream);
+    }
+    if close && h1 {
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    Ok(Response::from_parts(
+        parts,
+        GateBody::Proxied {
+            body: TrackedBody::new(body, guard, sse),
+        },
+    ))
+}
+
+fn is_event_stream(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case("text/event-stream"))
+}
+
+fn append_forwarded_for(headers: &mut HeaderMap, peer: SocketAddr) {
+    const XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
+    let ip = peer.ip().to_string();
+    let value = match headers.get(&XFF).and_then(|v| v.to_str().ok()) {
+        Some(prev) => format!("{prev}, {ip}"),
+        None => ip,
+    };
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        headers.insert(XFF, v);
+    }
+}
+
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let msg = c.to_string();
+        if !s.contains(&msg) {
+            s.push_str(": ");
+            s.push_str(&msg);
+        }
+        cur = c.source();
+    }
+    s
+}
+
+/// A complete body for tests and admin answers.
+pub fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<GateBody> {
+    let mut r = Response::new(GateBody::full(body));
+    *r.status_mut() = status;
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, X-Secret, upgrade"),
+        );
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert("proxy-connection", HeaderValue::from_static("keep-alive"));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        let mut up = h.clone();
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert!(h.contains_key(header::CONTENT_TYPE));
+        strip_hop_by_hop(&mut up, true);
+        assert!(up.contains_key(header::UPGRADE));
+        assert!(!up.contains_key("x-secret"));
+    }
+
+    #[test]
+    fn event_stream_detection() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("Text/Event-Stream; charset=utf-8"),
+        );
+        assert!(is_event_stream(&h));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        assert!(!is_event_stream(&h));
+    }
+
+    #[test]
+    fn forwarded_for_appends() {
+        let mut h = HeaderMap::new();
+        let peer: SocketAddr = "10.1.2.3:5000".parse().unwrap();
+        append_forwarded_for(&mut h, peer);
+        append_forwarded_for(&mut h, peer);
+        assert_eq!(h["x-forwarded-for"], "10.1.2.3, 10.1.2.3");
+    }
+}

@@ -1,0 +1,238 @@
+//! Wrapper mode's child process, the engine health check, and the drain triggers that come
+//! from outside HTTP (signals, the marker file).
+
+use std::os::unix::process::ExitStatusExt;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use lameduck_timeline::{DrainRequest, Trigger};
+use nix::sys::signal::{Signal, kill, killpg};
+use nix::unistd::Pid;
+
+use crate::Error;
+use crate::state::Shared;
+
+/// Starts the engine command in its own process group and watches it.
+pub fn spawn_child(shared: &Arc<Shared>) -> Result<(), Error> {
+    let command = &shared.config.command;
+    let Some((program, args)) = command.split_first() else {
+        return Ok(());
+    };
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(args)
+        .process_group(0)
+        .stdin(Stdio::null())
+        .env(
+            "LAMEDUCK_UPSTREAM",
+            format!(
+                "{}://{}",
+                shared.config.upstream.scheme, shared.config.upstream.authority
+            ),
+        )
+        .env(
+            "LAMEDUCK_UPSTREAM_PORT",
+            shared
+                .config
+                .upstream
+                .authority
+                .port_u16()
+                .unwrap_or(80)
+                .to_string(),
+        );
+    let mut child = cmd.spawn().map_err(|source| Error::Spawn {
+        command: command.join(" "),
+        source,
+    })?;
+    let pid = child.id().and_then(|p| i32::try_from(p).ok()).unwrap_or(0);
+    shared.child_pgid.store(pid, Ordering::SeqCst);
+    shared.metrics.child_running.set(1);
+    tracing::info!(pid, command = %command.join(" "), "Engine started");
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        let status = match child.wait().await {
+            Ok(s) => s.code().unwrap_or_else(|| 128 + s.signal().unwrap_or(0)),
+            Err(e) => {
+                tracing::error!(error = %e, "Cannot wait for the engine process");
+                1
+            }
+        };
+        shared.child_pgid.store(0, Ordering::SeqCst);
+        let draining = shared.report().is_some();
+        if draining {
+            tracing::info!(status, "Engine exited");
+        } else {
+            tracing::error!(
+                status,
+                "Engine exited on its own: readiness and liveness now fail"
+            );
+        }
+        shared.child_exited(status);
+    });
+    Ok(())
+}
+
+/// SIGTERM to the engine process (as the kubelet would), or SIGKILL to its whole process
+/// group (an engine's workers must not outlive it).
+pub fn signal_child(shared: &Shared, hard: bool) {
+    let pid = shared.child_pgid.load(Ordering::SeqCst);
+    if pid <= 0 {
+        return;
+    }
+    let result = if hard {
+        tracing::warn!(
+            pid,
+            "Engine did not exit in time: SIGKILL to its process group"
+        );
+        killpg(Pid::from_raw(pid), Signal::SIGKILL)
+    } else {
+        tracing::info!(pid, "Nothing in flight: SIGTERM to the engine");
+        kill(Pid::from_raw(pid), Signal::SIGTERM)
+    };
+    if let Err(e) = result {
+        tracing::warn!(pid, error = %e, "Cannot signal the engine");
+    }
+}
+
+/// Checks the engine's health until exit; the first success (then the warm-up, if any) ends
+/// start-up.
+pub async fn health_loop(shared: Arc<Shared>) {
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(1)
+        .build_http();
+    let cfg = &shared.config;
+    let uri = match Uri::builder()
+        .scheme(cfg.upstream.scheme.clone())
+        .authority(cfg.upstream.authority.clone())
+        .path_and_query(cfg.health_path.as_str())
+        .build()
+    {
+        Ok(u) => u,
+        Err(e) => {
+            tracing::error!(error = %e, path = %cfg.health_path, "Invalid --health-path");
+            return;
+        }
+    };
+    let mut was_healthy = None;
+    loop {
+        let check = client.get(uri.clone());
+        let healthy = matches!(
+            tokio::time::timeout(cfg.health_timeout, check).await,
+            Ok(Ok(r)) if r.status().is_success()
+        );
+        shared.upstream_healthy.store(healthy, Ordering::SeqCst);
+        shared.metrics.upstream_healthy.set(i64::from(healthy));
+        if was_healthy != Some(healthy) {
+            tracing::info!(healthy, uri = %uri, "Engine health changed");
+            was_healthy = Some(healthy);
+        }
+        if healthy && !shared.started.load(Ordering::SeqCst) && warm_up(&shared, &client).await {
+            shared.started.store(true, Ordering::SeqCst);
+            tracing::info!("Engine ready: serving");
+        }
+        shared
+            .metrics
+            .ready
+            .set(i64::from(shared.readiness().is_ok()));
+        let period = if shared.started.load(Ordering::SeqCst) {
+            cfg.health_interval
+        } else {
+            cfg.health_interval.min(Duration::from_millis(250))
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(period) => {}
+            _ = shared.exit.cancelled() => return,
+        }
+    }
+}
+
+async fn warm_up(
+    shared: &Shared,
+    client: &Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+) -> bool {
+    let Some((body, path)) = &shared.config.warmup else {
+        return true;
+    };
+    let up = &shared.config.upstream;
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri(format!("{}://{}{}", up.scheme, up.authority, path))
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(body.clone())));
+    let req = match req {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, path, "Invalid --warmup-path");
+            return false;
+        }
+    };
+    let result = tokio::time::timeout(Duration::from_secs(300), async {
+        let resp = client.request(req).await?;
+        let status = resp.status();
+        resp.into_body().collect().await?;
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(status)
+    })
+    .await;
+    match result {
+        Ok(Ok(status)) if status.is_success() => {
+            tracing::info!(path, %status, "Warm-up request succeeded");
+            true
+        }
+        Ok(Ok(status)) => {
+            tracing::warn!(path, %status, "Warm-up request failed; retrying");
+            false
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(path, error = %e, "Warm-up request failed; retrying");
+            false
+        }
+        Err(_) => {
+            tracing::warn!(path, "Warm-up request timed out after 300 s; retrying");
+            false
+        }
+    }
+}
+
+/// SIGTERM and SIGINT start (or join) a drain that ends in exit.
+pub async fn signal_loop(shared: Arc<Shared>) -> Result<(), Error> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).map_err(Error::Signals)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(Error::Signals)?;
+    loop {
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+            _ = shared.exit.cancelled() => return Ok(()),
+        };
+        tracing::info!(signal = name, "Signal received");
+        shared.drain(DrainRequest {
+            already_spent: shared.config.prestop_spent,
+            exit: true,
+            ..DrainRequest::new(Trigger::Signal)
+        });
+    }
+}
+
+/// Starts a drain when the marker file appears.
+pub async fn marker_loop(shared: Arc<Shared>) {
+    let Some(path) = shared.config.drain_file.clone() else {
+        return;
+    };
+    loop {
+        if tokio::fs::try_exists(&path).await.unwrap_or(false) {
+            tracing::info!(path = %path.display(), "Drain marker file found");
+            shared.drain(DrainRequest::new(Trigger::MarkerFile));
+            return;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+            _ = shared.exit.cancelled() => return,
+        }
+    }
+}

@@ -1,0 +1,5 @@
+//! Integration tests of the `lameduck` binary: one test binary, one module per area.
+
+mod gate;
+mod support;
+mod upstream;
