@@ -317,3 +317,77 @@ fn perform(shared: &Shared, action: Action) {
         Action::Exit => shared.exit.cancel(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::GateArgs;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        gate: GateArgs,
+    }
+
+    fn shared(args: &[&str]) -> Arc<Shared> {
+        let mut argv = vec!["gate"];
+        argv.extend_from_slice(args);
+        let config = Cli::parse_from(argv).gate.resolve().expect("config");
+        Shared::new(config)
+    }
+
+    #[tokio::test]
+    async fn engine_exit_fails_readiness_and_liveness_and_exits() {
+        let s = shared(&["--upstream", "http://127.0.0.1:1", "--", "engine"]);
+        s.started.store(true, Ordering::SeqCst);
+        s.upstream_healthy.store(true, Ordering::SeqCst);
+        assert_eq!(s.readiness(), Ok(()));
+        s.child_exited(3);
+        assert_eq!(s.readiness(), Err("engine process exited"));
+        assert!(!s.child_alive.load(Ordering::SeqCst));
+        assert_eq!(s.child_status.load(Ordering::SeqCst), 3);
+        // The driver turns the machine's Exit action into the exit signal.
+        tokio::time::timeout(Duration::from_secs(5), drive(s.clone()))
+            .await
+            .expect("driver returns");
+        assert!(s.exit.is_cancelled());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn drain_on_paused_clock_reaches_done_after_the_minimum_window() {
+        let s = shared(&[
+            "--upstream",
+            "http://127.0.0.1:1",
+            "--convergence-min",
+            "10s",
+            "--grace-period",
+            "120",
+        ]);
+        let driver = tokio::spawn(drive(s.clone()));
+        assert_eq!(s.admit(Kind::Stream), Admission::Serve);
+        s.drain(DrainRequest::new(lameduck_timeline::Trigger::Endpoint));
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert!(s.announce.is_cancelled());
+        assert_eq!(s.readiness(), Err("draining"));
+        // Arrivals while announcing are served and counted as propagation lag.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert_eq!(s.admit(Kind::Request), Admission::ServeAndClose);
+        s.finish(Kind::Request, Outcome::Ok);
+        tokio::time::sleep(Duration::from_secs(8)).await;
+        assert_eq!(s.phase(), Phase::Finishing);
+        assert_eq!(s.admit(Kind::Request), Admission::Refuse);
+        s.finish(Kind::Stream, Outcome::Ok);
+        let report = tokio::time::timeout(Duration::from_secs(1), s.drained())
+            .await
+            .expect("drained")
+            .expect("report");
+        assert_eq!(report.completed, 2);
+        assert_eq!(report.rejected, 1);
+        assert_eq!(report.arrivals_after_unready, 2);
+        assert_eq!(report.propagation_lag.map(|d| d.as_secs()), Some(11));
+        assert_eq!(s.metrics.requests(Outcome::RejectedDraining).get(), 1);
+        assert!(!s.deadline.is_cancelled() || report.truncated == 0);
+        driver.abort();
+    }
+}

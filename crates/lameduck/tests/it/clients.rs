@@ -36,10 +36,17 @@ fn client(kind: &str, base: &str, max_tokens: u32) -> tokio::task::JoinHandle<St
             c
         }
     };
-    cmd.arg(base).arg(max_tokens.to_string()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+    cmd.arg(base)
+        .arg(max_tokens.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
     let kind = kind.to_owned();
     tokio::spawn(async move {
-        let out = cmd.output().await.unwrap_or_else(|e| panic!("cannot run the {kind} client: {e}"));
+        let out = cmd
+            .output()
+            .await
+            .unwrap_or_else(|e| panic!("cannot run the {kind} client: {e}"));
         let stdout = String::from_utf8_lossy(&out.stdout).trim().to_owned();
         assert!(
             out.status.success() && !stdout.is_empty(),
@@ -54,7 +61,14 @@ fn client(kind: &str, base: &str, max_tokens: u32) -> tokio::task::JoinHandle<St
 async fn official_openai_clients_see_the_terminal_event_as_an_error() {
     let mut gate = Gate::wrapping_sim(
         &["--grace-period", "4", "--kill-margin", "1"],
-        &["--tokens-per-second", "20", "--output-tokens", "100000", "--ttft", "10ms"],
+        &[
+            "--tokens-per-second",
+            "20",
+            "--output-tokens",
+            "100000",
+            "--ttft",
+            "10ms",
+        ],
     )
     .await;
     let base = gate.url("/v1");
@@ -63,10 +77,17 @@ async fn official_openai_clients_see_the_terminal_event_as_an_error() {
         let line = client(kind, &base, 5).await.expect("join");
         assert_eq!(line, "completed 5 length", "{kind}");
     }
-    let long: Vec<_> = ["python", "node"].iter().map(|k| (*k, client(k, &base, 100_000))).collect();
+    let long: Vec<_> = ["python", "node"]
+        .iter()
+        .map(|k| (*k, client(k, &base, 100_000)))
+        .collect();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while gate.status().await["in_flight"]["stream"] != 2 {
-        assert!(tokio::time::Instant::now() < deadline, "clients never streaming: {}", gate.status().await);
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "clients never streaming: {}",
+            gate.status().await
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     gate.proc.signal(Signal::SIGTERM);
