@@ -3,13 +3,16 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use lameduck_timeline::Outcome;
-use tokio_util::sync::WaitForCancellationFutureOwned;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::metrics::Kind;
 use crate::state::Shared;
@@ -91,6 +94,8 @@ pub struct SseFramer {
     /// That CR ended an event (a following LF extends the boundary).
     cr_boundary: bool,
     started: bool,
+    /// Everything passed on so far ended at an event boundary.
+    at_boundary: bool,
 }
 
 impl SseFramer {
@@ -99,6 +104,7 @@ impl SseFramer {
         if !self.started {
             self.started = true;
             self.line_start = true;
+            self.at_boundary = true;
         }
         let mut boundary = None;
         for (i, &b) in chunk.iter().enumerate() {
@@ -134,11 +140,13 @@ impl SseFramer {
             None => {
                 self.held.extend_from_slice(&chunk);
                 if self.held.len() > MAX_HELD {
+                    self.at_boundary = false;
                     return Some(self.held.split().freeze());
                 }
                 None
             }
             Some(end) if self.held.is_empty() => {
+                self.at_boundary = true;
                 let out = chunk.split_to(end);
                 if !chunk.is_empty() {
                     self.held.extend_from_slice(&chunk);
@@ -146,6 +154,7 @@ impl SseFramer {
                 Some(out)
             }
             Some(end) => {
+                self.at_boundary = true;
                 self.held.extend_from_slice(&chunk[..end]);
                 let out = self.held.split().freeze();
                 self.held.extend_from_slice(&chunk[end..]);
@@ -157,6 +166,19 @@ impl SseFramer {
     /// Whatever is held back (an unfinished event), for when the upstream ended normally.
     pub fn take_rest(&mut self) -> Option<Bytes> {
         (!self.held.is_empty()).then(|| self.held.split().freeze())
+    }
+
+    /// The terminal event, preceded by a blank line when what was sent so far did not end at
+    /// an event boundary (only after an oversized event was passed on unframed).
+    pub fn terminal(&self, event: Bytes) -> Bytes {
+        if self.at_boundary {
+            event
+        } else {
+            let mut b = BytesMut::with_capacity(event.len() + 2);
+            b.extend_from_slice(b"\n\n");
+            b.extend_from_slice(&event);
+            b.freeze()
+        }
     }
 }
 
@@ -180,7 +202,8 @@ pin_project_lite::pin_project! {
         deadline: WaitForCancellationFutureOwned,
         #[pin]
         idle: Option<tokio::time::Sleep>,
-        idle_timeout: Option<std::time::Duration>,
+        idle_timeout: Option<Duration>,
+        last_data: Instant,
         sse: Option<SseFramer>,
         guard: Option<Guard>,
     }
@@ -188,16 +211,23 @@ pin_project_lite::pin_project! {
 
 impl TrackedBody {
     /// Wraps an upstream body; `sse` enables event framing and the terminal event.
-    pub fn new(inner: Incoming, guard: Guard, sse: bool) -> Self {
-        let shared = guard.shared();
-        let idle_timeout = shared.config.upstream_idle_timeout;
+    /// `deadline` is this request's own child of the gate's deadline token, so that polling
+    /// it touches no lock shared with other requests.
+    pub fn new(inner: Incoming, guard: Guard, sse: bool, deadline: CancellationToken) -> Self {
+        let idle_timeout = guard.shared().config.upstream_idle_timeout;
+        let mut guard = Some(guard);
+        // An empty body (HEAD, 204, 304, Content-Length: 0) is never polled: it is complete.
+        if inner.is_end_stream() {
+            finish(&mut guard, Outcome::Ok);
+        }
         TrackedBody {
             inner,
-            deadline: shared.deadline.clone().cancelled_owned(),
+            deadline: deadline.cancelled_owned(),
             idle: idle_timeout.map(tokio::time::sleep),
             idle_timeout,
+            last_data: Instant::now(),
             sse: sse.then(SseFramer::default),
-            guard: Some(guard),
+            guard,
         }
     }
 }
@@ -221,19 +251,41 @@ impl Body for TrackedBody {
             return Poll::Ready(None);
         }
         loop {
-            let cut = if this.deadline.as_mut().poll(cx).is_ready() {
-                Some((CutError::Deadline, Outcome::Truncated))
-            } else if let Some(idle) = this.idle.as_mut().as_pin_mut()
-                && idle.poll(cx).is_ready()
-            {
-                Some((CutError::Idle, Outcome::UpstreamError))
+            // The deadline comes first: a stream with data always ready must still be cut.
+            let mut cut = this
+                .deadline
+                .as_mut()
+                .poll(cx)
+                .is_ready()
+                .then_some(CutError::Deadline);
+            let polled = if cut.is_none() {
+                Some(this.inner.as_mut().poll_frame(cx))
             } else {
                 None
             };
-            if let Some((why, outcome)) = cut {
+            if let Some(Poll::Pending) = polled
+                && let (Some(mut idle), Some(timeout)) =
+                    (this.idle.as_mut().as_pin_mut(), *this.idle_timeout)
+            {
+                // The timer is re-armed lazily from the last data, not on every chunk.
+                if idle.as_mut().poll(cx).is_ready() {
+                    let due = *this.last_data + timeout;
+                    if Instant::now() >= due {
+                        cut = Some(CutError::Idle);
+                    } else {
+                        idle.as_mut().reset(due);
+                        let _ = idle.poll(cx);
+                    }
+                }
+            }
+            if let Some(why) = cut {
+                let outcome = match why {
+                    CutError::Deadline => Outcome::Truncated,
+                    CutError::Idle => Outcome::UpstreamError,
+                };
                 finish(this.guard, outcome);
-                return Poll::Ready(match this.sse {
-                    Some(_) => Some(Ok(Frame::data(match why {
+                return Poll::Ready(match this.sse.as_ref() {
+                    Some(framer) => Some(Ok(Frame::data(framer.terminal(match why {
                         CutError::Deadline => terminal_event(
                             "server_shutdown",
                             503,
@@ -244,41 +296,64 @@ impl Body for TrackedBody {
                             504,
                             "the inference engine stopped sending; retry the request",
                         ),
-                    }))),
+                    })))),
                     None => Some(Err(Box::new(why))),
                 });
             }
-            let frame = match ready!(this.inner.as_mut().poll_frame(cx)) {
-                Some(Ok(frame)) => frame,
-                Some(Err(e)) => {
+            let frame = match polled {
+                Some(Poll::Ready(Some(Ok(frame)))) => frame,
+                Some(Poll::Ready(Some(Err(e)))) => {
                     tracing::debug!(error = %e, "Upstream body failed mid-response");
                     finish(this.guard, Outcome::UpstreamError);
-                    return Poll::Ready(match this.sse {
-                        Some(_) => Some(Ok(Frame::data(terminal_event(
+                    return Poll::Ready(match this.sse.as_ref() {
+                        Some(framer) => Some(Ok(Frame::data(framer.terminal(terminal_event(
                             "upstream_error",
                             502,
                             "the inference engine failed mid-response; retry the request",
-                        )))),
+                        ))))),
                         None => Some(Err(Box::new(e))),
                     });
                 }
-                None => {
+                Some(Poll::Ready(None)) => {
                     let rest = this.sse.as_mut().and_then(SseFramer::take_rest);
                     finish(this.guard, Outcome::Ok);
                     return Poll::Ready(rest.map(|b| Ok(Frame::data(b))));
                 }
+                Some(Poll::Pending) | None => return Poll::Pending,
             };
-            if let (Some(idle), Some(t)) = (this.idle.as_mut().as_pin_mut(), *this.idle_timeout) {
-                idle.reset(tokio::time::Instant::now() + t);
+            if this.idle_timeout.is_some() {
+                *this.last_data = Instant::now();
             }
+            let ended = this.inner.is_end_stream();
             let frame = match (this.sse.as_mut(), frame.into_data()) {
-                (Some(framer), Ok(data)) => match framer.push(data) {
-                    Some(out) => Frame::data(out),
-                    None => continue,
-                },
+                (Some(framer), Ok(data)) => {
+                    let out = framer.push(data);
+                    let out = if ended {
+                        // The last frame: pass on whatever is held with it.
+                        match (out, framer.take_rest()) {
+                            (Some(a), Some(b)) => Some([a, b].concat().into()),
+                            (a, b) => a.or(b),
+                        }
+                    } else {
+                        out
+                    };
+                    match out {
+                        Some(out) => Frame::data(out),
+                        None if ended => {
+                            finish(this.guard, Outcome::Ok);
+                            return Poll::Ready(None);
+                        }
+                        None => continue,
+                    }
+                }
                 (None, Ok(data)) => Frame::data(data),
                 (_, Err(frame)) => frame,
             };
+            // A body of known length is not polled again after its last byte: it is complete
+            // now (otherwise it would be counted as a client abort on drop).
+            if ended {
+                finish(this.guard, Outcome::Ok);
+            }
             return Poll::Ready(Some(Ok(frame)));
         }
     }

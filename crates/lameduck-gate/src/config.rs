@@ -247,6 +247,12 @@ impl GateArgs {
             deadline_linger: Duration::from_secs(1),
         };
         drain.validate().map_err(|e| Error::Config(e.0))?;
+        if self.prestop_spent + self.kill_margin >= self.grace_period {
+            return Err(Error::Config(format!(
+                "--prestop-spent ({:?}) plus --kill-margin ({:?}) leave nothing of --grace-period ({:?}): a SIGTERM-started drain would cut every stream at once",
+                self.prestop_spent, self.kill_margin, self.grace_period
+            )));
+        }
         let warmup = match self.warmup_request {
             Some(path) => {
                 let body = std::fs::read(&path).map_err(|e| {

@@ -91,7 +91,8 @@ pub async fn run_with(
         budget_s = shared.config.drain.budget(std::time::Duration::ZERO).available().as_secs_f64(),
         "Listening"
     );
-    let signals = tokio::spawn(supervisor::signal_loop(shared.clone()));
+    let signals = supervisor::Signals::install()?;
+    tokio::spawn(supervisor::signal_loop(shared.clone(), signals));
     supervisor::spawn_child(&shared)?;
     let proxy = Arc::new(proxy::Proxy::new(shared.clone()));
     tokio::spawn(server::serve_proxy(proxy_listener, proxy));
@@ -100,21 +101,12 @@ pub async fn run_with(
     tokio::spawn(supervisor::marker_loop(shared.clone()));
     tokio::spawn(state::drive(shared.clone()));
 
-    tokio::select! {
-        _ = shared.exit.cancelled() => {}
-        r = signals => {
-            if let Ok(Err(e)) = r {
-                return Err(e);
-            }
-            shared.exit.cancelled().await;
-        }
-    }
+    shared.exit.cancelled().await;
 
-    let drained = shared.report().is_some();
     let child_status = shared.child_status.load(Ordering::SeqCst);
     let code = if !wrapper {
         0
-    } else if !drained {
+    } else if !shared.child_signalled.load(Ordering::SeqCst) {
         // The engine died on its own: never report success.
         if child_status == 0 { 1 } else { child_status }
     } else if child_status == state::NO_STATUS {

@@ -47,6 +47,8 @@ impl Proxy {
 pub struct ConnCtl {
     /// Notified when the connection must shut down gracefully.
     pub close: Notify,
+    /// A request has arrived on this connection.
+    pub used: std::sync::atomic::AtomicBool,
 }
 
 /// Headers that describe one hop and are never forwarded (RFC 9110 §7.6.1).
@@ -140,6 +142,7 @@ pub async fn handle(
     let h1 = req.version() <= Version::HTTP_11;
     let admission = shared.admit(Kind::Request);
     let close = admission != Admission::Serve;
+    ctl.used.store(true, std::sync::atomic::Ordering::Relaxed);
     if close {
         // This connection must not carry more work: close it after this response (HTTP/1.1)
         // or send GOAWAY (HTTP/2).
@@ -156,6 +159,8 @@ pub async fn handle(
         ));
     }
     let mut guard = Guard::new(shared.clone(), Kind::Request);
+    // This request's own view of the deadline: waiting on it locks nothing shared.
+    let deadline = shared.deadline.child_token();
 
     let upgrade = wants_upgrade(&req);
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
@@ -194,7 +199,7 @@ pub async fn handle(
 
     let result = tokio::select! {
         r = proxy.client.request(upstream_req) => r,
-        _ = shared.deadline.cancelled() => {
+        _ = deadline.cancelled() => {
             guard.set_outcome(Outcome::Truncated);
             return Ok(error_response(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -240,7 +245,6 @@ pub async fn handle(
     {
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
         guard.set_kind(Kind::Upgraded);
-        let deadline = shared.deadline.clone();
         tokio::spawn(async move {
             let mut guard = guard;
             let (client_io, upstream_io) = match tokio::try_join!(client_upgrade, upstream_upgrade)
@@ -267,7 +271,13 @@ pub async fn handle(
 
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers, false);
-    let sse = is_event_stream(&parts.headers);
+    // A compressed stream cannot be framed or extended with a plain-text event: it is treated
+    // like any other body (aborted at the deadline).
+    let sse = is_event_stream(&parts.headers)
+        && parts
+            .headers
+            .get(header::CONTENT_ENCODING)
+            .is_none_or(|v| v.as_bytes().eq_ignore_ascii_case(b"identity"));
     if sse {
         // The gate may append a terminal event, so the length is no longer known.
         parts.headers.remove(header::CONTENT_LENGTH);
@@ -281,7 +291,7 @@ pub async fn handle(
     Ok(Response::from_parts(
         parts,
         GateBody::Proxied {
-            body: TrackedBody::new(body, guard, sse),
+            body: TrackedBody::new(body, guard, sse, deadline),
         },
     ))
 }

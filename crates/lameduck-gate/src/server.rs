@@ -65,19 +65,23 @@ async fn serve_conn(
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
     tokio::pin!(conn);
     let announce = proxy.shared.announce.clone();
-    // A connection opened while announcing is served (its responses carry Connection: close,
-    // or it gets GOAWAY after its first request); one opened before is told when
-    // announcing starts, which also closes it at once if it is idle.
-    let opened_while_announcing = announce.is_cancelled();
+    // When announcing starts, a connection that has carried a request is shut down
+    // gracefully: closed at once if idle, after its current response otherwise (HTTP/1.1),
+    // or sent GOAWAY (HTTP/2). A connection that has not carried a request yet is left
+    // alone, since its first request may be in transit and closing it would lose that
+    // request; that request is answered with Connection: close (or followed by GOAWAY).
     let shutdown = async {
-        if opened_while_announcing {
-            ctl.close.notified().await;
-        } else {
+        if !announce.is_cancelled() {
             tokio::select! {
-                _ = announce.cancelled() => {}
-                _ = ctl.close.notified() => {}
+                _ = announce.cancelled() => {
+                    if ctl.used.load(std::sync::atomic::Ordering::Relaxed) {
+                        return;
+                    }
+                }
+                _ = ctl.close.notified() => return,
             }
         }
+        ctl.close.notified().await;
     };
     let result = tokio::select! {
         r = conn.as_mut() => r,

@@ -45,6 +45,8 @@ pub struct Shared {
     pub child_status: AtomicI32,
     /// The child's process group, while it runs.
     pub child_pgid: AtomicI32,
+    /// The gate has signalled the child (so its exit is expected).
+    pub child_signalled: AtomicBool,
 }
 
 /// `child_status` before the child exited.
@@ -71,6 +73,7 @@ impl Shared {
             child_alive: AtomicBool::new(true),
             child_status: AtomicI32::new(NO_STATUS),
             child_pgid: AtomicI32::new(0),
+            child_signalled: AtomicBool::new(false),
         })
     }
 
@@ -92,9 +95,10 @@ impl Shared {
 
     /// Admits a new request, counting it as in flight unless refused.
     pub fn admit(&self, kind: Kind) -> Admission {
-        let now = self.now();
         let (admission, lag) = {
             let mut m = self.machine();
+            // Read the clock under the lock so events reach the machine in time order.
+            let now = self.now();
             let a = m.request_started(now);
             (a, m.drain_started().map(|s| now.saturating_sub(s)))
         };
@@ -126,10 +130,9 @@ impl Shared {
     pub fn finish(&self, kind: Kind, outcome: Outcome) {
         self.metrics.in_flight(kind).dec();
         self.metrics.requests(outcome).inc();
-        let now = self.now();
         let wake = {
             let mut m = self.machine();
-            m.request_finished(now, outcome);
+            m.request_finished(self.now(), outcome);
             m.has_actions()
         };
         if wake {
@@ -139,8 +142,10 @@ impl Shared {
 
     /// Starts or joins a drain.
     pub fn drain(&self, req: DrainRequest) -> Join {
-        let now = self.now();
-        let join = self.machine().drain(now, req);
+        let join = {
+            let mut m = self.machine();
+            m.drain(self.now(), req)
+        };
         match join {
             Join::Started => tracing::info!(
                 trigger = req.trigger.as_str(),
@@ -165,8 +170,10 @@ impl Shared {
         self.child_alive.store(false, Ordering::SeqCst);
         self.metrics.child_running.set(0);
         self.metrics.ready.set(0);
-        let now = self.now();
-        self.machine().child_exited(now);
+        {
+            let mut m = self.machine();
+            m.child_exited(self.now());
+        }
         self.wake.notify_one();
     }
 

@@ -85,6 +85,7 @@ pub fn signal_child(shared: &Shared, hard: bool) {
     if pid <= 0 {
         return;
     }
+    shared.child_signalled.store(true, Ordering::SeqCst);
     let result = if hard {
         tracing::warn!(
             pid,
@@ -199,16 +200,32 @@ async fn warm_up(
     }
 }
 
+/// The SIGTERM and SIGINT streams, installed before anything else starts so that no signal
+/// can arrive unhandled.
+pub struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Installs the handlers.
+    pub fn install() -> Result<Self, Error> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).map_err(Error::Signals)?,
+            int: signal(SignalKind::interrupt()).map_err(Error::Signals)?,
+        })
+    }
+}
+
 /// SIGTERM and SIGINT start (or join) a drain that ends in exit.
-pub async fn signal_loop(shared: Arc<Shared>) -> Result<(), Error> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).map_err(Error::Signals)?;
-    let mut int = signal(SignalKind::interrupt()).map_err(Error::Signals)?;
+pub async fn signal_loop(shared: Arc<Shared>, signals: Signals) {
+    let Signals { mut term, mut int } = signals;
     loop {
         let name = tokio::select! {
             _ = term.recv() => "SIGTERM",
             _ = int.recv() => "SIGINT",
-            _ = shared.exit.cancelled() => return Ok(()),
+            _ = shared.exit.cancelled() => return,
         };
         tracing::info!(signal = name, "Signal received");
         shared.drain(DrainRequest {

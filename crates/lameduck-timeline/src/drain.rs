@@ -389,22 +389,29 @@ impl DrainMachine {
     /// When the announcing window ends given what has been seen so far.
     fn announce_end(&self, d: &Draining) -> Time {
         let c = &self.config.convergence;
-        let min_end = d.started + c.min;
+        let min_end = d.started.saturating_add(c.min);
         let end = match d.last_arrival {
-            Some(last) => min_end.max(last + c.quiet),
+            Some(last) => min_end.max(last.saturating_add(c.quiet)),
             None => min_end,
         };
-        end.min(d.started + c.max).min(d.deadline)
+        end.min(d.started.saturating_add(c.max)).min(d.deadline)
     }
 
     /// Starts a drain, or joins the one under way. A join can only shorten the deadline and
     /// can add the wish to exit.
     pub fn drain(&mut self, now: Time, req: DrainRequest) -> Join {
-        let explicit = req.deadline.map(|d| now + d);
+        let explicit = req.deadline.map(|d| now.saturating_add(d));
         let join = match &mut self.drain {
             Some(d) => {
                 if let Some(e) = explicit {
                     d.deadline = d.deadline.min(e.max(d.started));
+                }
+                if req.exit && !d.exit {
+                    // A SIGTERM that joins an earlier drain (marker file, operator, spot
+                    // notice) starts the kubelet's grace period now: the engine may be
+                    // stopped as late as that period allows.
+                    let hard_stop = self.config.budget(req.already_spent).hard_stop(now);
+                    d.hard_stop = d.hard_stop.max(hard_stop);
                 }
                 d.exit |= req.exit;
                 Join::Joined
@@ -457,7 +464,8 @@ impl DrainMachine {
         };
         if let Some(d) = &mut self.drain {
             d.arrivals += 1;
-            d.last_arrival = Some(now);
+            // Never before the drain's start, whatever order callers read their clocks in.
+            d.last_arrival = Some(now.max(d.started));
             if admission == Admission::Refuse {
                 d.rejected += 1;
             }
@@ -506,7 +514,7 @@ impl DrainMachine {
             Phase::Serving => None,
             Phase::Announcing => Some(self.announce_end(d)),
             Phase::Finishing => Some(d.deadline),
-            Phase::Deadline => Some(d.deadline + self.config.deadline_linger),
+            Phase::Deadline => Some(d.deadline.saturating_add(self.config.deadline_linger)),
             Phase::Done => match (d.child_signalled, d.child_killed, self.child_exited) {
                 (Some(at), false, false) => Some(self.kill_at(d, at)),
                 _ => None,
@@ -530,7 +538,7 @@ impl DrainMachine {
         Some(DrainReport {
             trigger: d.trigger,
             phases: d.phases.clone(),
-            deadline: d.deadline - d.started,
+            deadline: d.deadline.saturating_sub(d.started),
             in_flight_at_start: d.in_flight_at_start,
             in_flight: self.in_flight,
             completed: d.completed,
@@ -539,14 +547,14 @@ impl DrainMachine {
             upstream_errors: d.upstream_errors,
             client_aborts: d.client_aborts,
             arrivals_after_unready: d.arrivals,
-            propagation_lag: d.last_arrival.map(|t| t - d.started),
-            total: d.drained_at.map(|t| t - d.started),
+            propagation_lag: d.last_arrival.map(|t| t.saturating_sub(d.started)),
+            total: d.drained_at.map(|t| t.saturating_sub(d.started)),
         })
     }
 
     fn kill_at(&self, d: &Draining, signalled: Time) -> Time {
         match self.config.child_timeout {
-            Some(t) => (signalled + t).min(d.hard_stop.max(signalled)),
+            Some(t) => signalled.saturating_add(t).min(d.hard_stop.max(signalled)),
             None => signalled,
         }
     }
@@ -586,8 +594,8 @@ impl DrainMachine {
                     }
                 }
                 Phase::Deadline => (self.in_flight == 0
-                    || now >= d.deadline + self.config.deadline_linger)
-                    .then_some((Phase::Done, Action::Drained)),
+                    || now >= d.deadline.saturating_add(self.config.deadline_linger))
+                .then_some((Phase::Done, Action::Drained)),
                 Phase::Done => None,
             };
             match next {
@@ -596,7 +604,7 @@ impl DrainMachine {
                     if phase == Phase::Done
                         && let Some(d) = &mut self.drain
                     {
-                        d.drained_at = Some(now);
+                        d.drained_at = Some(now.max(d.started));
                     }
                     self.actions.push_back(action);
                 }
@@ -798,6 +806,46 @@ mod tests {
         assert_eq!(m.phase(), Phase::Done);
         // Grace 60 s from 0: SIGKILL from us at 59 s at the latest, not 56 + 30.
         assert_eq!(m.poll_timeout(), Some(S(59)));
+    }
+
+    #[test]
+    fn sigterm_joining_an_old_drain_gets_its_own_kill_window() {
+        let mut m = DrainMachine::new(config());
+        m.drain(S(0), DrainRequest::new(Trigger::MarkerFile));
+        m.handle_timeout(S(2));
+        assert_eq!(m.phase(), Phase::Done);
+        drain_actions(&mut m);
+        // SIGTERM arrives long after the marker-file drain (grace 60 from now).
+        let sig = DrainRequest {
+            exit: true,
+            ..DrainRequest::new(Trigger::Signal)
+        };
+        m.drain(S(500), sig);
+        assert_eq!(drain_actions(&mut m), [Action::SignalChild]);
+        assert_eq!(
+            m.poll_timeout(),
+            Some(S(503)),
+            "child timeout, not an instant SIGKILL"
+        );
+    }
+
+    #[test]
+    fn clocks_read_out_of_order_never_panic() {
+        let mut m = DrainMachine::new(config());
+        m.drain(S(10), DrainRequest::new(Trigger::Endpoint));
+        // A request whose clock was read just before the drain's.
+        assert_eq!(m.request_started(S(9)), Admission::ServeAndClose);
+        m.request_finished(S(8), Outcome::Ok);
+        m.handle_timeout(S(5));
+        let r = m.report().unwrap();
+        assert_eq!(r.propagation_lag, Some(Duration::ZERO));
+        assert_eq!(r.total, None, "still announcing");
+        let huge = DrainRequest {
+            deadline: Some(Duration::MAX),
+            ..DrainRequest::new(Trigger::Endpoint)
+        };
+        m.drain(S(11), huge);
+        assert_eq!(m.deadline(), Some(S(65)));
     }
 
     #[test]

@@ -22,7 +22,12 @@ impl std::fmt::Display for ParseDurationError {
 
 impl std::error::Error for ParseDurationError {}
 
-/// Parses `30`, `1.5` (seconds, as Kubernetes writes them) or `250ms`, `90s`, `2m`, `1h 30m`.
+/// The longest duration accepted: a year. Anything longer is a typo, and capping it keeps
+/// every sum of durations far from overflow.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// Parses `30`, `1.5` (seconds, as Kubernetes writes them) or `250ms`, `90s`, `2m`, `1h 30m`;
+/// at most [`MAX_DURATION`].
 ///
 /// Bare numbers are seconds because that is how `terminationGracePeriodSeconds` and every
 /// probe field are written; units go through `humantime`.
@@ -35,11 +40,16 @@ pub fn parse_duration(input: &str) -> Result<Duration, ParseDurationError> {
     if s.is_empty() {
         return Err(err("empty"));
     }
-    if s.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+    let d = if s.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
         let secs: f64 = s.parse().map_err(|_| err("not a number"))?;
-        return Duration::try_from_secs_f64(secs).map_err(|_| err("out of range"));
+        Duration::try_from_secs_f64(secs).map_err(|_| err("out of range"))?
+    } else {
+        humantime::parse_duration(s).map_err(|e| err(&e.to_string()))?
+    };
+    if d > MAX_DURATION {
+        return Err(err("longer than a year"));
     }
-    humantime::parse_duration(s).map_err(|e| err(&e.to_string()))
+    Ok(d)
 }
 
 /// Formats a duration as seconds with millisecond precision, e.g. `12.345s`.
@@ -72,5 +82,7 @@ mod tests {
         assert!(e.contains("250ms"), "{e}");
         assert!(parse_duration("").is_err());
         assert!(parse_duration("1.2.3").is_err());
+        assert!(parse_duration("18446744073709551615").is_err());
+        assert!(parse_duration("400days").is_err());
     }
 }

@@ -147,7 +147,7 @@ impl Budget {
 
     /// The instant at which in-flight work must be ended.
     pub fn deadline(&self, drain_start: Duration) -> Duration {
-        drain_start + self.available()
+        drain_start.saturating_add(self.available())
     }
 
     /// The last instant at which the workload may still be stopped with SIGKILL by us rather

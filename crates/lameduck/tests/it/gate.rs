@@ -907,6 +907,16 @@ async fn metrics_are_exported() {
     let r =
         read_stream(send(post(&gate.url("/v1/chat/completions"), chat_body(true, 3))).await).await;
     assert_finished(r, 3);
+    // Non-streamed (fixed-length) responses count as ok too, over HTTP/1.1 and HEAD-like
+    // empty bodies alike.
+    let resp = send(post(&gate.url("/v1/chat/completions"), chat_body(false, 3)))
+        .await
+        .expect("response");
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(resp.headers().contains_key(header::CONTENT_LENGTH));
+    resp.into_body().collect().await.expect("body");
+    let (s, _) = get(&gate.url("/v1/models")).await.expect("models");
+    assert_eq!(s, StatusCode::OK);
     let (_, text) = get(&gate.admin_url("/metrics")).await.expect("metrics");
     for series in [
         "lameduck_gate_in_flight{kind=\"request\"}",
@@ -931,7 +941,12 @@ async fn metrics_are_exported() {
     assert_eq!(
         gate.metric("lameduck_gate_requests_total{outcome=\"ok\"}")
             .await,
-        Some(1.0)
+        Some(3.0)
+    );
+    assert_eq!(
+        gate.metric("lameduck_gate_requests_total{outcome=\"client_abort\"}")
+            .await,
+        Some(0.0)
     );
     assert_eq!(
         gate.metric("lameduck_gate_drain_phase{phase=\"serving\"}")
