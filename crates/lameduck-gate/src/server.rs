@@ -166,7 +166,7 @@ async fn admin(
             ),
         },
         "/live" | "/livez" if get => {
-            if shared.child_alive.load(Ordering::SeqCst) {
+            if shared.live() {
                 text(StatusCode::OK, "live\n")
             } else {
                 text(
@@ -241,7 +241,7 @@ fn status(shared: &Shared) -> serde_json::Value {
         "phase": shared.phase().as_str(),
         "ready": shared.readiness().is_ok(),
         "not_ready_reason": shared.readiness().err(),
-        "live": shared.child_alive.load(Ordering::SeqCst),
+        "live": shared.live(),
         "upstream": format!("{}://{}", shared.config.upstream.scheme, shared.config.upstream.authority),
         "upstream_healthy": shared.upstream_healthy.load(Ordering::SeqCst),
         "in_flight": {

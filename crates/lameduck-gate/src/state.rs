@@ -177,6 +177,12 @@ impl Shared {
         self.wake.notify_one();
     }
 
+    /// Whether /live should answer 200: the engine runs, or was stopped by the gate itself at
+    /// the end of a drain. Only an engine that died on its own fails liveness.
+    pub fn live(&self) -> bool {
+        self.child_alive.load(Ordering::SeqCst) || self.child_signalled.load(Ordering::SeqCst)
+    }
+
     /// Whether /ready should answer 200, and if not, why.
     pub fn readiness(&self) -> Result<(), &'static str> {
         if !self.child_alive.load(Ordering::SeqCst) {
@@ -353,12 +359,21 @@ mod tests {
         s.child_exited(3);
         assert_eq!(s.readiness(), Err("engine process exited"));
         assert!(!s.child_alive.load(Ordering::SeqCst));
+        assert!(!s.live(), "an engine that died on its own fails liveness");
         assert_eq!(s.child_status.load(Ordering::SeqCst), 3);
         // The driver turns the machine's Exit action into the exit signal.
         tokio::time::timeout(Duration::from_secs(5), drive(s.clone()))
             .await
             .expect("driver returns");
         assert!(s.exit.is_cancelled());
+    }
+
+    #[tokio::test]
+    async fn engine_stopped_by_the_gate_stays_live() {
+        let s = shared(&["--upstream", "http://127.0.0.1:1", "--", "engine"]);
+        s.child_signalled.store(true, Ordering::SeqCst);
+        s.child_exited(0);
+        assert!(s.live());
     }
 
     #[tokio::test(start_paused = true)]
