@@ -107,34 +107,39 @@ impl SseFramer {
             self.at_boundary = true;
         }
         let mut boundary = None;
-        for (i, &b) in chunk.iter().enumerate() {
-            match b {
-                b'\n' => {
-                    if self.after_cr {
-                        self.after_cr = false;
-                        if self.cr_boundary {
-                            boundary = Some(i + 1);
-                        }
-                        continue;
-                    }
-                    if self.line_start {
-                        boundary = Some(i + 1);
-                    }
-                    self.line_start = true;
-                }
-                b'\r' => {
-                    self.cr_boundary = self.line_start;
-                    if self.line_start {
-                        boundary = Some(i + 1);
-                    }
-                    self.line_start = true;
-                    self.after_cr = true;
-                }
-                _ => {
-                    self.line_start = false;
-                    self.after_cr = false;
-                }
+        // Only CR and LF change the state; memchr jumps between them. Any other byte between
+        // two line ends means the line was not empty.
+        let mut next = 0;
+        for i in memchr::memchr2_iter(b'\n', b'\r', &chunk) {
+            if i > next {
+                self.line_start = false;
+                self.after_cr = false;
             }
+            next = i + 1;
+            if chunk[i] == b'\n' {
+                if self.after_cr {
+                    self.after_cr = false;
+                    if self.cr_boundary {
+                        boundary = Some(i + 1);
+                    }
+                    continue;
+                }
+                if self.line_start {
+                    boundary = Some(i + 1);
+                }
+                self.line_start = true;
+            } else {
+                self.cr_boundary = self.line_start;
+                if self.line_start {
+                    boundary = Some(i + 1);
+                }
+                self.line_start = true;
+                self.after_cr = true;
+            }
+        }
+        if chunk.len() > next {
+            self.line_start = false;
+            self.after_cr = false;
         }
         match boundary {
             None => {
@@ -496,6 +501,76 @@ mod tests {
             f.push(Bytes::from(big.clone())).map(|b| b.len()),
             Some(big.len())
         );
+    }
+
+    /// The byte-by-byte definition of an event boundary (an empty line; LF, CRLF or CR line
+    /// ends): the offsets just after each boundary.
+    fn reference_boundaries(input: &[u8]) -> Vec<usize> {
+        let (mut line_start, mut after_cr, mut cr_boundary) = (true, false, false);
+        let mut out = Vec::new();
+        for (i, &b) in input.iter().enumerate() {
+            match b {
+                b'\n' if after_cr => {
+                    after_cr = false;
+                    if cr_boundary {
+                        out.push(i + 1);
+                    }
+                }
+                b'\n' => {
+                    if line_start {
+                        out.push(i + 1);
+                    }
+                    line_start = true;
+                }
+                b'\r' => {
+                    cr_boundary = line_start;
+                    if line_start {
+                        out.push(i + 1);
+                    }
+                    line_start = true;
+                    after_cr = true;
+                }
+                _ => {
+                    line_start = false;
+                    after_cr = false;
+                }
+            }
+        }
+        out
+    }
+
+    proptest::proptest! {
+        /// However the stream is cut into chunks, the framer passes on every byte once, in
+        /// order, and each piece it passes on ends at the last boundary seen so far.
+        #[test]
+        fn framer_matches_reference(
+            input in proptest::collection::vec(proptest::sample::select(b"ab:\n\r ".to_vec()), 0..300),
+            cuts in proptest::collection::vec(0usize..300, 0..12),
+        ) {
+            let mut cuts: Vec<usize> = cuts.into_iter().filter(|c| *c < input.len()).collect();
+            cuts.sort_unstable();
+            cuts.dedup();
+            let boundaries = reference_boundaries(&input);
+            let mut framer = SseFramer::default();
+            let mut sent = Vec::new();
+            let mut prev = 0;
+            for end in cuts.into_iter().chain(std::iter::once(input.len())) {
+                let chunk = Bytes::copy_from_slice(&input[prev..end]);
+                prev = end;
+                let last_boundary = boundaries.iter().copied().filter(|b| *b <= end).max();
+                match framer.push(chunk) {
+                    Some(out) => {
+                        sent.extend_from_slice(&out);
+                        proptest::prop_assert_eq!(Some(sent.len()), last_boundary);
+                    }
+                    None => proptest::prop_assert!(last_boundary.unwrap_or(0) <= sent.len()),
+                }
+            }
+            if let Some(rest) = framer.take_rest() {
+                sent.extend_from_slice(&rest);
+            }
+            proptest::prop_assert_eq!(sent, input);
+        }
     }
 
     #[test]
