@@ -130,7 +130,11 @@ pub async fn run_with(
     if let serde_json::Value::Object(r) = shared.report_json() {
         line.extend(r);
     }
-    // The one machine-readable line a drain leaves behind, whatever the log format.
-    eprintln!("{}", serde_json::Value::Object(line));
+    // The one machine-readable line a drain leaves behind, whatever the log format. Not
+    // `eprintln!`: it panics when stderr is gone, and the exit status matters more.
+    {
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr(), "{}", serde_json::Value::Object(line));
+    }
     Ok(code)
 }

@@ -22,7 +22,11 @@ pub fn init(format: Format) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_target(false);
+        .with_target(false)
+        // With stderr gone (a closed pipe), tracing would report the failed write with
+        // `eprintln!`, which panics and kills the task that logged — a signal handler, say.
+        // Losing a log line is better than losing a SIGTERM.
+        .log_internal_errors(false);
     match format {
         Format::Text => builder.init(),
         Format::Json => builder

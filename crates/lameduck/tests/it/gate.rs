@@ -955,3 +955,51 @@ async fn metrics_are_exported() {
     );
     assert_eq!(gate.metric("lameduck_gate_ready").await, Some(1.0));
 }
+
+/// With stderr gone (its reader closed), SIGTERM still drains, stops the engine and exits:
+/// a failed log write must never take a signal handler down with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signals_work_after_stderr_is_closed() {
+    let port = free_port();
+    let upstream = format!("http://127.0.0.1:{port}");
+    let listen = format!("127.0.0.1:{port}");
+    let mut child = std::process::Command::new(bin())
+        .args(["gate", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+        .args(["--upstream", &upstream, "--convergence-min", "200ms"])
+        .args(["--", bin(), "engine-sim", "--listen", &listen])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    // Wait until the engine is up (its start line), then close our end of the pipe.
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stderr));
+    assert!(
+        lines.any(|l| l.is_ok_and(|l| l.contains("engine-sim listening"))),
+        "engine never started"
+    );
+    drop(lines);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        Signal::SIGTERM,
+    )
+    .expect("kill");
+    let deadline = tokio::time::Instant::now() + LONG;
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("try_wait") {
+            break s;
+        }
+        if tokio::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the gate ignored SIGTERM with its stderr closed");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(status.code(), Some(0));
+    // The engine is gone too (its port is free again).
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "engine still listening"
+    );
+}
