@@ -119,6 +119,11 @@ pub struct GateArgs {
     #[arg(long, env = "LAMEDUCK_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
 
+    /// Worker threads. Default: the CPUs this process may run on (its affinity, and its
+    /// cgroup quota where the runtime can see it). With 1, a single-threaded runtime is used.
+    #[arg(long, env = "LAMEDUCK_THREADS")]
+    pub threads: Option<std::num::NonZeroUsize>,
+
     /// Wrapper mode: the engine command and its arguments, after `--`.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,

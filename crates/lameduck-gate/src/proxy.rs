@@ -41,14 +41,28 @@ impl Proxy {
     }
 }
 
-/// Per-connection control: the handler asks the connection to close after the current
-/// response (a request arrived while announcing on a connection that was not yet told).
-#[derive(Debug, Default)]
+/// Per-connection state shared with the handler: the handler asks the connection to close
+/// after the current response (a request arrived while announcing on a connection that was
+/// not yet told).
+#[derive(Debug)]
 pub struct ConnCtl {
     /// Notified when the connection must shut down gracefully.
     pub close: Notify,
     /// A request has arrived on this connection.
     pub used: std::sync::atomic::AtomicBool,
+    /// The client's address as an `X-Forwarded-For` value, formatted once per connection.
+    forwarded_for: Option<HeaderValue>,
+}
+
+impl ConnCtl {
+    /// State for a connection from `peer`.
+    pub fn new(peer: SocketAddr) -> Self {
+        ConnCtl {
+            close: Notify::new(),
+            used: std::sync::atomic::AtomicBool::new(false),
+            forwarded_for: HeaderValue::from_str(&peer.ip().to_string()).ok(),
+        }
+    }
 }
 
 /// Headers that describe one hop and are never forwarded (RFC 9110 §7.6.1).
@@ -193,7 +207,7 @@ pub async fn handle(
     {
         parts.headers.insert(header::HOST, v);
     }
-    append_forwarded_for(&mut parts.headers, peer);
+    append_forwarded_for(&mut parts.headers, peer, ctl.forwarded_for.as_ref());
     parts.version = Version::HTTP_11;
     let upstream_req = Request::from_parts(parts, body);
 
@@ -304,15 +318,23 @@ fn is_event_stream(headers: &HeaderMap) -> bool {
         .is_some_and(|t| t.trim().eq_ignore_ascii_case("text/event-stream"))
 }
 
-fn append_forwarded_for(headers: &mut HeaderMap, peer: SocketAddr) {
+/// Appends the client's address to `X-Forwarded-For`; `cached` is its formatted value.
+fn append_forwarded_for(headers: &mut HeaderMap, peer: SocketAddr, cached: Option<&HeaderValue>) {
     const XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
-    let ip = peer.ip().to_string();
-    let value = match headers.get(&XFF).and_then(|v| v.to_str().ok()) {
-        Some(prev) => format!("{prev}, {ip}"),
-        None => ip,
-    };
-    if let Ok(v) = HeaderValue::from_str(&value) {
-        headers.insert(XFF, v);
+    match (headers.get(&XFF).and_then(|v| v.to_str().ok()), cached) {
+        (None, Some(v)) => {
+            headers.insert(XFF, v.clone());
+        }
+        (prev, _) => {
+            let ip = peer.ip().to_string();
+            let value = match prev {
+                Some(prev) => format!("{prev}, {ip}"),
+                None => ip,
+            };
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                headers.insert(XFF, v);
+            }
+        }
     }
 }
 
@@ -389,8 +411,9 @@ mod tests {
     fn forwarded_for_appends() {
         let mut h = HeaderMap::new();
         let peer: SocketAddr = "10.1.2.3:5000".parse().unwrap();
-        append_forwarded_for(&mut h, peer);
-        append_forwarded_for(&mut h, peer);
+        let cached = ConnCtl::new(peer).forwarded_for;
+        append_forwarded_for(&mut h, peer, cached.as_ref());
+        append_forwarded_for(&mut h, peer, cached.as_ref());
         assert_eq!(h["x-forwarded-for"], "10.1.2.3, 10.1.2.3");
     }
 }

@@ -56,7 +56,7 @@ async fn serve_conn(
     peer: SocketAddr,
     proxy: Arc<Proxy>,
 ) {
-    let ctl = Arc::new(ConnCtl::default());
+    let ctl = Arc::new(ConnCtl::new(peer));
     let svc = {
         let proxy = proxy.clone();
         let ctl = ctl.clone();

@@ -10,6 +10,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// mimalloc: measured faster than the system allocator on the gate's request path
+/// (docs/benchmarks.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Make Kubernetes pod drains invisible for long-request workloads (LLM inference, SSE,
 /// WebSocket).
 #[derive(Debug, Parser)]
