@@ -120,8 +120,8 @@ class Proxies:
             cfg = Path(work) / f"{name}.conf"
             cfg.write_text(src.replace("@WORK@", str(work)).replace("@PORT@", str(port))
                            .replace("@UPSTREAM_PORT@", str(UP_PORT)))
-        (Path(work) / "nginx-body").mkdir()
-        (Path(work) / "nginx-proxy").mkdir()
+        (Path(work) / "nginx-body").mkdir(exist_ok=True)
+        (Path(work) / "nginx-proxy").mkdir(exist_ok=True)
         self.nginx = self.spawn(["nginx", "-c", Path(work) / "nginx.conf"], PROXY_CPU, "nginx.log")
         self.haproxy = self.spawn(["haproxy", "-db", "-f", Path(work) / "haproxy.conf"], PROXY_CPU, "haproxy.log")
         for port in (GATE_PORT, NGINX_PORT, HAPROXY_PORT):
@@ -307,6 +307,18 @@ def main():
                 ("errors", lambda r: f"{r['errors']:.0f}"),
             ]))
             g = s["gate"]
+            light = short_requests(work, rounds, max(secs // 2, 2), 4)
+            print(f"\nLight load (4 connections, so latency is service time rather than queueing):\n")
+            ld = light["direct"]
+            print(table([{**v, "name": k} for k, v in light.items()], [
+                ("target", lambda r: r["name"]),
+                ("req/s", lambda r: f"{r['rps']:.0f}"),
+                ("p50 µs", lambda r: f"{r['p50_us']:.0f}"),
+                ("p99 µs", lambda r: f"{r['p99_us']:.0f}"),
+                ("p99.9 µs", lambda r: f"{r['p999_us']:.0f}"),
+                ("added p50 µs", lambda r: f"{r['p50_us'] - ld['p50_us']:.0f}" if r["name"] != "direct" else "—"),
+                ("added p99 µs", lambda r: f"{r['p99_us'] - ld['p99_us']:.0f}" if r["name"] != "direct" else "—"),
+            ]))
             print(f"\nRatios: throughput gate/direct {g['rps'] / d['rps']:.2f}, gate/nginx {g['rps'] / s['nginx']['rps']:.2f}, "
                   f"gate/HAProxy {g['rps'] / s['haproxy']['rps']:.2f}; proxy CPU per request gate/nginx "
                   f"{g['cpu_us_per_req'] / s['nginx']['cpu_us_per_req']:.2f}, gate/HAProxy "

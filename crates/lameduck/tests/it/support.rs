@@ -129,15 +129,35 @@ impl Proc {
 impl Drop for Proc {
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
-            // Kill the process group too: a wrapped engine must not outlive a failed test.
+            use nix::sys::signal::{Signal, kill, killpg};
+            use nix::unistd::Pid;
             let pid = self.child.id() as i32;
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
+            // A wrapped engine runs in its own process group and would outlive a SIGKILLed
+            // gate: kill the gate's children (and their groups) first.
+            for child in children(pid) {
+                let _ = killpg(Pid::from_raw(child), Signal::SIGKILL);
+                let _ = kill(Pid::from_raw(child), Signal::SIGKILL);
+            }
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
             let _ = self.child.wait();
         }
     }
+}
+
+/// Direct children of `pid`, from /proc.
+fn children(pid: i32) -> Vec<i32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/stat"))
+                .ok()
+                .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.to_owned()))
+                .and_then(|rest| rest.split_whitespace().nth(1)?.parse::<i32>().ok())
+                == Some(pid)
+        })
+        .collect()
 }
 
 /// A gate under test, with its addresses.
