@@ -81,15 +81,7 @@ async fn official_openai_clients_see_the_terminal_event_as_an_error() {
         .iter()
         .map(|k| (*k, client(k, &base, 100_000)))
         .collect();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while gate.status().await["in_flight"]["stream"] != 2 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "clients never streaming: {}",
-            gate.status().await
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    gate.wait_streams(2).await;
     gate.proc.signal(Signal::SIGTERM);
     for (kind, handle) in long {
         let line = handle.await.expect("join");

@@ -66,15 +66,7 @@ async fn fifty_streams_complete_through_a_drain() {
         ));
     }
     // Wait until all 50 are streaming through the gate.
-    let deadline = tokio::time::Instant::now() + LONG;
-    while gate.status().await["in_flight"]["stream"] != 50 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "streams never all in flight: {}",
-            gate.status().await
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    gate.wait_streams(50).await;
     gate.proc.signal(Signal::SIGTERM);
 
     // /live stays 200 for the whole drain (until the process is gone).
@@ -342,11 +334,7 @@ async fn second_drain_call_joins_the_first() {
     .await;
     let req = post(&gate.url("/v1/chat/completions"), chat_body(true, 30));
     let stream = tokio::spawn(async move { read_stream(send(req).await).await });
-    let deadline = tokio::time::Instant::now() + LONG;
-    while gate.status().await["in_flight"]["stream"] != 1 {
-        assert!(tokio::time::Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    gate.wait_streams(1).await;
     let (url_a, url_b) = (gate.admin_url("/drain"), gate.admin_url("/drain"));
     let a = tokio::spawn(async move { get(&url_a).await });
     let b = tokio::spawn(async move { get(&url_b).await });
@@ -392,11 +380,7 @@ async fn finishing_refuses_new_arrivals() {
     .await;
     let req = post(&gate.url("/v1/chat/completions"), chat_body(true, 60));
     let stream = tokio::spawn(async move { read_stream(send(req).await).await });
-    let deadline = tokio::time::Instant::now() + LONG;
-    while gate.status().await["in_flight"]["stream"] != 1 {
-        assert!(tokio::time::Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    gate.wait_streams(1).await;
     get(&gate.admin_url("/drain?wait=false"))
         .await
         .expect("drain");
@@ -427,25 +411,8 @@ async fn finishing_refuses_new_arrivals() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn other_started_responses_are_aborted_at_the_deadline() {
     let up = upstream::start().await;
-    let upstream_url = format!("http://{up}");
-    let mut args = FAST.to_vec();
-    args.extend_from_slice(&[
-        "--upstream",
-        &upstream_url,
-        "--grace-period",
-        "2",
-        "--kill-margin",
-        "1",
-    ]);
-    let mut gate = Gate::start(&args, None).await;
-    gate.wait_ready(LONG).await;
-    let resp = send(
-        Request::get(gate.url("/slow"))
-            .body(Full::new(Bytes::new()))
-            .expect("req"),
-    )
-    .await
-    .expect("resp");
+    let mut gate = Gate::sidecar(up, &["--grace-period", "2", "--kill-margin", "1"]).await;
+    let resp = send(get_req(&gate.url("/slow"))).await.expect("resp");
     assert_eq!(resp.status(), StatusCode::OK);
     let body =
         tokio::spawn(async move { resp.into_body().collect().await.map(|b| b.to_bytes().len()) });
@@ -461,25 +428,8 @@ async fn other_started_responses_are_aborted_at_the_deadline() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_stream_ends_at_an_event_boundary() {
     let up = upstream::start().await;
-    let upstream_url = format!("http://{up}");
-    let mut args = FAST.to_vec();
-    args.extend_from_slice(&[
-        "--upstream",
-        &upstream_url,
-        "--grace-period",
-        "2",
-        "--kill-margin",
-        "1",
-    ]);
-    let mut gate = Gate::start(&args, None).await;
-    gate.wait_ready(LONG).await;
-    let resp = send(
-        Request::get(gate.url("/stall-sse"))
-            .body(Full::new(Bytes::new()))
-            .expect("req"),
-    )
-    .await
-    .expect("resp");
+    let mut gate = Gate::sidecar(up, &["--grace-period", "2", "--kill-margin", "1"]).await;
+    let resp = send(get_req(&gate.url("/stall-sse"))).await.expect("resp");
     let body = tokio::spawn(async move { resp.into_body().collect().await.map(|b| b.to_bytes()) });
     tokio::time::sleep(Duration::from_millis(300)).await;
     gate.proc.signal(Signal::SIGTERM);
@@ -502,22 +452,8 @@ async fn stalled_stream_ends_at_an_event_boundary() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_idle_timeout_ends_silent_streams() {
     let up = upstream::start().await;
-    let upstream_url = format!("http://{up}");
-    let mut args = FAST.to_vec();
-    args.extend_from_slice(&[
-        "--upstream",
-        &upstream_url,
-        "--upstream-idle-timeout",
-        "500ms",
-    ]);
-    let gate = Gate::start(&args, None).await;
-    gate.wait_ready(LONG).await;
-    let resp = send(
-        Request::get(gate.url("/stall-sse"))
-            .body(Full::new(Bytes::new()))
-            .expect("req"),
-    )
-    .await;
+    let gate = Gate::sidecar(up, &["--upstream-idle-timeout", "500ms"]).await;
+    let resp = send(get_req(&gate.url("/stall-sse"))).await;
     match read_stream(resp).await {
         StreamEnd::TerminalError { kind, done } => {
             assert_eq!(kind, "upstream_timeout");
@@ -536,11 +472,7 @@ async fn upstream_idle_timeout_ends_silent_streams() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upgrades_pass_through_and_count_as_in_flight() {
     let up = upstream::start().await;
-    let upstream_url = format!("http://{up}");
-    let mut args = FAST.to_vec();
-    args.extend_from_slice(&["--upstream", &upstream_url]);
-    let gate = Gate::start(&args, None).await;
-    gate.wait_ready(LONG).await;
+    let gate = Gate::sidecar(up, &[]).await;
 
     let tcp = TcpStream::connect(gate.proxy).await.expect("connect");
     let (mut send, conn) =
@@ -581,11 +513,7 @@ async fn upgrades_pass_through_and_count_as_in_flight() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hop_by_hop_headers_are_not_forwarded() {
     let up = upstream::start().await;
-    let upstream_url = format!("http://{up}");
-    let mut args = FAST.to_vec();
-    args.extend_from_slice(&["--upstream", &upstream_url]);
-    let gate = Gate::start(&args, None).await;
-    gate.wait_ready(LONG).await;
+    let gate = Gate::sidecar(up, &[]).await;
     let mut tcp = TcpStream::connect(gate.proxy).await.expect("connect");
     tcp.write_all(
         b"GET /headers HTTP/1.1\r\nHost: example.test\r\nConnection: keep-alive, X-Private\r\nX-Private: 1\r\nKeep-Alive: timeout=5\r\nTE: trailers\r\nProxy-Connection: keep-alive\r\nX-Kept: yes\r\n\r\n",
@@ -862,11 +790,7 @@ async fn sidecar_drain_and_token() {
 
     let req = post(&gate.url("/v1/chat/completions"), chat_body(true, 30));
     let stream = tokio::spawn(async move { read_stream(send(req).await).await });
-    let deadline = tokio::time::Instant::now() + LONG;
-    while gate.status().await["in_flight"]["stream"] != 1 {
-        assert!(tokio::time::Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    gate.wait_streams(1).await;
     let (s, _) = get(&gate.admin_url("/drain")).await.expect("drain");
     assert_eq!(s, StatusCode::UNAUTHORIZED);
     assert_eq!(gate.phase().await, "serving");

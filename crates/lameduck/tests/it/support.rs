@@ -234,6 +234,31 @@ impl Gate {
         g
     }
 
+    /// Starts a gate in sidecar mode in front of `upstream` with the FAST timings plus `args`,
+    /// and waits until it is ready.
+    pub async fn sidecar(upstream: std::net::SocketAddr, args: &[&str]) -> Gate {
+        let url = format!("http://{upstream}");
+        let mut all = FAST.to_vec();
+        all.extend_from_slice(&["--upstream", &url]);
+        all.extend_from_slice(args);
+        let g = Gate::start(&all, None).await;
+        g.wait_ready(Duration::from_secs(20)).await;
+        g
+    }
+
+    /// Polls /status until `n` streams are in flight.
+    pub async fn wait_streams(&self, n: u64) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while self.status().await["in_flight"]["stream"] != n {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{n} streams never in flight: {}",
+                self.status().await
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// `http://proxy{path}`.
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.proxy, path)
@@ -331,6 +356,13 @@ pub fn chat_body(stream: bool, max_tokens: u32) -> String {
         "max_tokens": max_tokens,
     })
     .to_string()
+}
+
+/// A GET with an empty body.
+pub fn get_req(url: &str) -> Request<Full<Bytes>> {
+    Request::get(url)
+        .body(Full::new(Bytes::new()))
+        .expect("request")
 }
 
 /// POST a JSON body.
