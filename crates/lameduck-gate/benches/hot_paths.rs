@@ -43,6 +43,13 @@ fn sse_framer_split_event(bencher: Bencher) {
     });
 }
 
+/// The per-event check for an engine's fake-success abort (on an ordinary event).
+#[divan::bench]
+fn sse_abort_check(bencher: Bencher) {
+    let chunk = Bytes::from_static(EVENT.as_bytes());
+    bencher.bench_local(|| black_box(lameduck_gate::body::aborted_event_start(black_box(&chunk))));
+}
+
 fn typical_headers() -> HeaderMap {
     let mut h = HeaderMap::new();
     for (k, v) in [

@@ -74,6 +74,38 @@ pub fn terminal_event(kind: &str, code: u16, message: &str) -> Bytes {
     Bytes::from(format!("event: error\ndata: {data}\n\ndata: [DONE]\n\n"))
 }
 
+/// Where an event reporting `"finish_reason": "abort"` starts in `events` (whole events only).
+///
+/// vLLM ends the streams it aborts (on SIGTERM without `--shutdown-timeout`, on engine
+/// errors) with such a chunk and then `[DONE]`: a client cannot tell it from a finished
+/// completion. The gate turns it into a terminal error event instead.
+pub fn aborted_event_start(events: &[u8]) -> Option<usize> {
+    const KEY: &[u8] = b"\"finish_reason\"";
+    // Built once: constructing a searcher costs more than a search of one event.
+    static FINDER: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(KEY));
+    let mut from = 0;
+    while let Some(i) = FINDER.find(&events[from..]) {
+        let at = from + i;
+        let rest = &events[at + KEY.len()..];
+        let rest = rest.trim_ascii_start();
+        if let Some(rest) = rest.strip_prefix(b":")
+            && rest.trim_ascii_start().starts_with(b"\"abort\"")
+        {
+            // The event starts after the last blank line before the match.
+            let before = &events[..at];
+            let start = [&b"\n\n"[..], b"\r\n\r\n", b"\r\r"]
+                .iter()
+                .filter_map(|sep| memchr::memmem::rfind(before, sep).map(|p| p + sep.len()))
+                .max()
+                .unwrap_or(0);
+            return Some(start);
+        }
+        from = at + KEY.len();
+    }
+    None
+}
+
 /// Bytes the gate holds back at most while waiting for an SSE event boundary. Larger events
 /// are passed on unframed: a stream that never has a boundary is not really SSE.
 const MAX_HELD: usize = 256 * 1024;
@@ -342,6 +374,21 @@ impl Body for TrackedBody {
                     } else {
                         out
                     };
+                    if let Some(start) = out.as_deref().and_then(aborted_event_start)
+                        && let Some(mut out) = out
+                    {
+                        // The engine aborted this request: never pass that on as a success.
+                        tracing::warn!("Engine aborted a stream; ending it with an error event");
+                        finish(this.guard, Outcome::UpstreamError);
+                        let mut b = BytesMut::with_capacity(start + 256);
+                        b.extend_from_slice(&out.split_to(start));
+                        b.extend_from_slice(&terminal_event(
+                            "engine_abort",
+                            502,
+                            "the inference engine aborted this request before it finished; retry the request",
+                        ));
+                        return Poll::Ready(Some(Ok(Frame::data(b.freeze()))));
+                    }
                     match out {
                         Some(out) => Frame::data(out),
                         None if ended => {
@@ -571,6 +618,22 @@ mod tests {
             }
             proptest::prop_assert_eq!(sent, input);
         }
+    }
+
+    #[test]
+    fn aborted_finish_is_found_at_its_event() {
+        let ok = b"data: {\"choices\":[{\"finish_reason\":null}]}\n\ndata: {\"choices\":[{\"finish_reason\":\"stop\"}]}\n\n";
+        assert_eq!(aborted_event_start(ok), None);
+        let first =
+            b"data: {\"choices\":[{\"delta\":{\"content\":\"hi\"},\"finish_reason\":null}]}\n\n";
+        let abort = b"data: {\"choices\":[{\"delta\":{},\"finish_reason\": \"abort\"}]}\n\ndata: [DONE]\n\n";
+        let both = [&first[..], &abort[..]].concat();
+        assert_eq!(aborted_event_start(&both), Some(first.len()));
+        assert_eq!(aborted_event_start(abort), Some(0));
+        // The word in content is not a finish reason.
+        let content =
+            b"data: {\"choices\":[{\"delta\":{\"content\":\"abort\"},\"finish_reason\":null}]}\n\n";
+        assert_eq!(aborted_event_start(content), None);
     }
 
     #[test]

@@ -927,3 +927,42 @@ async fn signals_work_after_stderr_is_closed() {
         "engine still listening"
     );
 }
+
+/// An engine that aborts a stream on its own (engine-sim's `abort`, like vLLM without
+/// --shutdown-timeout) ends it with `finish_reason: "abort"` + [DONE], a fake success; through
+/// the gate the client gets the terminal error event instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engine_abort_is_not_passed_on_as_success() {
+    let sim = Proc::spawn(&[
+        "engine-sim",
+        "--listen",
+        "127.0.0.1:0",
+        "--tokens-per-second",
+        "20",
+        "--output-tokens",
+        "1000",
+        "--ttft",
+        "10ms",
+        "--on-sigterm",
+        "abort",
+    ]);
+    let line = sim.wait_for_line("engine-sim listening", LONG).await;
+    let addr: std::net::SocketAddr = line["addr"].as_str().expect("addr").parse().expect("addr");
+    let gate = Gate::sidecar(addr, &[]).await;
+    let req = post(&gate.url("/v1/chat/completions"), chat_body(true, 1000));
+    let stream = tokio::spawn(async move { read_stream(send(req).await).await });
+    gate.wait_streams(1).await;
+    sim.signal(Signal::SIGTERM);
+    match stream.await.expect("join") {
+        StreamEnd::TerminalError { kind, done } => {
+            assert_eq!(kind, "engine_abort");
+            assert!(done);
+        }
+        other => panic!("expected the terminal event, got {other:?}"),
+    }
+    assert_eq!(
+        gate.metric("lameduck_gate_requests_total{outcome=\"upstream_error\"}")
+            .await,
+        Some(1.0)
+    );
+}
