@@ -114,8 +114,8 @@ pub struct GateArgs {
     #[arg(long, default_value = "0", value_parser = dur, env = "LAMEDUCK_UPSTREAM_IDLE_TIMEOUT")]
     pub upstream_idle_timeout: Duration,
 
-    /// Require `Authorization: Bearer TOKEN` on /drain. Read from the environment to keep it
-    /// out of the process list.
+    /// Require `Authorization: Bearer TOKEN` on /drain. Prefer the environment variable: a
+    /// flag's value is visible in the process list.
     #[arg(long, env = "LAMEDUCK_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
 

@@ -117,16 +117,14 @@ pub async fn run_with(
     let mut line = serde_json::Map::new();
     line.insert("msg".into(), "drain report".into());
     line.insert("exit_code".into(), code.into());
-    if wrapper {
-        line.insert(
-            "child_status".into(),
-            if child_status == state::NO_STATUS {
-                serde_json::Value::Null
-            } else {
-                child_status.into()
-            },
-        );
-    }
+    line.insert(
+        "child_status".into(),
+        if !wrapper || child_status == state::NO_STATUS {
+            serde_json::Value::Null
+        } else {
+            child_status.into()
+        },
+    );
     if let serde_json::Value::Object(r) = shared.report_json() {
         line.extend(r);
     }

@@ -179,7 +179,11 @@ async fn admin(
             let mut r = text(StatusCode::OK, shared.metrics.encode());
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
-                header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                // prometheus-client writes the OpenMetrics text format (`# EOF`, counters
+                // with a `_total` sample); Prometheus negotiates and parses it.
+                header::HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
             );
             r
         }

@@ -135,7 +135,10 @@ pub async fn health_loop(shared: Arc<Shared>) {
         }
         if healthy && !shared.started.load(Ordering::SeqCst) && warm_up(&shared, &client).await {
             shared.started.store(true, Ordering::SeqCst);
-            tracing::info!("Engine ready: serving");
+            match shared.readiness() {
+                Ok(()) => tracing::info!("Engine ready: serving"),
+                Err(why) => tracing::info!(not_ready = why, "Engine ready"),
+            }
         }
         shared
             .metrics
@@ -236,13 +239,25 @@ pub async fn signal_loop(shared: Arc<Shared>, signals: Signals) {
     }
 }
 
-/// Starts a drain when the marker file appears.
+/// Starts a drain when the marker file appears, or is touched again if it was already there
+/// at start (a marker left on a volume that outlived a container restart must not keep the new
+/// container from ever serving).
 pub async fn marker_loop(shared: Arc<Shared>) {
     let Some(path) = shared.config.drain_file.clone() else {
         return;
     };
+    let mtime = |meta: std::fs::Metadata| meta.modified().ok();
+    let stale = tokio::fs::metadata(&path).await.ok().map(mtime);
+    if stale.is_some() {
+        tracing::warn!(
+            path = %path.display(),
+            "Drain marker file exists at start: ignored until it is touched again (remove it to silence this)"
+        );
+    }
     loop {
-        if tokio::fs::try_exists(&path).await.unwrap_or(false) {
+        if let Ok(meta) = tokio::fs::metadata(&path).await
+            && stale.as_ref().is_none_or(|s| *s != mtime(meta))
+        {
             tracing::info!(path = %path.display(), "Drain marker file found");
             shared.drain(DrainRequest::new(Trigger::MarkerFile));
             return;

@@ -22,6 +22,7 @@ pub fn init(format: Format) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         // With stderr gone (a closed pipe), tracing would report the failed write with
         // `eprintln!`, which panics and kills the task that logged — a signal handler, say.

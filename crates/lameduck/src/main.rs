@@ -27,7 +27,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 )]
 struct Cli {
     /// Log format on stderr.
-    #[arg(long, global = true, value_enum, default_value_t = logging::Format::Text, env = "LAMEDUCK_LOG_FORMAT")]
+    #[arg(long, global = true, display_order = 1000, value_enum, default_value_t = logging::Format::Text, env = "LAMEDUCK_LOG_FORMAT")]
     log_format: logging::Format,
 
     #[command(subcommand)]

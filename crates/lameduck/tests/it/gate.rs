@@ -762,6 +762,25 @@ async fn marker_file_starts_a_drain() {
     assert_eq!(gate.status().await["child"]["running"], true);
     gate.proc.signal(Signal::SIGTERM);
     assert_eq!(gate.proc.wait_exit(LONG).await, 0);
+
+    // A marker left over from before the start (a volume that outlived a container restart)
+    // does not drain the new gate; touching it again does.
+    let gate = Gate::wrapping_sim(&["--drain-file", &marker_s], &[]).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(gate.phase().await, "serving");
+    assert!(
+        gate.proc
+            .lines()
+            .iter()
+            .any(|l| l.contains("exists at start"))
+    );
+    let later = std::time::SystemTime::now() + Duration::from_secs(5);
+    std::fs::File::options()
+        .write(true)
+        .open(&marker)
+        .and_then(|f| f.set_modified(later))
+        .expect("touch");
+    gate.wait_phase("done", Duration::from_secs(10)).await;
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -878,6 +897,17 @@ async fn metrics_are_exported() {
         Some(1.0)
     );
     assert_eq!(gate.metric("lameduck_gate_ready").await, Some(1.0));
+    let resp = send(get_req(&gate.admin_url("/metrics")))
+        .await
+        .expect("metrics");
+    assert!(
+        resp.headers()[header::CONTENT_TYPE]
+            .to_str()
+            .unwrap_or("")
+            .starts_with("application/openmetrics-text"),
+        "the body is OpenMetrics text and must say so"
+    );
+    assert!(text.trim_end().ends_with("# EOF"));
 }
 
 /// With stderr gone (its reader closed), SIGTERM still drains, stops the engine and exits:
