@@ -1,0 +1,475 @@
+//! Reading manifests: files, directories, stdin; multi-document streams; `List` objects. Every
+//! node keeps its position, so a finding can point at `file:line:column`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use saphyr::{LoadableYamlNode, MarkedYaml, Scalar, YamlData};
+use serde_json::{Map, Number, Value};
+
+/// A position in a source file: 1-based line and column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Pos {
+    /// Line, from 1.
+    pub line: usize,
+    /// Column, from 1.
+    pub col: usize,
+}
+
+/// Where every node of a document is, by path (`spec.template.spec.containers[0].image`): a
+/// mapping entry at its key, a sequence item at the item.
+#[derive(Debug, Clone, Default)]
+pub struct Positions {
+    map: HashMap<String, Pos>,
+}
+
+impl Positions {
+    /// The position of the node at `path`, if it exists.
+    pub fn get(&self, path: &str) -> Option<Pos> {
+        self.map.get(path).copied()
+    }
+
+    /// The position of the node at `path`, or of its nearest ancestor that exists (where a
+    /// missing field would have to be added).
+    pub fn nearest(&self, path: &str) -> Option<Pos> {
+        let mut p = path;
+        loop {
+            if let Some(pos) = self.map.get(p) {
+                return Some(*pos);
+            }
+            let cut = p.rfind(['.', '['])?;
+            p = &p[..cut];
+        }
+    }
+}
+
+/// One Kubernetes object read from a manifest.
+#[derive(Debug, Clone)]
+pub struct Object {
+    /// The file it came from (`-` for stdin).
+    pub file: Arc<PathBuf>,
+    /// The document's index in the file, from 0.
+    pub document: usize,
+    /// Path of the object inside its document: empty, or `items[3]` inside a `List`.
+    pub prefix: String,
+    /// `apiVersion`.
+    pub api_version: String,
+    /// `kind`.
+    pub kind: String,
+    /// `metadata.name` (empty when missing).
+    pub name: String,
+    /// `metadata.namespace`.
+    pub namespace: Option<String>,
+    /// The object as JSON.
+    pub value: Value,
+    /// Positions of the whole document's nodes.
+    pub positions: Arc<Positions>,
+}
+
+impl Object {
+    /// The absolute path (in the document) of `path` within this object.
+    pub fn path(&self, path: &str) -> String {
+        match (self.prefix.is_empty(), path.is_empty()) {
+            (true, _) => path.to_owned(),
+            (false, true) => self.prefix.clone(),
+            (false, false) => format!("{}.{path}", self.prefix),
+        }
+    }
+
+    /// The position of `path` within this object, or of its nearest ancestor.
+    pub fn pos(&self, path: &str) -> Pos {
+        self.positions
+            .nearest(&self.path(path))
+            .unwrap_or(Pos { line: 1, col: 1 })
+    }
+
+    /// `kind/name` (with the namespace when set), as people write it.
+    pub fn display_name(&self) -> String {
+        match &self.namespace {
+            Some(ns) => format!("{}/{} (namespace {ns})", self.kind, self.name),
+            None => format!("{}/{}", self.kind, self.name),
+        }
+    }
+
+    /// The object as a typed Kubernetes API object.
+    pub fn typed<T: serde::de::DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
+        serde_json::from_value(self.value.clone())
+    }
+
+    /// An annotation's value.
+    pub fn annotation(&self, key: &str) -> Option<&str> {
+        self.value
+            .pointer("/metadata/annotations")
+            .and_then(|a| a.get(key))
+            .and_then(Value::as_str)
+    }
+}
+
+/// Why (part of) an input could not be read. Each names the input and the position.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The file or directory could not be read.
+    #[error("{path}: cannot read: {source}")]
+    Io {
+        /// The input.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// Not valid YAML (or JSON).
+    #[error("{path}:{}:{}: invalid YAML: {message}", pos.line, pos.col)]
+    Syntax {
+        /// The input.
+        path: PathBuf,
+        /// Where.
+        pos: Pos,
+        /// The parser's message.
+        message: String,
+    },
+    /// A document that is not a Kubernetes object (no `kind`/`apiVersion` mapping).
+    #[error("{path}:{}:{}: document {document} is not a Kubernetes object ({why})", pos.line, pos.col)]
+    NotAnObject {
+        /// The input.
+        path: PathBuf,
+        /// Where.
+        pos: Pos,
+        /// Document index, from 0.
+        document: usize,
+        /// What is missing.
+        why: &'static str,
+    },
+}
+
+/// Everything read from a set of inputs: the objects, and the errors of the parts that could
+/// not be read (the rest is still returned).
+#[derive(Debug, Default)]
+pub struct Loaded {
+    /// Objects in input order.
+    pub objects: Vec<Object>,
+    /// Errors, in input order.
+    pub errors: Vec<LoadError>,
+}
+
+/// Reads `text` (the contents of `path`).
+pub fn load_str(path: &Path, text: &str) -> Loaded {
+    let file = Arc::new(path.to_path_buf());
+    let mut out = Loaded::default();
+    let docs = match MarkedYaml::load_from_str(text) {
+        Ok(d) => d,
+        Err(e) => {
+            let m = e.marker();
+            out.errors.push(LoadError::Syntax {
+                path: path.to_path_buf(),
+                pos: Pos {
+                    line: m.line(),
+                    col: m.col() + 1,
+                },
+                message: e.info().to_owned(),
+            });
+            return out;
+        }
+    };
+    for (document, node) in docs.iter().enumerate() {
+        let mut positions = Positions::default();
+        let value = convert(node, String::new(), &mut positions);
+        if value.is_null() {
+            continue; // an empty document (`---` at the end)
+        }
+        let positions = Arc::new(positions);
+        let at = pos_of(node);
+        let object = |prefix: String, value: Value| -> Result<Object, LoadError> {
+            let get = |k: &str| value.get(k).and_then(Value::as_str).map(str::to_owned);
+            let not = |why| LoadError::NotAnObject {
+                path: path.to_path_buf(),
+                pos: positions.nearest(&prefix).unwrap_or(at),
+                document,
+                why,
+            };
+            let kind = get("kind").ok_or_else(|| not("no `kind`"))?;
+            let api_version = get("apiVersion").ok_or_else(|| not("no `apiVersion`"))?;
+            let meta = value.get("metadata");
+            let name = meta
+                .and_then(|m| m.get("name"))
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned();
+            let namespace = meta
+                .and_then(|m| m.get("namespace"))
+                .and_then(Value::as_str)
+                .map(str::to_owned);
+            Ok(Object {
+                file: file.clone(),
+                document,
+                prefix,
+                api_version,
+                kind,
+                name,
+                namespace,
+                value,
+                positions: positions.clone(),
+            })
+        };
+        if !value.is_object() {
+            out.errors.push(LoadError::NotAnObject {
+                path: path.to_path_buf(),
+                pos: at,
+                document,
+                why: "not a mapping",
+            });
+            continue;
+        }
+        let is_list = value
+            .get("kind")
+            .and_then(Value::as_str)
+            .is_some_and(|k| k.ends_with("List"))
+            && value.get("items").is_some_and(Value::is_array);
+        if is_list {
+            let items = value
+                .get("items")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            for (i, item) in items.into_iter().enumerate() {
+                match object(format!("items[{i}]"), item) {
+                    Ok(o) => out.objects.push(o),
+                    Err(e) => out.errors.push(e),
+                }
+            }
+        } else {
+            match object(String::new(), value) {
+                Ok(o) => out.objects.push(o),
+                Err(e) => out.errors.push(e),
+            }
+        }
+    }
+    out
+}
+
+/// Reads files, directories (recursively: `*.yaml`, `*.yml`, `*.json`, in name order) and `-`
+/// (stdin). Unreadable inputs are reported and the others still read.
+pub fn load_paths(inputs: &[PathBuf]) -> Loaded {
+    let mut out = Loaded::default();
+    for input in inputs {
+        if input.as_os_str() == "-" {
+            let mut text = String::new();
+            match std::io::Read::read_to_string(&mut std::io::stdin(), &mut text) {
+                Ok(_) => merge(&mut out, load_str(input, &text)),
+                Err(source) => out.errors.push(LoadError::Io {
+                    path: input.clone(),
+                    source,
+                }),
+            }
+            continue;
+        }
+        let mut files = Vec::new();
+        if let Err(source) = collect(input, &mut files, true) {
+            out.errors.push(LoadError::Io {
+                path: input.clone(),
+                source,
+            });
+            continue;
+        }
+        for f in files {
+            match std::fs::read_to_string(&f) {
+                Ok(text) => merge(&mut out, load_str(&f, &text)),
+                Err(source) => out.errors.push(LoadError::Io { path: f, source }),
+            }
+        }
+    }
+    out
+}
+
+fn merge(into: &mut Loaded, from: Loaded) {
+    into.objects.extend(from.objects);
+    into.errors.extend(from.errors);
+}
+
+fn collect(path: &Path, files: &mut Vec<PathBuf>, explicit: bool) -> std::io::Result<()> {
+    let meta = std::fs::metadata(path)?;
+    if meta.is_dir() {
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(path)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
+        entries.sort();
+        for e in entries {
+            let hidden = e
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with('.'));
+            if !hidden {
+                collect(&e, files, false)?;
+            }
+        }
+    } else if explicit
+        || path
+            .extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| matches!(e, "yaml" | "yml" | "json"))
+    {
+        files.push(path.to_path_buf());
+    }
+    Ok(())
+}
+
+fn pos_of(node: &MarkedYaml<'_>) -> Pos {
+    Pos {
+        line: node.span.start.line(),
+        col: node.span.start.col() + 1,
+    }
+}
+
+/// Converts a node to JSON, recording the position of it and of everything below it.
+fn convert(node: &MarkedYaml<'_>, path: String, positions: &mut Positions) -> Value {
+    let value = match &node.data {
+        YamlData::Value(s) => scalar(s),
+        YamlData::Representation(text, style, _) => {
+            if matches!(style, saphyr::ScalarStyle::Plain) {
+                scalar(&Scalar::parse_from_cow(text.clone()))
+            } else {
+                Value::String(text.to_string())
+            }
+        }
+        YamlData::Sequence(items) => Value::Array(
+            items
+                .iter()
+                .enumerate()
+                .map(|(i, item)| convert(item, format!("{path}[{i}]"), positions))
+                .collect(),
+        ),
+        YamlData::Mapping(map) => {
+            let mut out = Map::new();
+            for (k, v) in map {
+                let key = match convert(k, String::new(), &mut Positions::default()) {
+                    Value::String(s) => s,
+                    other => other.to_string(),
+                };
+                let child = if path.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{path}.{key}")
+                };
+                // A mapping entry is located at its key, as people point at `replicas:`.
+                positions.map.insert(child.clone(), pos_of(k));
+                let v = convert(v, child, positions);
+                out.insert(key, v);
+            }
+            Value::Object(out)
+        }
+        YamlData::Tagged(_, inner) => return convert(inner, path, positions),
+        // Aliases are resolved by the loader; anything left is treated as empty.
+        YamlData::Alias(_) | YamlData::BadValue => Value::Null,
+    };
+    positions.map.entry(path).or_insert(pos_of(node));
+    value
+}
+
+fn scalar(s: &Scalar<'_>) -> Value {
+    match s {
+        Scalar::Null => Value::Null,
+        Scalar::Boolean(b) => Value::Bool(*b),
+        Scalar::Integer(i) => Value::Number((*i).into()),
+        Scalar::FloatingPoint(f) => {
+            Number::from_f64(f.into_inner()).map_or(Value::Null, Value::Number)
+        }
+        Scalar::String(s) => Value::String(s.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TWO_DOCS: &str = "\
+apiVersion: v1
+kind: Pod
+metadata:
+  name: a
+spec:
+  containers:
+    - name: web
+      image: nginx
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: b
+  namespace: prod
+spec:
+  replicas: 3
+";
+
+    #[test]
+    fn documents_objects_and_positions() {
+        let l = load_str(Path::new("m.yaml"), TWO_DOCS);
+        assert!(l.errors.is_empty(), "{:?}", l.errors);
+        assert_eq!(l.objects.len(), 2);
+        let pod = &l.objects[0];
+        assert_eq!((pod.kind.as_str(), pod.name.as_str()), ("Pod", "a"));
+        assert_eq!(pod.pos("spec.containers[0].image"), Pos { line: 8, col: 7 });
+        assert_eq!(pod.pos("spec.containers[0].name"), Pos { line: 7, col: 7 });
+        assert_eq!(pod.pos("spec.containers[0]"), Pos { line: 7, col: 7 });
+        // A missing field points at its nearest existing ancestor.
+        assert_eq!(
+            pod.pos("spec.containers[0].lifecycle.preStop"),
+            pod.pos("spec.containers[0]")
+        );
+        let d = &l.objects[1];
+        assert_eq!(d.document, 1);
+        assert_eq!(d.namespace.as_deref(), Some("prod"));
+        assert_eq!(d.value["spec"]["replicas"], 3);
+        assert_eq!(d.pos("spec.replicas"), Pos { line: 16, col: 3 });
+        assert_eq!(d.display_name(), "Deployment/b (namespace prod)");
+    }
+
+    #[test]
+    fn lists_are_expanded_with_their_paths() {
+        let text = "apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: Service\n  metadata: {name: s}\n- apiVersion: v1\n  kind: Pod\n  metadata:\n    name: p\n";
+        let l = load_str(Path::new("l.yaml"), text);
+        assert_eq!(l.objects.len(), 2);
+        assert_eq!(l.objects[1].prefix, "items[1]");
+        assert_eq!(l.objects[1].pos("metadata.name"), Pos { line: 10, col: 5 });
+    }
+
+    #[test]
+    fn json_reads_with_positions() {
+        let text = "{\n  \"apiVersion\": \"v1\",\n  \"kind\": \"Pod\",\n  \"metadata\": {\"name\": \"j\"},\n  \"spec\": {\"terminationGracePeriodSeconds\": 120}\n}\n";
+        let l = load_str(Path::new("p.json"), text);
+        assert!(l.errors.is_empty(), "{:?}", l.errors);
+        assert_eq!(
+            l.objects[0].value["spec"]["terminationGracePeriodSeconds"],
+            120
+        );
+        assert_eq!(
+            l.objects[0].pos("spec.terminationGracePeriodSeconds").line,
+            5
+        );
+    }
+
+    #[test]
+    fn malformed_yaml_is_reported_with_its_position() {
+        let l = load_str(
+            Path::new("bad.yaml"),
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: [x\n",
+        );
+        assert!(l.objects.is_empty());
+        let e = l.errors[0].to_string();
+        assert!(e.starts_with("bad.yaml:"), "{e}");
+        assert!(e.contains("invalid YAML"), "{e}");
+        let l = load_str(Path::new("x.yaml"), "just: a map\n");
+        assert!(l.errors[0].to_string().contains("no `kind`"));
+    }
+
+    #[test]
+    fn quoted_numbers_stay_strings() {
+        let l = load_str(
+            Path::new("q.yaml"),
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\ndata:\n  a: \"30\"\n  b: 30\n  c: yes\n",
+        );
+        let v = &l.objects[0].value["data"];
+        assert_eq!(v["a"], "30");
+        assert_eq!(v["b"], 30);
+        // YAML 1.2: `yes` is a string.
+        assert_eq!(v["c"], "yes");
+    }
+}
