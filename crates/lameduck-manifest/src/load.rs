@@ -49,6 +49,8 @@ impl Positions {
 pub struct Object {
     /// The file it came from (`-` for stdin).
     pub file: Arc<PathBuf>,
+    /// The whole text of that file (for source snippets).
+    pub source: Arc<str>,
     /// The document's index in the file, from 0.
     pub document: usize,
     /// Path of the object inside its document: empty, or `items[3]` inside a `List`.
@@ -154,6 +156,7 @@ pub struct Loaded {
 /// Reads `text` (the contents of `path`).
 pub fn load_str(path: &Path, text: &str) -> Loaded {
     let file = Arc::new(path.to_path_buf());
+    let source: Arc<str> = Arc::from(text);
     let mut out = Loaded::default();
     let docs = match MarkedYaml::load_from_str(text) {
         Ok(d) => d,
@@ -200,6 +203,7 @@ pub fn load_str(path: &Path, text: &str) -> Loaded {
                 .map(str::to_owned);
             Ok(Object {
                 file: file.clone(),
+                source: source.clone(),
                 document,
                 prefix,
                 api_version,

@@ -42,6 +42,9 @@ enum Command {
     /// An OpenAI-compatible streaming inference simulator with configurable timing and
     /// shutdown behaviour.
     EngineSim(lameduck_engine_sim::Config),
+    /// Check manifests for drain mistakes, with file:line:column positions (preview: the
+    /// timing, probe, spot and disruption-budget rules; no SARIF, config file or inject yet).
+    Lint(cmd::lint::LintArgs),
 }
 
 fn main() -> ExitCode {
@@ -50,6 +53,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Gate(args) => cmd::gate::run(*args),
         Command::EngineSim(args) => cmd::engine_sim::run(args),
+        Command::Lint(args) => cmd::lint::run(args),
     };
     match result {
         Ok(code) => ExitCode::from(u8::try_from(code.clamp(0, 255)).unwrap_or(1)),

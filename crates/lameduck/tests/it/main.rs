@@ -2,5 +2,6 @@
 
 mod clients;
 mod gate;
+mod lint;
 mod support;
 mod upstream;

@@ -1,0 +1,167 @@
+//! What is known about a workload beyond its spec: how long its requests may run, whether it
+//! is an inference server, whether it runs on spot capacity, whether the gate fronts it.
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1 as core;
+use lameduck_manifest::Workload;
+
+/// Annotation: the longest request the workload serves, in seconds or with a unit.
+pub const MAX_REQUEST_ANNOTATION: &str = "lameduck.io/max-request-seconds";
+/// Annotation: the spot provider (`aws`, `gcp`, `azure`).
+pub const SPOT_ANNOTATION: &str = "lameduck.io/spot";
+/// Request length assumed for an inference server when nothing says otherwise.
+pub const ASSUMED_INFERENCE_REQUEST: Duration = Duration::from_secs(150);
+
+/// Where a workload's max request duration came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MaxRequestSource {
+    /// The `lameduck.io/max-request-seconds` annotation.
+    Annotation,
+    /// The `--max-request` flag.
+    Flag,
+    /// Assumed: the workload looks like an inference server.
+    Assumed,
+}
+
+/// A spot provider and its termination notice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Spot {
+    /// AWS: a two-minute interruption notice.
+    Aws,
+    /// GCP: 30 s before preemption.
+    Gcp,
+    /// Azure: at least 30 s (Scheduled Events `Preempt`).
+    Azure,
+}
+
+impl Spot {
+    /// The notice the provider gives.
+    pub fn notice(self) -> Duration {
+        match self {
+            Spot::Aws => Duration::from_secs(120),
+            Spot::Gcp | Spot::Azure => Duration::from_secs(30),
+        }
+    }
+
+    /// The provider's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Spot::Aws => "AWS",
+            Spot::Gcp => "GCP",
+            Spot::Azure => "Azure",
+        }
+    }
+}
+
+/// Known inference engines, matched in images and commands.
+const ENGINES: [&str; 8] = [
+    "vllm",
+    "sglang",
+    "text-generation-inference",
+    "text-generation-launcher",
+    "tritonserver",
+    "tensorrt-llm",
+    "lmdeploy",
+    "ollama",
+];
+
+fn words(c: &core::Container) -> impl Iterator<Item = &str> {
+    c.image
+        .as_deref()
+        .into_iter()
+        .chain(c.command.iter().flatten().map(String::as_str))
+        .chain(c.args.iter().flatten().map(String::as_str))
+}
+
+/// Whether a container looks like an inference server: a known engine's image or command, or
+/// a GPU request.
+pub fn is_inference(c: &core::Container) -> bool {
+    let engine = words(c).any(|w| {
+        let w = w.to_ascii_lowercase();
+        ENGINES.iter().any(|e| w.contains(e))
+    });
+    let gpu = c.resources.as_ref().is_some_and(|r| {
+        r.limits
+            .iter()
+            .flatten()
+            .chain(r.requests.iter().flatten())
+            .any(|(k, _)| k.ends_with("/gpu"))
+    });
+    engine || gpu
+}
+
+/// Whether a container runs `lameduck gate`.
+pub fn is_gate(c: &core::Container) -> bool {
+    let all: Vec<&str> = words(c).collect();
+    all.join(" ").contains("lameduck gate")
+        || (all.iter().any(|w| w.contains("lameduck")) && all.contains(&"gate"))
+}
+
+/// The workload's max request duration and where it came from, if known.
+pub fn max_request(
+    w: &Workload<'_>,
+    flag: Option<Duration>,
+) -> Option<(Duration, MaxRequestSource)> {
+    if let Some(v) = w.object.annotation(MAX_REQUEST_ANNOTATION)
+        && let Ok(d) = lameduck_timeline::parse_duration(v)
+    {
+        return Some((d, MaxRequestSource::Annotation));
+    }
+    if let Some(d) = flag {
+        return Some((d, MaxRequestSource::Flag));
+    }
+    w.spec
+        .containers
+        .iter()
+        .any(is_inference)
+        .then_some((ASSUMED_INFERENCE_REQUEST, MaxRequestSource::Assumed))
+}
+
+/// The spot provider the workload is scheduled on, from the annotation or known node labels in
+/// nodeSelector, node affinity or tolerations.
+pub fn spot(w: &Workload<'_>) -> Option<Spot> {
+    match w.object.annotation(SPOT_ANNOTATION) {
+        Some("aws") => return Some(Spot::Aws),
+        Some("gcp") => return Some(Spot::Gcp),
+        Some("azure") => return Some(Spot::Azure),
+        _ => {}
+    }
+    let label = |k: &str, v: &str| -> Option<Spot> {
+        let v = v.to_ascii_lowercase();
+        match k {
+            "karpenter.sh/capacity-type" if v == "spot" => Some(Spot::Aws),
+            "eks.amazonaws.com/capacityType" if v == "spot" => Some(Spot::Aws),
+            "node.kubernetes.io/lifecycle" if v == "spot" => Some(Spot::Aws),
+            "cloud.google.com/gke-spot" | "cloud.google.com/gke-preemptible" if v == "true" => {
+                Some(Spot::Gcp)
+            }
+            "kubernetes.azure.com/scalesetpriority" if v == "spot" => Some(Spot::Azure),
+            _ => None,
+        }
+    };
+    let spec = &w.spec;
+    let from_selector = spec
+        .node_selector
+        .iter()
+        .flatten()
+        .find_map(|(k, v)| label(k, v));
+    let from_affinity = spec
+        .affinity
+        .as_ref()
+        .and_then(|a| a.node_affinity.as_ref())
+        .and_then(|na| {
+            na.required_during_scheduling_ignored_during_execution
+                .as_ref()
+        })
+        .into_iter()
+        .flat_map(|r| &r.node_selector_terms)
+        .flat_map(|t| t.match_expressions.iter().flatten())
+        .find_map(|e| e.values.iter().flatten().find_map(|v| label(&e.key, v)));
+    let from_tolerations = spec
+        .tolerations
+        .iter()
+        .flatten()
+        .find_map(|t| label(t.key.as_deref()?, t.value.as_deref().unwrap_or("true")));
+    from_selector.or(from_affinity).or(from_tolerations)
+}

@@ -1,0 +1,111 @@
+//! `lameduck lint`: static analysis of Kubernetes manifests for drain mistakes, with exact
+//! `file:line:column` positions.
+//!
+//! All objects of a run are analysed together (a PodDisruptionBudget in another file counts).
+//! The budget arithmetic is [`lameduck_timeline::Budget`]'s. Rules: [`rules::ALL`].
+
+pub mod facts;
+pub mod report;
+pub mod rules;
+
+use std::time::Duration;
+
+use lameduck_manifest::Loaded;
+use serde::Serialize;
+
+/// How serious a finding is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// Worth knowing.
+    Note,
+    /// Likely to cost requests in some drains.
+    Warning,
+    /// Costs requests in every drain.
+    Error,
+}
+
+impl Severity {
+    /// Lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Note => "note",
+            Severity::Warning => "warning",
+            Severity::Error => "error",
+        }
+    }
+}
+
+/// What the linter assumes where manifests are silent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Options {
+    /// `--max-request`: the longest request, for workloads without the annotation.
+    pub max_request: Option<Duration>,
+    /// `--convergence`: how long load balancers take to stop sending to an unready pod.
+    pub convergence: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            max_request: None,
+            convergence: Duration::from_secs(15),
+        }
+    }
+}
+
+/// One problem at one place.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Finding {
+    /// The rule's id.
+    pub rule: &'static str,
+    /// Its severity.
+    pub severity: Severity,
+    /// The file.
+    pub file: String,
+    /// Line, from 1.
+    pub line: usize,
+    /// Column, from 1.
+    pub col: usize,
+    /// `kind/name` of the object.
+    pub object: String,
+    /// The container, when the finding is about one.
+    pub container: Option<String>,
+    /// The field's path in the document.
+    pub path: String,
+    /// What is wrong, with the numbers.
+    pub message: String,
+    /// What to do.
+    pub fix: String,
+}
+
+/// The result of a run.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// Findings, by file, line and column.
+    pub findings: Vec<Finding>,
+    /// Inputs that could not be read, and assumptions made.
+    pub notes: Vec<String>,
+    /// Objects analysed.
+    pub objects: usize,
+}
+
+impl Report {
+    /// The most severe finding's severity.
+    pub fn worst(&self) -> Option<Severity> {
+        self.findings.iter().map(|f| f.severity).max()
+    }
+}
+
+/// Lints everything loaded.
+pub fn lint(loaded: &Loaded, options: &Options) -> Report {
+    let (mut findings, mut notes) = rules::check(&loaded.objects, options);
+    findings
+        .sort_by(|a, b| (&a.file, a.line, a.col, a.rule).cmp(&(&b.file, b.line, b.col, b.rule)));
+    notes.splice(0..0, loaded.errors.iter().map(ToString::to_string));
+    Report {
+        findings,
+        notes,
+        objects: loaded.objects.len(),
+    }
+}

@@ -1,0 +1,458 @@
+//! The rules. Each has a stable id, a title, a default severity and a page
+//! `docs/rules/<id>.md`.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1 as core;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use lameduck_manifest::{ContainerTimeline, Object, Workload, WorkloadKind};
+use lameduck_timeline::{Budget, PreStop};
+
+use crate::facts::{self, MaxRequestSource};
+use crate::{Finding, Options, Severity};
+
+/// A rule's description.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rule {
+    /// Stable id, also the name of its page in `docs/rules/`.
+    pub id: &'static str,
+    /// One line.
+    pub title: &'static str,
+    /// Default severity.
+    pub severity: Severity,
+}
+
+macro_rules! rules {
+    ($($name:ident = $id:literal, $sev:ident, $title:literal;)*) => {
+        $(
+            #[doc = $title]
+            pub const $name: Rule = Rule { id: $id, title: $title, severity: Severity::$sev };
+        )*
+        /// Every rule.
+        pub const ALL: &[Rule] = &[$($name),*];
+    };
+}
+
+rules! {
+    GRACE_TOO_SHORT = "grace-period-too-short", Error,
+        "The grace period cannot fit the preStop, the longest request and the kill margin";
+    PRESTOP_BEYOND_GRACE = "prestop-beyond-grace", Error,
+        "The preStop hook takes as long as the grace period or longer: SIGKILL without SIGTERM";
+    NO_PRESTOP = "no-prestop", Error,
+        "A serving container has no preStop hook and no drain gate: it stops while load balancers still send to it";
+    NO_READINESS = "no-readiness-probe", Error,
+        "A serving container has no readiness probe: it gets traffic before it is ready and after it starts draining";
+    READINESS_NOT_DRAIN_AWARE = "readiness-not-drain-aware", Warning,
+        "Readiness does not change when a drain starts";
+    READINESS_SLOWER_THAN_CONVERGENCE = "readiness-slower-than-convergence", Warning,
+        "Readiness takes longer to fail than the convergence window";
+    LIVENESS_SAME_AS_READINESS = "liveness-same-as-readiness", Warning,
+        "The liveness probe is the readiness probe: a drain or a busy engine gets the container restarted";
+    SPOT_GRACE_EXCEEDS_NOTICE = "spot-grace-exceeds-notice", Warning,
+        "On spot capacity the grace period is longer than the provider's notice";
+    PDB_BLOCKS_DRAINS = "pdb-blocks-drains", Error,
+        "The PodDisruptionBudget allows no eviction: every node drain blocks";
+    MULTIPLE_PDBS = "multiple-pdbs", Error,
+        "More than one PodDisruptionBudget selects the same pods: the Eviction API refuses every eviction";
+}
+
+/// Room kept at the end of the grace period (as the gate's default --kill-margin).
+pub const MARGIN: Duration = Duration::from_secs(5);
+
+fn secs(d: Duration) -> String {
+    let s = d.as_secs_f64();
+    if s.fract() == 0.0 {
+        format!("{s:.0} s")
+    } else {
+        format!("{s:.1} s")
+    }
+}
+
+/// A container that takes traffic: it declares ports, has a readiness probe, or is an
+/// inference server.
+fn serving(c: &core::Container) -> bool {
+    c.ports.as_ref().is_some_and(|p| !p.is_empty())
+        || c.readiness_probe.is_some()
+        || facts::is_inference(c)
+}
+
+struct Ctx<'a> {
+    opts: &'a Options,
+    out: Vec<Finding>,
+}
+
+impl Ctx<'_> {
+    fn emit(
+        &mut self,
+        rule: Rule,
+        object: &Object,
+        path: &str,
+        container: Option<&str>,
+        message: String,
+        fix: String,
+    ) {
+        let pos = object.pos(path);
+        self.out.push(Finding {
+            rule: rule.id,
+            severity: rule.severity,
+            file: object.file.display().to_string(),
+            line: pos.line,
+            col: pos.col,
+            object: object.display_name(),
+            container: container.map(str::to_owned),
+            path: object.path(path),
+            message,
+            fix,
+        });
+    }
+}
+
+/// Runs every rule over the workloads and their disruption budgets.
+pub fn check(objects: &[Object], opts: &Options) -> (Vec<Finding>, Vec<String>) {
+    let mut ctx = Ctx {
+        opts,
+        out: Vec::new(),
+    };
+    let mut notes = Vec::new();
+    let pdbs: Vec<(&Object, PodDisruptionBudget)> = objects
+        .iter()
+        .filter(|o| o.kind == "PodDisruptionBudget")
+        .filter_map(|o| o.typed().ok().map(|p| (o, p)))
+        .collect();
+    for object in objects {
+        let Some(w) = Workload::from_object(object) else {
+            continue;
+        };
+        let w = match w {
+            Ok(w) => w,
+            Err(e) => {
+                notes.push(e.to_string());
+                continue;
+            }
+        };
+        if matches!(w.kind, WorkloadKind::Job | WorkloadKind::CronJob) {
+            continue; // batch work is not served through a load balancer
+        }
+        workload(&mut ctx, &w, &mut notes);
+        budgets(&mut ctx, &w, &pdbs);
+    }
+    (ctx.out, notes)
+}
+
+fn workload(ctx: &mut Ctx<'_>, w: &Workload<'_>, notes: &mut Vec<String>) {
+    let o = w.object;
+    let gated = w
+        .spec
+        .containers
+        .iter()
+        .chain(w.spec.init_containers.iter().flatten())
+        .any(facts::is_gate);
+    let max = facts::max_request(w, ctx.opts.max_request);
+    if let Some((d, MaxRequestSource::Assumed)) = max {
+        notes.push(format!(
+            "{}: looks like an inference server; assuming requests of up to {} (set the `{}` annotation or --max-request)",
+            o.display_name(),
+            secs(d),
+            facts::MAX_REQUEST_ANNOTATION
+        ));
+    }
+    let grace = w.grace();
+    let timelines = w.containers();
+    let raw: Vec<&core::Container> = w
+        .spec
+        .containers
+        .iter()
+        .chain(
+            w.spec
+                .init_containers
+                .iter()
+                .flatten()
+                .filter(|c| c.restart_policy.as_deref() == Some("Always")),
+        )
+        .collect();
+    for (t, c) in timelines.iter().zip(raw) {
+        if facts::is_gate(c) || !serving(c) {
+            continue;
+        }
+        let name = Some(t.name.as_str());
+        let hook = t.termination.pre_stop.duration();
+        // The preStop runs inside the grace period.
+        if let Some(h) = hook
+            && h >= grace
+        {
+            ctx.emit(
+                PRESTOP_BEYOND_GRACE,
+                o,
+                &format!("{}.lifecycle.preStop", t.path),
+                name,
+                format!(
+                    "the preStop hook takes {} but the grace period is {}: the kubelet sends SIGKILL before SIGTERM is ever sent",
+                    secs(h),
+                    secs(grace)
+                ),
+                format!("make terminationGracePeriodSeconds at least {} or shorten the hook", (h + MARGIN).as_secs()),
+            );
+        } else if let Some((max_req, source)) = max {
+            let need =
+                Budget::required_grace(hook.unwrap_or_default(), Duration::ZERO, max_req, MARGIN);
+            if grace < need {
+                let from = match source {
+                    MaxRequestSource::Annotation => "its annotation",
+                    MaxRequestSource::Flag => "--max-request",
+                    MaxRequestSource::Assumed => "assumed for an inference server",
+                };
+                let default = if w.spec.termination_grace_period_seconds.is_none() {
+                    " (the default)"
+                } else {
+                    ""
+                };
+                ctx.emit(
+                    GRACE_TOO_SHORT,
+                    o,
+                    &w.grace_path(),
+                    name,
+                    format!(
+                        "terminationGracePeriodSeconds is {}{default}, but the preStop ({}) + the longest request ({}, {from}) + a {} margin need {}: requests in flight at a drain are killed",
+                        secs(grace),
+                        secs(hook.unwrap_or_default()),
+                        secs(max_req),
+                        secs(MARGIN),
+                        secs(need)
+                    ),
+                    format!("set terminationGracePeriodSeconds: {}", need.as_secs()),
+                );
+            }
+        }
+        if t.termination.pre_stop == PreStop::None && !gated {
+            ctx.emit(
+                NO_PRESTOP,
+                o,
+                &format!("{}.lifecycle", t.path),
+                name,
+                "no preStop hook and no drain gate: SIGTERM arrives while load balancers still route new requests here".into(),
+                "run the server behind `lameduck gate` (see `lameduck inject`), or add a preStop that fails readiness and waits for convergence".into(),
+            );
+        }
+        probes(ctx, o, t, c, gated);
+        if let Some(spot) = facts::spot(w)
+            && grace > spot.notice()
+        {
+            ctx.emit(
+                SPOT_GRACE_EXCEEDS_NOTICE,
+                o,
+                &w.grace_path(),
+                name,
+                format!(
+                    "runs on {} spot capacity, whose notice is {}, but the grace period is {}: a reclaim kills the pod before its drain ends",
+                    spot.name(),
+                    secs(spot.notice()),
+                    secs(grace)
+                ),
+                format!(
+                    "cap requests to fit {} (minus convergence and margin), or keep long requests off spot nodes",
+                    secs(spot.notice())
+                ),
+            );
+        }
+    }
+}
+
+fn probes(ctx: &mut Ctx<'_>, o: &Object, t: &ContainerTimeline, c: &core::Container, gated: bool) {
+    let name = Some(t.name.as_str());
+    let (Some(probe_spec), Some(timing)) = (c.readiness_probe.as_ref(), t.readiness) else {
+        ctx.emit(
+            NO_READINESS,
+            o,
+            &t.path,
+            name,
+            "no readiness probe: the pod gets traffic before the engine is ready, and keeps getting it while it drains".into(),
+            "add a readinessProbe (with the gate: httpGet /ready on its admin port)".into(),
+        );
+        return;
+    };
+    let path = format!("{}.readinessProbe", t.path);
+    // Drain-aware: the gate's /ready, or an exec check of the marker the preStop creates.
+    let gate_ready = gated
+        && probe_spec
+            .http_get
+            .as_ref()
+            .and_then(|h| h.path.as_deref())
+            .is_some_and(|p| p == "/ready" || p == "/readyz");
+    let marker = c
+        .lifecycle
+        .as_ref()
+        .and_then(|l| l.pre_stop.as_ref())
+        .and_then(|h| h.exec.as_ref())
+        .and_then(|e| e.command.as_ref())
+        .and_then(|cmd| touched_file(&cmd.join(" ")));
+    let checks_marker = marker.as_deref().is_some_and(|m| {
+        probe_spec
+            .exec
+            .as_ref()
+            .and_then(|e| e.command.as_ref())
+            .is_some_and(|cmd| cmd.join(" ").contains(m))
+    });
+    if !gate_ready && !checks_marker {
+        ctx.emit(
+            READINESS_NOT_DRAIN_AWARE,
+            o,
+            &path,
+            name,
+            match &marker {
+                Some(m) => format!("the preStop creates {m}, but the readiness probe does not check it: the pod stays ready while it drains"),
+                None => "the readiness probe does not change when a drain starts (no gate /ready, no drain marker): load balancers keep sending new requests to a draining pod".into(),
+            },
+            "probe the gate's /ready on its admin port, or have the probe fail when the preStop's marker file exists".into(),
+        );
+    }
+    let to_fail = timing.time_to_fail();
+    if to_fail > ctx.opts.convergence {
+        ctx.emit(
+            READINESS_SLOWER_THAN_CONVERGENCE,
+            o,
+            &path,
+            name,
+            format!(
+                "readiness takes up to {} to fail (periodSeconds × failureThreshold), longer than the {} convergence window: load balancers learn of the drain late",
+                secs(to_fail),
+                secs(ctx.opts.convergence)
+            ),
+            "lower periodSeconds or failureThreshold (e.g. periodSeconds: 2, failureThreshold: 1 against the gate's /ready)".into(),
+        );
+    }
+    if let Some(live) = &c.liveness_probe
+        && same_check(live, probe_spec)
+    {
+        ctx.emit(
+            LIVENESS_SAME_AS_READINESS,
+            o,
+            &format!("{}.livenessProbe", t.path),
+            name,
+            "the liveness probe checks the same thing as readiness: when readiness fails for a drain or under load, the kubelet restarts the container".into(),
+            "give liveness its own check that never looks at drain state or load (with the gate: /live)".into(),
+        );
+    }
+}
+
+/// The file a shell command creates with `touch`, if any.
+fn touched_file(cmd: &str) -> Option<String> {
+    let tokens: Vec<&str> = cmd
+        .split(|c: char| c.is_whitespace() || matches!(c, ';' | '&' | '|'))
+        .filter(|t| !t.is_empty())
+        .collect();
+    tokens
+        .windows(2)
+        .find(|w| w[0].rsplit('/').next() == Some("touch"))
+        .map(|w| w[1].to_owned())
+}
+
+/// Whether two probes check the same thing (same handler, whatever the timing).
+fn same_check(a: &core::Probe, b: &core::Probe) -> bool {
+    a.http_get.as_ref().map(|h| (&h.path, &h.port))
+        == b.http_get.as_ref().map(|h| (&h.path, &h.port))
+        && a.exec.as_ref().map(|e| &e.command) == b.exec.as_ref().map(|e| &e.command)
+        && a.tcp_socket.as_ref().map(|t| &t.port) == b.tcp_socket.as_ref().map(|t| &t.port)
+        && a.grpc.as_ref().map(|g| g.port) == b.grpc.as_ref().map(|g| g.port)
+}
+
+fn labels(w: &Workload<'_>) -> BTreeMap<String, String> {
+    let pointer = match w.kind {
+        WorkloadKind::Pod => "/metadata/labels".to_owned(),
+        k => format!(
+            "/{}/metadata/labels",
+            k.pod_path().trim_end_matches(".spec").replace('.', "/")
+        ),
+    };
+    w.object
+        .value
+        .pointer(&pointer)
+        .and_then(|v| serde_json::from_value(v.clone()).ok())
+        .unwrap_or_default()
+}
+
+/// Whether a label selector selects pods with `labels` (an empty selector selects all).
+pub fn selects(sel: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
+    let by_labels = sel
+        .match_labels
+        .iter()
+        .flatten()
+        .all(|(k, v)| labels.get(k) == Some(v));
+    let by_exprs = sel.match_expressions.iter().flatten().all(|e| {
+        let values = e.values.as_deref().unwrap_or_default();
+        match e.operator.as_str() {
+            "In" => labels.get(&e.key).is_some_and(|v| values.contains(v)),
+            "NotIn" => labels.get(&e.key).is_none_or(|v| !values.contains(v)),
+            "Exists" => labels.contains_key(&e.key),
+            "DoesNotExist" => !labels.contains_key(&e.key),
+            _ => false,
+        }
+    });
+    by_labels && by_exprs
+}
+
+fn budgets(ctx: &mut Ctx<'_>, w: &Workload<'_>, pdbs: &[(&Object, PodDisruptionBudget)]) {
+    let o = w.object;
+    let pod_labels = labels(w);
+    let mine: Vec<&(&Object, PodDisruptionBudget)> = pdbs
+        .iter()
+        .filter(|(po, pdb)| {
+            po.namespace == o.namespace
+                && pdb
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.selector.as_ref())
+                    .is_some_and(|s| selects(s, &pod_labels))
+        })
+        .collect();
+    if mine.len() > 1 {
+        let names: Vec<String> = mine.iter().map(|(po, _)| po.name.clone()).collect();
+        ctx.emit(
+            MULTIPLE_PDBS,
+            mine[1].0,
+            "spec.selector",
+            None,
+            format!(
+                "{} selects the pods of {} together with {}: with more than one budget the Eviction API answers every eviction with an error, and node drains hang",
+                mine[1].0.display_name(),
+                o.display_name(),
+                names.join(", ")
+            ),
+            "keep one PodDisruptionBudget per set of pods".into(),
+        );
+    }
+    let replicas = w.replicas.unwrap_or(1);
+    for (po, pdb) in mine {
+        let Some(spec) = &pdb.spec else { continue };
+        let blocks = match (&spec.max_unavailable, &spec.min_available) {
+            (Some(IntOrString::Int(0)), _) => Some("maxUnavailable: 0".to_owned()),
+            (Some(IntOrString::String(s)), _) if s.trim() == "0%" => {
+                Some(format!("maxUnavailable: {s}"))
+            }
+            (_, Some(IntOrString::Int(n))) if *n >= replicas => {
+                Some(format!("minAvailable: {n} with {replicas} replica(s)"))
+            }
+            (_, Some(IntOrString::String(s))) if s.trim() == "100%" => {
+                Some(format!("minAvailable: {s}"))
+            }
+            _ => None,
+        };
+        if let Some(why) = blocks {
+            let field = if spec.max_unavailable.is_some() {
+                "spec.maxUnavailable"
+            } else {
+                "spec.minAvailable"
+            };
+            ctx.emit(
+                PDB_BLOCKS_DRAINS,
+                po,
+                field,
+                None,
+                format!("{} allows no eviction of {} ({why}): every node drain waits on it forever", po.display_name(), o.display_name()),
+                "allow at least one disruption (maxUnavailable: 1), and keep warm headroom so one pod's load fits on the others".into(),
+            );
+        }
+    }
+}

@@ -1,0 +1,284 @@
+//! Rule tests: each rule fires at the right line:column and stays quiet on the fixed form;
+//! the seed article's examples; snapshots of the human and JSON output.
+
+use std::path::Path;
+use std::time::Duration;
+
+use lameduck_lint::{Options, Report, lint, report};
+use lameduck_manifest::load_str;
+
+fn run(name: &str, text: &str) -> Report {
+    let r = lint(&load_str(Path::new(name), text), &Options::default());
+    // A fixture that does not parse would make every "stays quiet" test pass for nothing.
+    assert!(
+        !r.notes
+            .iter()
+            .any(|n| n.contains("not valid") || n.contains("invalid YAML")),
+        "{:?}",
+        r.notes
+    );
+    r
+}
+
+fn fired(r: &Report) -> Vec<(&'static str, usize, usize)> {
+    r.findings.iter().map(|f| (f.rule, f.line, f.col)).collect()
+}
+
+fn fixture(name: &str) -> String {
+    std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(name),
+    )
+    .expect("fixture")
+}
+
+#[test]
+fn seed_complete_deployment_is_clean() {
+    let r = run("seed-complete.yaml", &fixture("seed-complete.yaml"));
+    assert_eq!(fired(&r), [], "{:#?}", r.findings);
+    assert!(
+        r.notes
+            .iter()
+            .any(|n| n.contains("assuming requests of up to 150 s")),
+        "{:?}",
+        r.notes
+    );
+}
+
+#[test]
+fn seed_naive_deployment_gets_every_relevant_finding() {
+    let r = run("seed-naive.yaml", &fixture("seed-naive.yaml"));
+    let mut rules: Vec<&str> = r.findings.iter().map(|f| f.rule).collect();
+    rules.sort();
+    assert_eq!(
+        rules,
+        [
+            "grace-period-too-short",
+            "liveness-same-as-readiness",
+            "no-prestop",
+            "readiness-not-drain-aware",
+            "readiness-slower-than-convergence",
+        ]
+    );
+    let grace = r
+        .findings
+        .iter()
+        .find(|f| f.rule == "grace-period-too-short")
+        .expect("grace");
+    // Points at the pod spec, where terminationGracePeriodSeconds must be added.
+    assert_eq!((grace.line, grace.col), (11, 5));
+    assert!(
+        grace.message.contains("30 s (the default)"),
+        "{}",
+        grace.message
+    );
+    assert!(grace.fix.contains("155"), "{}", grace.fix);
+}
+
+#[test]
+fn snapshots_of_human_and_json_output() {
+    let text = fixture("seed-naive.yaml");
+    let r = run("seed-naive.yaml", &text);
+    let src: std::sync::Arc<str> = std::sync::Arc::from(text.as_str());
+    insta::assert_snapshot!("naive_human", report::human(&r, |_| Some(src.clone())));
+    let json: serde_json::Value = serde_json::from_str(&report::json(&r)).expect("json");
+    insta::assert_snapshot!(
+        "naive_json",
+        serde_json::to_string_pretty(&json).expect("json")
+    );
+}
+
+const DEPLOY_HEAD: &str = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d, namespace: n}\nspec:\n  replicas: 3\n  template:\n    metadata: {labels: {app: d}}\n    spec:\n";
+
+/// A deployment whose pod spec body (indented 6 spaces) is `body`.
+fn deploy(body: &str) -> String {
+    format!("{DEPLOY_HEAD}{body}")
+}
+
+const GOOD_CONTAINER: &str = r#"      containers:
+        - name: app
+          image: example/app
+          ports: [{containerPort: 8000}]
+          readinessProbe:
+            exec: {command: [sh, -c, 'test ! -f /tmp/draining']}
+            periodSeconds: 2
+          livenessProbe:
+            tcpSocket: {port: 8000}
+          lifecycle:
+            preStop:
+              exec: {command: [sh, -c, 'touch /tmp/draining; sleep 10']}
+"#;
+
+#[test]
+fn good_container_is_clean() {
+    let r = run("g.yaml", &deploy(GOOD_CONTAINER));
+    assert_eq!(fired(&r), []);
+}
+
+#[test]
+fn prestop_beyond_grace() {
+    let text = deploy(&format!(
+        "      terminationGracePeriodSeconds: 10\n{GOOD_CONTAINER}"
+    ));
+    let r = run("p.yaml", &text);
+    assert_eq!(fired(&r), [("prestop-beyond-grace", 20, 13)]);
+}
+
+#[test]
+fn grace_too_short_with_max_request_annotation_and_flag() {
+    let annotated = deploy(GOOD_CONTAINER).replace(
+        "metadata: {name: d, namespace: n}",
+        "metadata: {name: d, namespace: n, annotations: {lameduck.io/max-request-seconds: '120'}}",
+    );
+    let r = run("a.yaml", &annotated);
+    assert_eq!(fired(&r), [("grace-period-too-short", 8, 5)]);
+    assert!(r.findings[0].message.contains("its annotation"));
+    // Enough grace: 10 + 120 + 5.
+    let fixed = annotated.replace(
+        "    spec:\n      containers",
+        "    spec:\n      terminationGracePeriodSeconds: 135\n      containers",
+    );
+    assert_eq!(fired(&run("a.yaml", &fixed)), []);
+    // The flag applies where no annotation is set.
+    let opts = Options {
+        max_request: Some(Duration::from_secs(60)),
+        ..Options::default()
+    };
+    let r = lint(
+        &load_str(Path::new("f.yaml"), &deploy(GOOD_CONTAINER)),
+        &opts,
+    );
+    assert_eq!(fired(&r), [("grace-period-too-short", 8, 5)]);
+}
+
+#[test]
+fn no_readiness_probe() {
+    let text = deploy(
+        "      containers:\n        - name: app\n          image: x\n          ports: [{containerPort: 80}]\n          lifecycle: {preStop: {sleep: {seconds: 5}}}\n",
+    );
+    let r = run("r.yaml", &text);
+    assert_eq!(fired(&r), [("no-readiness-probe", 10, 11)]);
+}
+
+#[test]
+fn readiness_must_check_the_marker_the_prestop_sets() {
+    let text = deploy(&GOOD_CONTAINER.replace("test ! -f /tmp/draining", "test ! -f /tmp/other"));
+    let r = run("m.yaml", &text);
+    assert_eq!(fired(&r), [("readiness-not-drain-aware", 13, 11)]);
+    assert!(r.findings[0].message.contains("/tmp/draining"));
+}
+
+#[test]
+fn gate_ready_is_drain_aware() {
+    let text = deploy(
+        r#"      containers:
+        - name: app
+          image: ghcr.io/example/lameduck
+          args: [gate, --admin, '0.0.0.0:9901', --, vllm, serve]
+          ports: [{containerPort: 8000}]
+          readinessProbe: {httpGet: {path: /ready, port: 9901}, periodSeconds: 2}
+          livenessProbe: {httpGet: {path: /live, port: 9901}}
+"#,
+    );
+    // The container is the gate itself (wrapper mode): nothing to report.
+    assert_eq!(fired(&run("w.yaml", &text)), []);
+}
+
+#[test]
+fn liveness_same_as_readiness_and_slow_readiness() {
+    let text = deploy(
+        &GOOD_CONTAINER
+            .replace(
+                "tcpSocket: {port: 8000}",
+                "exec: {command: [sh, -c, 'test ! -f /tmp/draining']}",
+            )
+            .replace("periodSeconds: 2", "periodSeconds: 10"),
+    );
+    let r = run("l.yaml", &text);
+    assert_eq!(
+        fired(&r),
+        [
+            ("readiness-slower-than-convergence", 13, 11),
+            ("liveness-same-as-readiness", 16, 11)
+        ]
+    );
+}
+
+#[test]
+fn spot_grace_beyond_the_notice() {
+    let text = deploy(&format!(
+        "      terminationGracePeriodSeconds: 60\n      nodeSelector: {{cloud.google.com/gke-spot: 'true'}}\n{GOOD_CONTAINER}"
+    ));
+    let r = run("s.yaml", &text);
+    assert_eq!(fired(&r), [("spot-grace-exceeds-notice", 9, 7)]);
+    assert!(r.findings[0].message.contains("GCP"));
+    let karpenter = text
+        .replace(
+            "cloud.google.com/gke-spot: 'true'",
+            "karpenter.sh/capacity-type: spot",
+        )
+        .replace(
+            "terminationGracePeriodSeconds: 60",
+            "terminationGracePeriodSeconds: 90",
+        );
+    assert_eq!(fired(&run("k.yaml", &karpenter)), [], "AWS gives 120 s");
+}
+
+#[test]
+fn disruption_budgets() {
+    let pdb = |name: &str, spec: &str| {
+        format!(
+            "---\napiVersion: policy/v1\nkind: PodDisruptionBudget\nmetadata: {{name: {name}, namespace: n}}\nspec:\n  selector: {{matchLabels: {{app: d}}}}\n  {spec}\n"
+        )
+    };
+    let blocking = format!(
+        "{}{}",
+        deploy(GOOD_CONTAINER),
+        pdb("p", "maxUnavailable: 0")
+    );
+    assert_eq!(
+        fired(&run("b.yaml", &blocking)),
+        [("pdb-blocks-drains", 27, 3)]
+    );
+    let min_all = format!("{}{}", deploy(GOOD_CONTAINER), pdb("p", "minAvailable: 3"));
+    assert_eq!(
+        fired(&run("b.yaml", &min_all)),
+        [("pdb-blocks-drains", 27, 3)]
+    );
+    let fine = format!(
+        "{}{}",
+        deploy(GOOD_CONTAINER),
+        pdb("p", "maxUnavailable: 1")
+    );
+    assert_eq!(fired(&run("b.yaml", &fine)), []);
+    let two = format!(
+        "{}{}{}",
+        deploy(GOOD_CONTAINER),
+        pdb("p", "maxUnavailable: 1"),
+        pdb("q", "maxUnavailable: 1")
+    );
+    assert_eq!(fired(&run("b.yaml", &two)), [("multiple-pdbs", 33, 3)]);
+    // Another namespace does not count.
+    let other = two.replacen(
+        "namespace: n}\nspec:\n  selector",
+        "namespace: other}\nspec:\n  selector",
+        2,
+    );
+    assert_eq!(fired(&run("b.yaml", &other)), []);
+}
+
+#[test]
+fn every_rule_has_its_page() {
+    let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/rules");
+    for rule in lameduck_lint::rules::ALL {
+        let page = std::fs::read_to_string(docs.join(format!("{}.md", rule.id)))
+            .unwrap_or_else(|e| panic!("docs/rules/{}.md: {e}", rule.id));
+        assert!(page.contains("## Fix"), "{}", rule.id);
+        assert!(
+            page.contains(rule.severity.as_str()),
+            "{}: severity",
+            rule.id
+        );
+    }
+}

@@ -1,0 +1,94 @@
+//! `lameduck lint`.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use lameduck_lint::{Options, Severity, report};
+use lameduck_timeline::parse_duration;
+
+fn dur(s: &str) -> Result<Duration, String> {
+    parse_duration(s).map_err(|e| e.to_string())
+}
+
+/// Output format.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum Format {
+    /// file:line:column, the source line, the fix.
+    Human,
+    /// One JSON object: findings, notes, object count.
+    Json,
+}
+
+/// The lowest severity that makes the exit status 1.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum FailOn {
+    /// Errors only.
+    Error,
+    /// Warnings and errors.
+    Warning,
+    /// Never (always exit 0 unless the input is unusable).
+    Never,
+}
+
+/// `lameduck lint`: checks manifests for drain mistakes.
+#[derive(Debug, clap::Args)]
+#[command(after_help = "\
+Exit status: 0 clean, 1 a finding at or above --fail-on, 2 an input could not be read or \
+parsed (the others are still checked).
+
+Per workload, the longest request comes from the `lameduck.io/max-request-seconds` annotation, \
+else --max-request, else 150 s when the workload looks like an inference server.")]
+pub struct LintArgs {
+    /// Files, directories (searched for *.yaml, *.yml, *.json) or `-` for stdin.
+    #[arg(required = true, value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
+
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Human)]
+    pub format: Format,
+
+    /// Exit 1 when a finding of this severity or worse exists.
+    #[arg(long, value_enum, default_value_t = FailOn::Error)]
+    pub fail_on: FailOn,
+
+    /// The longest request, for workloads without the annotation.
+    #[arg(long, value_parser = dur)]
+    pub max_request: Option<Duration>,
+
+    /// How long load balancers take to stop sending to an unready pod.
+    #[arg(long, default_value = "15", value_parser = dur)]
+    pub convergence: Duration,
+}
+
+/// Runs the linter; returns the exit status.
+pub fn run(args: LintArgs) -> anyhow::Result<i32> {
+    let loaded = lameduck_manifest::load_paths(&args.paths);
+    let options = Options {
+        max_request: args.max_request,
+        convergence: args.convergence,
+    };
+    let result = lameduck_lint::lint(&loaded, &options);
+    let text = match args.format {
+        Format::Human => {
+            let sources: std::collections::HashMap<String, std::sync::Arc<str>> = loaded
+                .objects
+                .iter()
+                .map(|o| (o.file.display().to_string(), o.source.clone()))
+                .collect();
+            report::human(&result, |f| sources.get(f).cloned())
+        }
+        Format::Json => report::json(&result) + "\n",
+    };
+    let _ = std::io::stdout().write_all(text.as_bytes());
+    if !loaded.errors.is_empty() {
+        return Ok(2);
+    }
+    let worst = result.worst();
+    let fail = match args.fail_on {
+        FailOn::Error => worst >= Some(Severity::Error),
+        FailOn::Warning => worst >= Some(Severity::Warning),
+        FailOn::Never => false,
+    };
+    Ok(i32::from(fail))
+}

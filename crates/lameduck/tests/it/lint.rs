@@ -1,0 +1,69 @@
+//! `lameduck lint` as a user runs it: files, directories, stdin, formats, exit statuses.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use crate::support::bin;
+
+fn fixtures() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../lameduck-lint/tests/fixtures")
+}
+
+fn lint(args: &[&str], stdin: Option<&str>) -> (i32, String) {
+    let mut child = Command::new(bin())
+        .arg("lint")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut input = child.stdin.take().expect("stdin");
+    input
+        .write_all(stdin.unwrap_or("").as_bytes())
+        .expect("write");
+    drop(input);
+    let out = child.wait_with_output().expect("wait");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn exit_status_follows_the_findings() {
+    let complete = fixtures().join("seed-complete.yaml");
+    let naive = fixtures().join("seed-naive.yaml");
+    let (code, out) = lint(&[complete.to_str().expect("path")], None);
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = lint(&[naive.to_str().expect("path")], None);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("seed-naive.yaml:11:5"), "{out}");
+    let (code, _) = lint(&["--fail-on", "never", naive.to_str().expect("path")], None);
+    assert_eq!(code, 0);
+    // A directory: both files.
+    let (code, out) = lint(
+        &["--format", "json", fixtures().to_str().expect("path")],
+        None,
+    );
+    assert_eq!(code, 1);
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(v["objects"], 2);
+}
+
+#[test]
+fn stdin_and_unusable_input() {
+    let naive = std::fs::read_to_string(fixtures().join("seed-naive.yaml")).expect("fixture");
+    let (code, out) = lint(&["-"], Some(&naive));
+    assert_eq!(code, 1);
+    assert!(out.contains("-:11:5"), "{out}");
+    // Malformed YAML is reported with its position; the other input is still checked.
+    let complete = fixtures().join("seed-complete.yaml");
+    let (code, out) = lint(&["-", complete.to_str().expect("path")], Some("kind: [\n"));
+    assert_eq!(code, 2);
+    assert!(out.contains("-:2:1: invalid YAML"), "{out}");
+    assert!(out.contains("1 object(s)"), "{out}");
+    let (code, out) = lint(&["/no/such/file.yaml"], None);
+    assert_eq!(code, 2);
+    assert!(out.contains("cannot read"), "{out}");
+}
