@@ -7,6 +7,7 @@
 pub mod facts;
 pub mod report;
 pub mod rules;
+pub mod sarif;
 
 use std::time::Duration;
 

@@ -23,13 +23,20 @@ pub struct Rule {
     pub title: &'static str,
     /// Default severity.
     pub severity: Severity,
+    /// The rule's page (`docs/rules/<id>.md`), as Markdown.
+    pub help: &'static str,
 }
 
 macro_rules! rules {
     ($($name:ident = $id:literal, $sev:ident, $title:literal;)*) => {
         $(
             #[doc = $title]
-            pub const $name: Rule = Rule { id: $id, title: $title, severity: Severity::$sev };
+            pub const $name: Rule = Rule {
+                id: $id,
+                title: $title,
+                severity: Severity::$sev,
+                help: include_str!(concat!("../../../docs/rules/", $id, ".md")),
+            };
         )*
         /// Every rule.
         pub const ALL: &[Rule] = &[$($name),*];

@@ -87,6 +87,41 @@ fn snapshots_of_human_and_json_output() {
         "naive_json",
         serde_json::to_string_pretty(&json).expect("json")
     );
+    insta::assert_snapshot!("naive_sarif", lameduck_lint::sarif::sarif(&r));
+}
+
+#[test]
+fn sarif_is_well_formed_and_empty_when_clean() {
+    let r = run("seed-complete.yaml", &fixture("seed-complete.yaml"));
+    let v: serde_json::Value =
+        serde_json::from_str(&lameduck_lint::sarif::sarif(&r)).expect("sarif json");
+    assert_eq!(v["version"], "2.1.0");
+    let run0 = &v["runs"][0];
+    assert_eq!(
+        run0["results"],
+        serde_json::json!([]),
+        "an empty results array when clean"
+    );
+    let rules = run0["tool"]["driver"]["rules"].as_array().expect("rules");
+    assert_eq!(rules.len(), lameduck_lint::rules::ALL.len());
+    assert!(rules.iter().all(|r| {
+        r["help"]["markdown"]
+            .as_str()
+            .is_some_and(|m| m.contains("## Fix"))
+    }));
+    let naive = run("seed-naive.yaml", &fixture("seed-naive.yaml"));
+    let naive: serde_json::Value =
+        serde_json::from_str(&lameduck_lint::sarif::sarif(&naive)).expect("sarif json");
+    let results = naive["runs"][0]["results"].as_array().expect("results");
+    assert_eq!(results.len(), 5);
+    for res in results {
+        let region = &res["locations"][0]["physicalLocation"]["region"];
+        assert!(region["startLine"].as_u64() > Some(0) && region["startColumn"].as_u64() > Some(0));
+        let idx = res["ruleIndex"].as_u64().expect("index") as usize;
+        assert_eq!(rules[idx]["id"], res["ruleId"]);
+        let fp = res["partialFingerprints"]["lameduckFindingHash/v1"].as_str();
+        assert_eq!(fp.map(str::len), Some(16));
+    }
 }
 
 const DEPLOY_HEAD: &str = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d, namespace: n}\nspec:\n  replicas: 3\n  template:\n    metadata: {labels: {app: d}}\n    spec:\n";

@@ -18,6 +18,8 @@ pub enum Format {
     Human,
     /// One JSON object: findings, notes, object count.
     Json,
+    /// SARIF 2.1.0, for GitHub code scanning.
+    Sarif,
 }
 
 /// The lowest severity that makes the exit status 1.
@@ -79,6 +81,7 @@ pub fn run(args: LintArgs) -> anyhow::Result<i32> {
             report::human(&result, |f| sources.get(f).cloned())
         }
         Format::Json => report::json(&result) + "\n",
+        Format::Sarif => lameduck_lint::sarif::sarif(&result) + "\n",
     };
     let _ = std::io::stdout().write_all(text.as_bytes());
     if !loaded.errors.is_empty() {

@@ -49,6 +49,14 @@ fn exit_status_follows_the_findings() {
     assert_eq!(code, 1);
     let v: serde_json::Value = serde_json::from_str(&out).expect("json");
     assert_eq!(v["objects"], 2);
+    let (code, out) = lint(
+        &["--format", "sarif", complete.to_str().expect("path")],
+        None,
+    );
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&out).expect("sarif");
+    assert_eq!(v["version"], "2.1.0");
+    assert_eq!(v["runs"][0]["results"], serde_json::json!([]));
 }
 
 #[test]
