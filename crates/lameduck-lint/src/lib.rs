@@ -44,6 +44,8 @@ pub struct Options {
     pub max_request: Option<Duration>,
     /// `--convergence`: how long load balancers take to stop sending to an unready pod.
     pub convergence: Duration,
+    /// `--require-pdb`: report workloads that no PodDisruptionBudget selects.
+    pub require_pdb: bool,
 }
 
 impl Default for Options {
@@ -51,6 +53,7 @@ impl Default for Options {
         Options {
             max_request: None,
             convergence: Duration::from_secs(15),
+            require_pdb: false,
         }
     }
 }

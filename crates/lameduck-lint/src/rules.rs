@@ -64,6 +64,16 @@ rules! {
         "The PodDisruptionBudget allows no eviction: every node drain blocks";
     MULTIPLE_PDBS = "multiple-pdbs", Error,
         "More than one PodDisruptionBudget selects the same pods: the Eviction API refuses every eviction";
+    NO_PDB = "no-pdb", Warning,
+        "No PodDisruptionBudget selects the workload (checked with --require-pdb)";
+    LIVENESS_KILLS_BUSY_ENGINE = "liveness-kills-busy-engine", Warning,
+        "The liveness probe would restart a busy or draining inference engine";
+    GATE_GRACE_MISMATCH = "gate-grace-mismatch", Error,
+        "The gate's --grace-period differs from the pod's terminationGracePeriodSeconds";
+    SIDECAR_PRESTOP_NOT_DRAINING = "sidecar-prestop-not-draining", Error,
+        "With the gate as a sidecar, the engine's preStop does not call the gate's /drain";
+    GATE_NOT_NATIVE_SIDECAR = "gate-not-native-sidecar", Warning,
+        "The gate in sidecar mode runs as an ordinary container instead of a native sidecar";
 }
 
 /// Room kept at the end of the grace period (as the gate's default --kill-margin).
@@ -144,6 +154,7 @@ pub fn check(objects: &[Object], opts: &Options) -> (Vec<Finding>, Vec<String>) 
             continue; // batch work is not served through a load balancer
         }
         workload(&mut ctx, &w, &mut notes);
+        gate_setup(&mut ctx, &w);
         budgets(&mut ctx, &w, &pdbs);
     }
     (ctx.out, notes)
@@ -331,6 +342,20 @@ fn probes(ctx: &mut Ctx<'_>, o: &Object, t: &ContainerTimeline, c: &core::Contai
         );
     }
     if let Some(live) = &c.liveness_probe
+        && !same_check(live, probe_spec)
+        && let Some(timing) = t.liveness
+        && let Some(why) = kills_busy_engine(c, live, timing)
+    {
+        ctx.emit(
+            LIVENESS_KILLS_BUSY_ENGINE,
+            o,
+            &format!("{}.livenessProbe", t.path),
+            name,
+            why,
+            "make liveness tolerant (periodSeconds × failureThreshold of 60 s or more for an engine's own health endpoint) and never check drain state (with the gate: /live)".into(),
+        );
+    }
+    if let Some(live) = &c.liveness_probe
         && same_check(live, probe_spec)
     {
         ctx.emit(
@@ -341,6 +366,179 @@ fn probes(ctx: &mut Ctx<'_>, o: &Object, t: &ContainerTimeline, c: &core::Contai
             "the liveness probe checks the same thing as readiness: when readiness fails for a drain or under load, the kubelet restarts the container".into(),
             "give liveness its own check that never looks at drain state or load (with the gate: /live)".into(),
         );
+    }
+}
+
+/// Why a liveness probe would kill a busy or draining engine, if it would.
+fn kills_busy_engine(
+    c: &core::Container,
+    live: &core::Probe,
+    timing: lameduck_timeline::Probe,
+) -> Option<String> {
+    let marker = live
+        .exec
+        .as_ref()
+        .and_then(|e| e.command.as_ref())
+        .map(|cmd| cmd.join(" "))
+        .filter(|cmd| cmd.contains("draining"));
+    if let Some(cmd) = marker {
+        return Some(format!(
+            "the liveness probe checks the drain marker ({cmd}): starting a drain gets the container restarted"
+        ));
+    }
+    let health = live
+        .http_get
+        .as_ref()
+        .and_then(|h| h.path.as_deref())
+        .is_some_and(|p| p.contains("health"));
+    let window = timing.time_to_fail();
+    (facts::is_inference(c) && health && window < Duration::from_secs(30)).then(|| {
+        format!(
+            "the liveness probe gives the engine's health endpoint only {} (periodSeconds × failureThreshold): an engine busy with long generations can miss it and be restarted mid-request",
+            secs(window)
+        )
+    })
+}
+
+/// The value of `--flag` in a command line (`--flag V` or `--flag=V`).
+fn flag_value(words: &[&str], flag: &str) -> Option<String> {
+    let eq = format!("{flag}=");
+    words.iter().enumerate().find_map(|(i, w)| {
+        if let Some(v) = w.strip_prefix(&eq) {
+            Some(v.to_owned())
+        } else if *w == flag {
+            words.get(i + 1).map(|v| (*v).to_owned())
+        } else {
+            None
+        }
+    })
+}
+
+/// The gate's own settings as its container declares them.
+struct GateSetup {
+    path: String,
+    grace: Option<Duration>,
+    sidecar_mode: bool,
+    native_sidecar: bool,
+}
+
+fn gate_setup(ctx: &mut Ctx<'_>, w: &Workload<'_>) {
+    let o = w.object;
+    let pod = w.kind.pod_path();
+    let gates: Vec<GateSetup> = w
+        .spec
+        .containers
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c, format!("{pod}.containers[{i}]"), false))
+        .chain(
+            w.spec
+                .init_containers
+                .iter()
+                .flatten()
+                .enumerate()
+                .map(|(i, c)| {
+                    (
+                        c,
+                        format!("{pod}.initContainers[{i}]"),
+                        c.restart_policy.as_deref() == Some("Always"),
+                    )
+                }),
+        )
+        .filter(|(c, _, _)| facts::is_gate(c))
+        .map(|(c, path, native)| {
+            let words: Vec<&str> = c
+                .command
+                .iter()
+                .flatten()
+                .chain(c.args.iter().flatten())
+                .flat_map(|s| s.split_whitespace())
+                .collect();
+            // Only the gate's own flags: everything before `--` (the engine's command).
+            let own: Vec<&str> = words.iter().copied().take_while(|w| *w != "--").collect();
+            let env = |name: &str| {
+                c.env
+                    .iter()
+                    .flatten()
+                    .find(|e| e.name == name)
+                    .and_then(|e| e.value.clone())
+            };
+            let grace = flag_value(&own, "--grace-period")
+                .or_else(|| env("LAMEDUCK_GRACE_PERIOD"))
+                .and_then(|v| lameduck_timeline::parse_duration(&v).ok());
+            let sidecar_mode = !words.contains(&"--")
+                && (flag_value(&own, "--upstream").is_some() || env("LAMEDUCK_UPSTREAM").is_some());
+            GateSetup {
+                path,
+                grace,
+                sidecar_mode,
+                native_sidecar: native,
+            }
+        })
+        .collect();
+    for g in &gates {
+        let gate_grace = g.grace.unwrap_or(lameduck_timeline::DEFAULT_GRACE);
+        if gate_grace != w.grace() {
+            let said = if g.grace.is_some() {
+                ""
+            } else {
+                " (its default)"
+            };
+            ctx.emit(
+                GATE_GRACE_MISMATCH,
+                o,
+                &g.path,
+                None,
+                format!(
+                    "the gate plans its drain for a {} grace period{said}, but the pod's terminationGracePeriodSeconds is {}: its deadline and the kubelet's SIGKILL do not line up",
+                    secs(gate_grace),
+                    secs(w.grace())
+                ),
+                format!("pass --grace-period {} to the gate (or set LAMEDUCK_GRACE_PERIOD)", w.grace().as_secs()),
+            );
+        }
+        if g.sidecar_mode && !g.native_sidecar {
+            ctx.emit(
+                GATE_NOT_NATIVE_SIDECAR,
+                o,
+                &g.path,
+                None,
+                "the gate fronts another container but runs as an ordinary container: it gets SIGTERM together with the engine instead of after it".into(),
+                "move it to initContainers with restartPolicy: Always (a native sidecar, Kubernetes 1.29+)".into(),
+            );
+        }
+    }
+    if !gates.iter().any(|g| g.sidecar_mode) {
+        return;
+    }
+    for (i, c) in w.spec.containers.iter().enumerate() {
+        if facts::is_gate(c) || !serving(c) {
+            continue;
+        }
+        let drains = c
+            .lifecycle
+            .as_ref()
+            .and_then(|l| l.pre_stop.as_ref())
+            .is_some_and(|h| {
+                h.http_get
+                    .as_ref()
+                    .and_then(|g| g.path.as_deref())
+                    .is_some_and(|p| p.starts_with("/drain"))
+                    || h.exec
+                        .as_ref()
+                        .and_then(|e| e.command.as_ref())
+                        .is_some_and(|cmd| cmd.join(" ").contains("/drain"))
+            });
+        if !drains {
+            ctx.emit(
+                SIDECAR_PRESTOP_NOT_DRAINING,
+                o,
+                &format!("{pod}.containers[{i}].lifecycle"),
+                Some(&c.name),
+                "the gate runs as a sidecar, but this container's preStop does not call the gate's /drain: the engine gets SIGTERM while requests are still in flight".into(),
+                "set lifecycle.preStop.httpGet to {path: /drain, port: <the gate's admin port>}".into(),
+            );
+        }
     }
 }
 
@@ -428,6 +626,18 @@ fn budgets(ctx: &mut Ctx<'_>, w: &Workload<'_>, pdbs: &[(&Object, PodDisruptionB
                 names.join(", ")
             ),
             "keep one PodDisruptionBudget per set of pods".into(),
+        );
+    }
+    if mine.is_empty() && ctx.opts.require_pdb && w.replicas.is_some() {
+        ctx.emit(
+            NO_PDB,
+            o,
+            "metadata.name",
+            None,
+            "no PodDisruptionBudget selects these pods: a node drain may evict all of them at once"
+                .into(),
+            "add a PodDisruptionBudget with maxUnavailable: 1 selecting the pod template's labels"
+                .into(),
         );
     }
     let replicas = w.replicas.unwrap_or(1);

@@ -317,3 +317,96 @@ fn every_rule_has_its_page() {
         );
     }
 }
+
+/// The gate as a native sidecar in front of vLLM, done right.
+const SIDECAR_OK: &str = r#"apiVersion: apps/v1
+kind: Deployment
+metadata: {name: vllm, namespace: n}
+spec:
+  replicas: 2
+  template:
+    metadata: {labels: {app: vllm}}
+    spec:
+      terminationGracePeriodSeconds: 180
+      initContainers:
+        - name: gate
+          image: ghcr.io/example/lameduck:0.1
+          restartPolicy: Always
+          args: [gate, --upstream, "http://127.0.0.1:8001", --grace-period, "180", --listen, "0.0.0.0:8000"]
+          ports: [{containerPort: 8000}]
+          readinessProbe: {httpGet: {path: /ready, port: 9901}, periodSeconds: 2, failureThreshold: 1}
+          livenessProbe: {httpGet: {path: /live, port: 9901}}
+      containers:
+        - name: vllm
+          image: vllm/vllm-openai:latest
+          args: [--port, "8001"]
+          ports: [{containerPort: 8001}]
+          readinessProbe: {httpGet: {path: /ready, port: 9901}, periodSeconds: 2, failureThreshold: 1}
+          livenessProbe: {httpGet: {path: /health, port: 8001}, periodSeconds: 10, failureThreshold: 6}
+          lifecycle:
+            preStop:
+              httpGet: {path: /drain, port: 9901}
+"#;
+
+#[test]
+fn gate_sidecar_done_right_is_clean() {
+    assert_eq!(fired(&run("s.yaml", SIDECAR_OK)), []);
+}
+
+#[test]
+fn gate_setup_rules() {
+    // The engine's preStop does not call /drain.
+    let no_drain = SIDECAR_OK.replace(
+        "          lifecycle:\n            preStop:\n              httpGet: {path: /drain, port: 9901}\n",
+        "",
+    );
+    assert_eq!(
+        fired(&run("s.yaml", &no_drain)),
+        [("sidecar-prestop-not-draining", 19, 11)]
+    );
+    // The gate plans for another grace period (here its default, 30 s).
+    let mismatch = SIDECAR_OK.replace(r#", --grace-period, "180""#, "");
+    assert_eq!(
+        fired(&run("s.yaml", &mismatch)),
+        [("gate-grace-mismatch", 11, 11)]
+    );
+    let by_env = mismatch.replace(
+        "          restartPolicy: Always\n",
+        "          restartPolicy: Always\n          env: [{name: LAMEDUCK_GRACE_PERIOD, value: \"180\"}]\n",
+    );
+    assert_eq!(fired(&run("s.yaml", &by_env)), []);
+    // An ordinary container instead of a native sidecar.
+    let ordinary = SIDECAR_OK.replace("          restartPolicy: Always\n", "");
+    let r = run("s.yaml", &ordinary);
+    assert_eq!(fired(&r), [("gate-not-native-sidecar", 11, 11)]);
+}
+
+#[test]
+fn liveness_that_kills_a_busy_engine() {
+    let twitchy = SIDECAR_OK.replace(
+        "livenessProbe: {httpGet: {path: /health, port: 8001}, periodSeconds: 10, failureThreshold: 6}",
+        "livenessProbe: {httpGet: {path: /health, port: 8001}, periodSeconds: 5, failureThreshold: 2}",
+    );
+    let r = run("l.yaml", &twitchy);
+    assert_eq!(fired(&r), [("liveness-kills-busy-engine", 24, 11)]);
+    assert!(
+        r.findings[0].message.contains("10 s"),
+        "{}",
+        r.findings[0].message
+    );
+}
+
+#[test]
+fn require_pdb() {
+    let opts = Options {
+        require_pdb: true,
+        ..Options::default()
+    };
+    let r = lint(&load_str(Path::new("p.yaml"), SIDECAR_OK), &opts);
+    assert_eq!(fired(&r), [("no-pdb", 3, 12)]);
+    let with_pdb = format!(
+        "{SIDECAR_OK}---\napiVersion: policy/v1\nkind: PodDisruptionBudget\nmetadata: {{name: p, namespace: n}}\nspec:\n  maxUnavailable: 1\n  selector: {{matchLabels: {{app: vllm}}}}\n"
+    );
+    let r = lint(&load_str(Path::new("p.yaml"), &with_pdb), &opts);
+    assert_eq!(fired(&r), []);
+}

@@ -61,6 +61,10 @@ pub struct LintArgs {
     /// How long load balancers take to stop sending to an unready pod.
     #[arg(long, default_value = "15", value_parser = dur)]
     pub convergence: Duration,
+
+    /// Report workloads with replicas that no PodDisruptionBudget selects.
+    #[arg(long)]
+    pub require_pdb: bool,
 }
 
 /// Runs the linter; returns the exit status.
@@ -69,6 +73,7 @@ pub fn run(args: LintArgs) -> anyhow::Result<i32> {
     let options = Options {
         max_request: args.max_request,
         convergence: args.convergence,
+        require_pdb: args.require_pdb,
     };
     let result = lameduck_lint::lint(&loaded, &options);
     let text = match args.format {
