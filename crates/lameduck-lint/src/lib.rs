@@ -103,7 +103,13 @@ impl Report {
 
 /// Lints everything loaded.
 pub fn lint(loaded: &Loaded, options: &Options) -> Report {
-    let (mut findings, mut notes) = rules::check(&loaded.objects, options);
+    let (mut findings, mut notes, suppressed) = rules::check(&loaded.objects, options);
+    if suppressed > 0 {
+        notes.push(format!(
+            "{suppressed} finding(s) suppressed by `{}` annotations",
+            rules::IGNORE_ANNOTATION
+        ));
+    }
     findings
         .sort_by(|a, b| (&a.file, a.line, a.col, a.rule).cmp(&(&b.file, b.line, b.col, b.rule)));
     notes.splice(0..0, loaded.errors.iter().map(ToString::to_string));

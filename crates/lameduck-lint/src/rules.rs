@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
@@ -74,7 +75,15 @@ rules! {
         "With the gate as a sidecar, the engine's preStop does not call the gate's /drain";
     GATE_NOT_NATIVE_SIDECAR = "gate-not-native-sidecar", Warning,
         "The gate in sidecar mode runs as an ordinary container instead of a native sidecar";
+    MAXSURGE_ZERO_SLOW_START = "maxsurge-zero-slow-start", Warning,
+        "A rolling update with maxSurge 0 on a workload that is slow to become ready";
+    LONG_LIVED_WORK = "long-lived-work", Note,
+        "Drains this long are better served by rainbow deployments";
 }
+
+/// Annotation: rule ids to skip for this object (`lameduck.io/ignore: no-pdb,multiple-pdbs`,
+/// or `all`).
+pub const IGNORE_ANNOTATION: &str = "lameduck.io/ignore";
 
 /// Room kept at the end of the grace period (as the gate's default --kill-margin).
 pub const MARGIN: Duration = Duration::from_secs(5);
@@ -99,6 +108,7 @@ fn serving(c: &core::Container) -> bool {
 struct Ctx<'a> {
     opts: &'a Options,
     out: Vec<Finding>,
+    suppressed: usize,
 }
 
 impl Ctx<'_> {
@@ -111,6 +121,15 @@ impl Ctx<'_> {
         message: String,
         fix: String,
     ) {
+        let ignored = object.annotation(IGNORE_ANNOTATION).is_some_and(|v| {
+            v.split(',')
+                .map(str::trim)
+                .any(|id| id == rule.id || id == "all")
+        });
+        if ignored {
+            self.suppressed += 1;
+            return;
+        }
         let pos = object.pos(path);
         self.out.push(Finding {
             rule: rule.id,
@@ -128,16 +147,22 @@ impl Ctx<'_> {
 }
 
 /// Runs every rule over the workloads and their disruption budgets.
-pub fn check(objects: &[Object], opts: &Options) -> (Vec<Finding>, Vec<String>) {
+pub fn check(objects: &[Object], opts: &Options) -> (Vec<Finding>, Vec<String>, usize) {
     let mut ctx = Ctx {
         opts,
         out: Vec::new(),
+        suppressed: 0,
     };
     let mut notes = Vec::new();
     let pdbs: Vec<(&Object, PodDisruptionBudget)> = objects
         .iter()
         .filter(|o| o.kind == "PodDisruptionBudget")
         .filter_map(|o| o.typed().ok().map(|p| (o, p)))
+        .collect();
+    let hpas: Vec<(&Object, HorizontalPodAutoscaler)> = objects
+        .iter()
+        .filter(|o| o.kind == "HorizontalPodAutoscaler")
+        .filter_map(|o| o.typed().ok().map(|h| (o, h)))
         .collect();
     for object in objects {
         let Some(w) = Workload::from_object(object) else {
@@ -155,9 +180,19 @@ pub fn check(objects: &[Object], opts: &Options) -> (Vec<Finding>, Vec<String>) 
         }
         workload(&mut ctx, &w, &mut notes);
         gate_setup(&mut ctx, &w);
-        budgets(&mut ctx, &w, &pdbs);
+        let min_replicas = hpas
+            .iter()
+            .filter(|(ho, h)| {
+                ho.namespace == w.object.namespace
+                    && h.spec.scale_target_ref.kind == w.object.kind
+                    && h.spec.scale_target_ref.name == w.object.name
+            })
+            .map(|(_, h)| h.spec.min_replicas.unwrap_or(1))
+            .min();
+        budgets(&mut ctx, &w, &pdbs, min_replicas);
+        rollout(&mut ctx, &w);
     }
-    (ctx.out, notes)
+    (ctx.out, notes, ctx.suppressed)
 }
 
 fn workload(ctx: &mut Ctx<'_>, w: &Workload<'_>, notes: &mut Vec<String>) {
@@ -542,6 +577,88 @@ fn gate_setup(ctx: &mut Ctx<'_>, w: &Workload<'_>) {
     }
 }
 
+/// A percentage or count of `replicas` (rolling-update fields), rounded as the controller does.
+fn scaled(v: Option<&IntOrString>, replicas: i32, default_pct: i32, round_up: bool) -> i32 {
+    match v {
+        Some(IntOrString::Int(n)) => *n,
+        Some(IntOrString::String(s)) => {
+            let pct: i32 = s
+                .trim_end_matches('%')
+                .trim()
+                .parse()
+                .unwrap_or(default_pct);
+            let x = f64::from(replicas) * f64::from(pct) / 100.0;
+            (if round_up { x.ceil() } else { x.floor() }) as i32
+        }
+        None => {
+            let x = f64::from(replicas) * f64::from(default_pct) / 100.0;
+            (if round_up { x.ceil() } else { x.floor() }) as i32
+        }
+    }
+}
+
+/// Rollout rules for Deployments: maxSurge 0 with a slow start; very long drains.
+fn rollout(ctx: &mut Ctx<'_>, w: &Workload<'_>) {
+    let o = w.object;
+    let grace = w.grace();
+    if grace > Duration::from_secs(600) {
+        ctx.emit(
+            LONG_LIVED_WORK,
+            o,
+            &w.grace_path(),
+            None,
+            format!(
+                "a {} grace period: every rollout keeps old pods (and their GPUs) for up to that long",
+                secs(grace)
+            ),
+            "consider rainbow deployments: one Deployment per release, each retired when its in-flight work reaches zero".into(),
+        );
+    }
+    if w.kind != WorkloadKind::Deployment {
+        return;
+    }
+    let strategy = o.value.pointer("/spec/strategy");
+    if strategy
+        .and_then(|s| s.get("type"))
+        .and_then(|t| t.as_str())
+        == Some("Recreate")
+    {
+        return;
+    }
+    let rolling = strategy.and_then(|s| s.get("rollingUpdate"));
+    let field = |k: &str| -> Option<IntOrString> {
+        rolling
+            .and_then(|r| r.get(k))
+            .and_then(|v| serde_json::from_value(v.clone()).ok())
+    };
+    let replicas = w.replicas.unwrap_or(1).max(1);
+    let surge = scaled(field("maxSurge").as_ref(), replicas, 25, true).max(0);
+    let unavailable = scaled(field("maxUnavailable").as_ref(), replicas, 25, false).max(0);
+    // Time for a new pod to become ready: its readiness probe's first success after start.
+    let ready = w
+        .containers()
+        .iter()
+        .filter_map(|c| c.readiness.map(|p| p.time_to_succeed(Duration::ZERO)))
+        .max()
+        .unwrap_or(Duration::ZERO)
+        .max(Duration::from_secs(1));
+    let inference = w.spec.containers.iter().any(facts::is_inference);
+    let slow_start = inference || ready >= Duration::from_secs(30);
+    if surge == 0 && slow_start && field("maxSurge").is_some() {
+        ctx.emit(
+            MAXSURGE_ZERO_SLOW_START,
+            o,
+            "spec.strategy.rollingUpdate.maxSurge",
+            None,
+            format!(
+                "maxSurge is 0, so each step of a rollout first removes {unavailable} serving pod(s) and only then starts their replacements, which take {} or more to become ready: capacity drops for the whole cold start",
+                if inference { "a model load (30-90 s)".to_owned() } else { secs(ready) }
+            ),
+            "allow a surge (maxSurge: 1) and keep maxUnavailable: 0, so replacements are warm before old pods drain".into(),
+        );
+    }
+}
+
 /// The file a shell command creates with `touch`, if any.
 fn touched_file(cmd: &str) -> Option<String> {
     let tokens: Vec<&str> = cmd
@@ -598,7 +715,12 @@ pub fn selects(sel: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
     by_labels && by_exprs
 }
 
-fn budgets(ctx: &mut Ctx<'_>, w: &Workload<'_>, pdbs: &[(&Object, PodDisruptionBudget)]) {
+fn budgets(
+    ctx: &mut Ctx<'_>,
+    w: &Workload<'_>,
+    pdbs: &[(&Object, PodDisruptionBudget)],
+    hpa_min: Option<i32>,
+) {
     let o = w.object;
     let pod_labels = labels(w);
     let mine: Vec<&(&Object, PodDisruptionBudget)> = pdbs
@@ -640,7 +762,16 @@ fn budgets(ctx: &mut Ctx<'_>, w: &Workload<'_>, pdbs: &[(&Object, PodDisruptionB
                 .into(),
         );
     }
-    let replicas = w.replicas.unwrap_or(1);
+    // An HPA can scale down to its minReplicas: the budget must allow an eviction there too.
+    let replicas = match hpa_min {
+        Some(min) => min.min(w.replicas.unwrap_or(min)),
+        None => w.replicas.unwrap_or(1),
+    };
+    let counted = if hpa_min.is_some() {
+        "the HPA's minReplicas"
+    } else {
+        "replica(s)"
+    };
     for (po, pdb) in mine {
         let Some(spec) = &pdb.spec else { continue };
         let blocks = match (&spec.max_unavailable, &spec.min_available) {
@@ -649,7 +780,7 @@ fn budgets(ctx: &mut Ctx<'_>, w: &Workload<'_>, pdbs: &[(&Object, PodDisruptionB
                 Some(format!("maxUnavailable: {s}"))
             }
             (_, Some(IntOrString::Int(n))) if *n >= replicas => {
-                Some(format!("minAvailable: {n} with {replicas} replica(s)"))
+                Some(format!("minAvailable: {n} with {replicas} {counted}"))
             }
             (_, Some(IntOrString::String(s))) if s.trim() == "100%" => {
                 Some(format!("minAvailable: {s}"))

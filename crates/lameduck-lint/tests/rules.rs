@@ -410,3 +410,64 @@ fn require_pdb() {
     let r = lint(&load_str(Path::new("p.yaml"), &with_pdb), &opts);
     assert_eq!(fired(&r), []);
 }
+
+#[test]
+fn suppression_annotation() {
+    let text = fixture("seed-naive.yaml").replace(
+        "  namespace: inference\n",
+        "  namespace: inference\n  annotations:\n    lameduck.io/ignore: liveness-same-as-readiness, no-prestop\n",
+    );
+    let r = run("i.yaml", &text);
+    let rules: Vec<&str> = r.findings.iter().map(|f| f.rule).collect();
+    assert!(
+        !rules.contains(&"liveness-same-as-readiness") && !rules.contains(&"no-prestop"),
+        "{rules:?}"
+    );
+    assert_eq!(rules.len(), 3);
+    assert!(
+        r.notes
+            .iter()
+            .any(|n| n.contains("2 finding(s) suppressed")),
+        "{:?}",
+        r.notes
+    );
+}
+
+#[test]
+fn hpa_min_replicas_count_for_budgets() {
+    let text = format!(
+        "{}---\napiVersion: policy/v1\nkind: PodDisruptionBudget\nmetadata: {{name: p, namespace: n}}\nspec:\n  minAvailable: 2\n  selector: {{matchLabels: {{app: d}}}}\n---\napiVersion: autoscaling/v2\nkind: HorizontalPodAutoscaler\nmetadata: {{name: h, namespace: n}}\nspec:\n  scaleTargetRef: {{apiVersion: apps/v1, kind: Deployment, name: d}}\n  minReplicas: 2\n  maxReplicas: 10\n",
+        deploy(GOOD_CONTAINER)
+    );
+    // 3 replicas allow one eviction, but the HPA may scale to 2, where minAvailable 2 blocks.
+    let r = run("h.yaml", &text);
+    assert_eq!(fired(&r), [("pdb-blocks-drains", 26, 3)]);
+    assert!(
+        r.findings[0].message.contains("minReplicas"),
+        "{}",
+        r.findings[0].message
+    );
+    let roomy = text.replace("minReplicas: 2", "minReplicas: 3");
+    assert_eq!(fired(&run("h.yaml", &roomy)), []);
+}
+
+#[test]
+fn rollout_rules() {
+    let no_surge = SIDECAR_OK.replace(
+        "  replicas: 2\n",
+        "  replicas: 2\n  strategy:\n    rollingUpdate: {maxSurge: 0, maxUnavailable: 1}\n",
+    );
+    assert_eq!(
+        fired(&run("r.yaml", &no_surge)),
+        [("maxsurge-zero-slow-start", 7, 21)]
+    );
+    let surge = no_surge.replace(
+        "maxSurge: 0, maxUnavailable: 1",
+        "maxSurge: 1, maxUnavailable: 0",
+    );
+    assert_eq!(fired(&run("r.yaml", &surge)), []);
+    let long = SIDECAR_OK.replace("180", "3600");
+    let r = run("r.yaml", &long);
+    assert_eq!(fired(&r), [("long-lived-work", 9, 7)]);
+    assert_eq!(r.findings[0].severity, lameduck_lint::Severity::Note);
+}
