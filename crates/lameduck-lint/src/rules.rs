@@ -159,11 +159,25 @@ pub fn check(objects: &[Object], opts: &Options) -> (Vec<Finding>, Vec<String>, 
         .filter(|o| o.kind == "PodDisruptionBudget")
         .filter_map(|o| o.typed().ok().map(|p| (o, p)))
         .collect();
+    let budgets_index = BudgetIndex::new(&pdbs);
+    // HPAs by (namespace, target kind, target name).
+    let mut hpa_min: std::collections::HashMap<(Option<&str>, &str, &str), i32> =
+        Default::default();
     let hpas: Vec<(&Object, HorizontalPodAutoscaler)> = objects
         .iter()
         .filter(|o| o.kind == "HorizontalPodAutoscaler")
         .filter_map(|o| o.typed().ok().map(|h| (o, h)))
         .collect();
+    for (ho, h) in &hpas {
+        let key = (
+            ho.namespace.as_deref(),
+            h.spec.scale_target_ref.kind.as_str(),
+            h.spec.scale_target_ref.name.as_str(),
+        );
+        let min = h.spec.min_replicas.unwrap_or(1);
+        let e = hpa_min.entry(key).or_insert(min);
+        *e = (*e).min(min);
+    }
     for object in objects {
         let Some(w) = Workload::from_object(object) else {
             continue;
@@ -180,16 +194,14 @@ pub fn check(objects: &[Object], opts: &Options) -> (Vec<Finding>, Vec<String>, 
         }
         workload(&mut ctx, &w, &mut notes);
         gate_setup(&mut ctx, &w);
-        let min_replicas = hpas
-            .iter()
-            .filter(|(ho, h)| {
-                ho.namespace == w.object.namespace
-                    && h.spec.scale_target_ref.kind == w.object.kind
-                    && h.spec.scale_target_ref.name == w.object.name
-            })
-            .map(|(_, h)| h.spec.min_replicas.unwrap_or(1))
-            .min();
-        budgets(&mut ctx, &w, &pdbs, min_replicas);
+        let min_replicas = hpa_min
+            .get(&(
+                w.object.namespace.as_deref(),
+                w.object.kind.as_str(),
+                w.object.name.as_str(),
+            ))
+            .copied();
+        budgets(&mut ctx, &w, &budgets_index, min_replicas);
         rollout(&mut ctx, &w);
     }
     (ctx.out, notes, ctx.suppressed)
@@ -715,25 +727,72 @@ pub fn selects(sel: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
     by_labels && by_exprs
 }
 
-fn budgets(
-    ctx: &mut Ctx<'_>,
-    w: &Workload<'_>,
-    pdbs: &[(&Object, PodDisruptionBudget)],
-    hpa_min: Option<i32>,
-) {
-    let o = w.object;
-    let pod_labels = labels(w);
-    let mine: Vec<&(&Object, PodDisruptionBudget)> = pdbs
-        .iter()
-        .filter(|(po, pdb)| {
-            po.namespace == o.namespace
-                && pdb
-                    .spec
+/// Budgets indexed so that a workload only looks at the ones that can select it: by namespace
+/// and the first `matchLabels` pair, plus (per namespace) those without `matchLabels`.
+struct BudgetIndex<'a> {
+    by_label: std::collections::HashMap<(Option<&'a str>, &'a str, &'a str), Vec<usize>>,
+    unlabelled: std::collections::HashMap<Option<&'a str>, Vec<usize>>,
+    all: &'a [(&'a Object, PodDisruptionBudget)],
+}
+
+impl<'a> BudgetIndex<'a> {
+    fn new(all: &'a [(&'a Object, PodDisruptionBudget)]) -> Self {
+        let mut by_label: std::collections::HashMap<_, Vec<usize>> = Default::default();
+        let mut unlabelled: std::collections::HashMap<_, Vec<usize>> = Default::default();
+        for (i, (po, pdb)) in all.iter().enumerate() {
+            let ns = po.namespace.as_deref();
+            let first = pdb
+                .spec
+                .as_ref()
+                .and_then(|s| s.selector.as_ref())
+                .and_then(|s| s.match_labels.as_ref())
+                .and_then(|m| m.iter().next());
+            match first {
+                Some((k, v)) => by_label
+                    .entry((ns, k.as_str(), v.as_str()))
+                    .or_default()
+                    .push(i),
+                None => unlabelled.entry(ns).or_default().push(i),
+            }
+        }
+        BudgetIndex {
+            by_label,
+            unlabelled,
+            all,
+        }
+    }
+
+    /// The budgets in `ns` that select pods with `labels`, in input order.
+    fn selecting(
+        &self,
+        ns: Option<&str>,
+        labels: &BTreeMap<String, String>,
+    ) -> Vec<&'a (&'a Object, PodDisruptionBudget)> {
+        let mut idx: Vec<usize> = labels
+            .iter()
+            .filter_map(|(k, v)| self.by_label.get(&(ns, k.as_str(), v.as_str())))
+            .flatten()
+            .chain(self.unlabelled.get(&ns).into_iter().flatten())
+            .copied()
+            .collect();
+        idx.sort_unstable();
+        idx.dedup();
+        idx.into_iter()
+            .map(|i| &self.all[i])
+            .filter(|(_, pdb)| {
+                pdb.spec
                     .as_ref()
                     .and_then(|s| s.selector.as_ref())
-                    .is_some_and(|s| selects(s, &pod_labels))
-        })
-        .collect();
+                    .is_some_and(|s| selects(s, labels))
+            })
+            .collect()
+    }
+}
+
+fn budgets(ctx: &mut Ctx<'_>, w: &Workload<'_>, index: &BudgetIndex<'_>, hpa_min: Option<i32>) {
+    let o = w.object;
+    let pod_labels = labels(w);
+    let mine = index.selecting(o.namespace.as_deref(), &pod_labels);
     if mine.len() > 1 {
         let names: Vec<String> = mine.iter().map(|(po, _)| po.name.clone()).collect();
         ctx.emit(

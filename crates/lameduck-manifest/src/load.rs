@@ -325,6 +325,17 @@ fn pos_of(node: &MarkedYaml<'_>) -> Pos {
 
 /// Converts a node to JSON, recording the position of it and of everything below it.
 fn convert(node: &MarkedYaml<'_>, path: String, positions: &mut Positions) -> Value {
+    convert_at(node, path, positions, None)
+}
+
+/// [`convert`], with the position to record for `path` when it is not the node's own (a
+/// mapping entry's key).
+fn convert_at(
+    node: &MarkedYaml<'_>,
+    path: String,
+    positions: &mut Positions,
+    at: Option<Pos>,
+) -> Value {
     let value = match &node.data {
         YamlData::Value(s) => scalar(s),
         YamlData::Representation(text, style, _) => {
@@ -354,17 +365,19 @@ fn convert(node: &MarkedYaml<'_>, path: String, positions: &mut Positions) -> Va
                     format!("{path}.{key}")
                 };
                 // A mapping entry is located at its key, as people point at `replicas:`.
-                positions.map.insert(child.clone(), pos_of(k));
-                let v = convert(v, child, positions);
+                let v = convert_at(v, child, positions, Some(pos_of(k)));
                 out.insert(key, v);
             }
             Value::Object(out)
         }
-        YamlData::Tagged(_, inner) => return convert(inner, path, positions),
+        YamlData::Tagged(_, inner) => return convert_at(inner, path, positions, at),
         // Aliases are resolved by the loader; anything left is treated as empty.
         YamlData::Alias(_) | YamlData::BadValue => Value::Null,
     };
-    positions.map.entry(path).or_insert(pos_of(node));
+    positions
+        .map
+        .entry(path)
+        .or_insert(at.unwrap_or_else(|| pos_of(node)));
     value
 }
 
