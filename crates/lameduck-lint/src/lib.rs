@@ -4,6 +4,7 @@
 //! All objects of a run are analysed together (a PodDisruptionBudget in another file counts).
 //! The budget arithmetic is [`lameduck_timeline::Budget`]'s. Rules: [`rules::ALL`].
 
+pub mod config;
 pub mod facts;
 pub mod report;
 pub mod rules;
@@ -38,7 +39,7 @@ impl Severity {
 }
 
 /// What the linter assumes where manifests are silent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Options {
     /// `--max-request`: the longest request, for workloads without the annotation.
     pub max_request: Option<Duration>,
@@ -46,6 +47,8 @@ pub struct Options {
     pub convergence: Duration,
     /// `--require-pdb`: report workloads that no PodDisruptionBudget selects.
     pub require_pdb: bool,
+    /// Per-rule settings from the config file: `None` turns a rule off.
+    pub rules: std::collections::HashMap<&'static str, Option<Severity>>,
 }
 
 impl Default for Options {
@@ -54,6 +57,7 @@ impl Default for Options {
             max_request: None,
             convergence: Duration::from_secs(15),
             require_pdb: false,
+            rules: Default::default(),
         }
     }
 }

@@ -130,10 +130,15 @@ impl Ctx<'_> {
             self.suppressed += 1;
             return;
         }
+        let severity = match self.opts.rules.get(rule.id) {
+            Some(None) => return, // turned off in the config file
+            Some(Some(s)) => *s,
+            None => rule.severity,
+        };
         let pos = object.pos(path);
         self.out.push(Finding {
             rule: rule.id,
-            severity: rule.severity,
+            severity,
             file: object.file.display().to_string(),
             line: pos.line,
             col: pos.col,

@@ -250,6 +250,23 @@ pub fn load_str(path: &Path, text: &str) -> Loaded {
     out
 }
 
+/// Parses a single YAML (or JSON) document that is not a Kubernetes object, such as a config
+/// file; `None` when it is empty.
+pub fn parse_value(path: &Path, text: &str) -> Result<Option<Value>, LoadError> {
+    let docs = MarkedYaml::load_from_str(text).map_err(|e| LoadError::Syntax {
+        path: path.to_path_buf(),
+        pos: Pos {
+            line: e.marker().line(),
+            col: e.marker().col() + 1,
+        },
+        message: e.info().to_owned(),
+    })?;
+    Ok(docs
+        .first()
+        .map(|d| convert(d, String::new(), &mut Positions::default()))
+        .filter(|v| !v.is_null()))
+}
+
 /// Reads files, directories (recursively: `*.yaml`, `*.yml`, `*.json`, in name order) and `-`
 /// (stdin). Unreadable inputs are reported and the others still read.
 pub fn load_paths(inputs: &[PathBuf]) -> Loaded {

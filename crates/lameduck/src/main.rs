@@ -43,7 +43,7 @@ enum Command {
     /// shutdown behaviour.
     EngineSim(lameduck_engine_sim::Config),
     /// Check manifests for drain mistakes, with file:line:column positions (preview: the
-    /// timing, probe, spot and disruption-budget rules; no config file or inject yet).
+    /// timing, probe, spot, rollout, gate-setup and disruption-budget rules; inject comes later).
     Lint(cmd::lint::LintArgs),
 }
 

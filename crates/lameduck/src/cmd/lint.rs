@@ -4,6 +4,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use lameduck_lint::config::Config;
 use lameduck_lint::{Options, Severity, report};
 use lameduck_timeline::parse_duration;
 
@@ -50,31 +51,59 @@ pub struct LintArgs {
     #[arg(long, value_enum, default_value_t = Format::Human)]
     pub format: Format,
 
-    /// Exit 1 when a finding of this severity or worse exists.
-    #[arg(long, value_enum, default_value_t = FailOn::Error)]
-    pub fail_on: FailOn,
+    /// Exit 1 when a finding of this severity or worse exists [default: error].
+    #[arg(long, value_enum)]
+    pub fail_on: Option<FailOn>,
 
     /// The longest request, for workloads without the annotation.
     #[arg(long, value_parser = dur)]
     pub max_request: Option<Duration>,
 
-    /// How long load balancers take to stop sending to an unready pod.
-    #[arg(long, default_value = "15", value_parser = dur)]
-    pub convergence: Duration,
+    /// How long load balancers take to stop sending to an unready pod [default: 15].
+    #[arg(long, value_parser = dur)]
+    pub convergence: Option<Duration>,
 
     /// Report workloads with replicas that no PodDisruptionBudget selects.
     #[arg(long)]
     pub require_pdb: bool,
+
+    /// Config file (rules off or re-severitied, defaults for these flags). Default:
+    /// `.lameduck.yaml` in the current directory, if there is one. Flags win over the file.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
 }
 
 /// Runs the linter; returns the exit status.
 pub fn run(args: LintArgs) -> anyhow::Result<i32> {
+    let config_path = args.config.clone().or_else(|| {
+        let default = PathBuf::from(".lameduck.yaml");
+        default.exists().then_some(default)
+    });
+    let config = match &config_path {
+        Some(p) => match Config::load(p) {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = writeln!(std::io::stderr(), "error: {e}");
+                return Ok(2);
+            }
+        },
+        None => Config::default(),
+    };
     let loaded = lameduck_manifest::load_paths(&args.paths);
     let options = Options {
-        max_request: args.max_request,
-        convergence: args.convergence,
-        require_pdb: args.require_pdb,
+        max_request: args.max_request.or(config.max_request),
+        convergence: args
+            .convergence
+            .or(config.convergence)
+            .unwrap_or(Duration::from_secs(15)),
+        require_pdb: args.require_pdb || config.require_pdb.unwrap_or(false),
+        rules: config.rules.clone(),
     };
+    let fail_on = args.fail_on.unwrap_or(match config.fail_on.as_deref() {
+        Some("warning") => FailOn::Warning,
+        Some("never") => FailOn::Never,
+        _ => FailOn::Error,
+    });
     let result = lameduck_lint::lint(&loaded, &options);
     let text = match args.format {
         Format::Human => {
@@ -93,7 +122,7 @@ pub fn run(args: LintArgs) -> anyhow::Result<i32> {
         return Ok(2);
     }
     let worst = result.worst();
-    let fail = match args.fail_on {
+    let fail = match fail_on {
         FailOn::Error => worst >= Some(Severity::Error),
         FailOn::Warning => worst >= Some(Severity::Warning),
         FailOn::Never => false,

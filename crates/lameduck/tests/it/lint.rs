@@ -75,3 +75,40 @@ fn stdin_and_unusable_input() {
     assert_eq!(code, 2);
     assert!(out.contains("cannot read"), "{out}");
 }
+
+#[test]
+fn config_file_turns_rules_off_changes_severities_and_sets_defaults() {
+    let dir = std::env::temp_dir().join(format!("lameduck-lint-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let config = dir.join("lameduck.yaml");
+    let naive = fixtures().join("seed-naive.yaml");
+    let naive = naive.to_str().expect("path");
+    let cfg = config.to_str().expect("path");
+    std::fs::write(&config, "rules:\n  no-prestop: off\n  grace-period-too-short: warning\n  liveness-same-as-readiness: warning\n").expect("write");
+    // No error left: exit 0 with the default --fail-on error.
+    let (code, out) = lint(&["--config", cfg, naive], None);
+    assert_eq!(code, 0, "{out}");
+    assert!(!out.contains("[no-prestop]"), "{out}");
+    assert!(out.contains("warning[grace-period-too-short]"), "{out}");
+    // failOn from the file; a flag wins over it.
+    std::fs::write(&config, "failOn: warning\nmaxRequest: 20s\n").expect("write");
+    let (code, out) = lint(&["--config", cfg, naive], None);
+    assert_eq!(code, 1, "{out}");
+    // maxRequest 20 s: the default 30 s grace period now fits (0 + 20 + 5 s).
+    assert!(!out.contains("[grace-period-too-short]"), "{out}");
+    let (code, _) = lint(&["--config", cfg, "--fail-on", "never", naive], None);
+    assert_eq!(code, 0);
+    // An unknown rule is an error naming the file.
+    std::fs::write(&config, "rules:\n  no-such-rule: off\n").expect("write");
+    let out = Command::new(bin())
+        .args(["lint", "--config", cfg, naive])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("unknown rule `no-such-rule`") && err.contains("lameduck.yaml"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
