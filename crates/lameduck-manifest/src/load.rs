@@ -22,6 +22,8 @@ pub struct Pos {
 #[derive(Debug, Clone, Default)]
 pub struct Positions {
     map: HashMap<String, Pos>,
+    /// Lines before the parsed chunk (when a large stream is parsed in parts).
+    off: usize,
 }
 
 impl Positions {
@@ -153,10 +155,84 @@ pub struct Loaded {
     pub errors: Vec<LoadError>,
 }
 
+/// Streams at least this large are split at document markers and parsed on several threads.
+const PARALLEL_MIN: usize = 1 << 20;
+
 /// Reads `text` (the contents of `path`).
 pub fn load_str(path: &Path, text: &str) -> Loaded {
     let file = Arc::new(path.to_path_buf());
     let source: Arc<str> = Arc::from(text);
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(8);
+    if text.len() < PARALLEL_MIN || threads < 2 {
+        return load_chunk(path, text, &source, &file, 0, 0).0;
+    }
+    let chunks = split_documents(text, threads);
+    let parts: Vec<(Loaded, usize)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = chunks
+            .iter()
+            .map(|&(start, end, lines)| {
+                let (source, file) = (&source, &file);
+                scope.spawn(move || load_chunk(path, &text[start..end], source, file, lines, 0))
+            })
+            .collect();
+        handles
+            .into_iter()
+            // A panic in a part is a bug: re-raise it rather than lose the part silently.
+            .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    });
+    // Renumber documents: each part counted from 0.
+    let mut out = Loaded::default();
+    let mut docs_before = 0;
+    for (mut part, docs) in parts {
+        for o in &mut part.objects {
+            o.document += docs_before;
+        }
+        for e in &mut part.errors {
+            if let LoadError::NotAnObject { document, .. } = e {
+                *document += docs_before;
+            }
+        }
+        docs_before += docs;
+        merge(&mut out, part);
+    }
+    out
+}
+
+/// Splits a stream into about `parts` chunks at document-start lines (`---` at column 0,
+/// which valid YAML never has inside a scalar): `(start, end, lines before start)`.
+fn split_documents(text: &str, parts: usize) -> Vec<(usize, usize, usize)> {
+    let target = text.len() / parts;
+    let mut cuts = vec![(0usize, 0usize)];
+    let mut offset = 0;
+    for (line, l) in text.split_inclusive('\n').enumerate() {
+        let is_marker = l.starts_with("---") && l[3..].starts_with([' ', '\t', '\r', '\n']);
+        let last = cuts.last().map_or(0, |c| c.0);
+        if is_marker && offset - last >= target && cuts.len() < parts {
+            cuts.push((offset, line));
+        }
+        offset += l.len();
+    }
+    (0..cuts.len())
+        .map(|i| {
+            let end = cuts.get(i + 1).map_or(text.len(), |c| c.0);
+            (cuts[i].0, end, cuts[i].1)
+        })
+        .collect()
+}
+
+/// Reads one chunk of a stream that starts `line_offset` lines into the file; returns what it
+/// read and how many documents it had.
+fn load_chunk(
+    path: &Path,
+    text: &str,
+    source: &Arc<str>,
+    file: &Arc<PathBuf>,
+    line_offset: usize,
+    doc_offset: usize,
+) -> (Loaded, usize) {
     let mut out = Loaded::default();
     let docs = match MarkedYaml::load_from_str(text) {
         Ok(d) => d,
@@ -165,22 +241,27 @@ pub fn load_str(path: &Path, text: &str) -> Loaded {
             out.errors.push(LoadError::Syntax {
                 path: path.to_path_buf(),
                 pos: Pos {
-                    line: m.line(),
+                    line: m.line() + line_offset,
                     col: m.col() + 1,
                 },
                 message: e.info().to_owned(),
             });
-            return out;
+            return (out, 0);
         }
     };
+    let count = docs.len();
     for (document, node) in docs.iter().enumerate() {
-        let mut positions = Positions::default();
+        let document = document + doc_offset;
+        let mut positions = Positions {
+            off: line_offset,
+            ..Positions::default()
+        };
         let value = convert(node, String::new(), &mut positions);
         if value.is_null() {
             continue; // an empty document (`---` at the end)
         }
         let positions = Arc::new(positions);
-        let at = pos_of(node);
+        let at = pos_of(node, line_offset);
         let object = |prefix: String, value: Value| -> Result<Object, LoadError> {
             let get = |k: &str| value.get(k).and_then(Value::as_str).map(str::to_owned);
             let not = |why| LoadError::NotAnObject {
@@ -247,7 +328,7 @@ pub fn load_str(path: &Path, text: &str) -> Loaded {
             }
         }
     }
-    out
+    (out, count)
 }
 
 /// Parses a single YAML (or JSON) document that is not a Kubernetes object, such as a config
@@ -333,9 +414,9 @@ fn collect(path: &Path, files: &mut Vec<PathBuf>, explicit: bool) -> std::io::Re
     Ok(())
 }
 
-fn pos_of(node: &MarkedYaml<'_>) -> Pos {
+fn pos_of(node: &MarkedYaml<'_>, line_offset: usize) -> Pos {
     Pos {
-        line: node.span.start.line(),
+        line: node.span.start.line() + line_offset,
         col: node.span.start.col() + 1,
     }
 }
@@ -382,7 +463,7 @@ fn convert_at(
                     format!("{path}.{key}")
                 };
                 // A mapping entry is located at its key, as people point at `replicas:`.
-                let v = convert_at(v, child, positions, Some(pos_of(k)));
+                let v = convert_at(v, child, positions, Some(pos_of(k, positions.off)));
                 out.insert(key, v);
             }
             Value::Object(out)
@@ -391,10 +472,8 @@ fn convert_at(
         // Aliases are resolved by the loader; anything left is treated as empty.
         YamlData::Alias(_) | YamlData::BadValue => Value::Null,
     };
-    positions
-        .map
-        .entry(path)
-        .or_insert(at.unwrap_or_else(|| pos_of(node)));
+    let own = pos_of(node, positions.off);
+    positions.map.entry(path).or_insert(at.unwrap_or(own));
     value
 }
 
@@ -492,6 +571,65 @@ spec:
         assert!(e.contains("invalid YAML"), "{e}");
         let l = load_str(Path::new("x.yaml"), "just: a map\n");
         assert!(l.errors[0].to_string().contains("no `kind`"));
+    }
+
+    #[test]
+    fn large_streams_parse_in_parallel_exactly_as_in_one_piece() {
+        let mut text = String::new();
+        for i in 0..6000 {
+            text.push_str("---\n");
+            text.push_str(&TWO_DOCS.replace("name: a", &format!("name: a{i}")));
+        }
+        assert!(text.len() > PARALLEL_MIN);
+        let (seq, docs) = load_chunk(
+            Path::new("big.yaml"),
+            &text,
+            &Arc::from(text.as_str()),
+            &Arc::new("big.yaml".into()),
+            0,
+            0,
+        );
+        let par = load_str(Path::new("big.yaml"), &text);
+        assert!(
+            par.errors.is_empty(),
+            "{} errors, first: {:?}",
+            par.errors.len(),
+            par.errors.first()
+        );
+        assert_eq!(docs, 12000);
+        assert_eq!(
+            par.objects.len(),
+            seq.objects.len(),
+            "{:?}",
+            par.errors.first()
+        );
+        for (a, b) in par.objects.iter().zip(&seq.objects) {
+            assert_eq!(
+                (a.document, &a.kind, &a.name),
+                (b.document, &b.kind, &b.name)
+            );
+            for path in [
+                "metadata.name",
+                "spec",
+                "spec.containers[0].image",
+                "spec.replicas",
+            ] {
+                assert_eq!(
+                    a.positions.get(path),
+                    b.positions.get(path),
+                    "{path} of document {}",
+                    a.document
+                );
+            }
+        }
+        // A syntax error in a late part is reported at its real line.
+        let lines = text.lines().count();
+        text.push_str("---\napiVersion: v1\nkind: Pod\nmetadata: {name: [x\n");
+        let bad = load_str(Path::new("big.yaml"), &text);
+        match &bad.errors[..] {
+            [LoadError::Syntax { pos, .. }] => assert_eq!(pos.line, lines + 5),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
