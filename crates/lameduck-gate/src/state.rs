@@ -368,6 +368,16 @@ mod tests {
         assert!(s.exit.is_cancelled());
     }
 
+    #[test]
+    fn flag_defaults_are_the_timeline_models() {
+        let s = shared(&["--upstream", "http://127.0.0.1:1"]);
+        assert_eq!(s.config.drain.grace, lameduck_timeline::DEFAULT_GRACE);
+        assert_eq!(
+            s.config.drain.margin,
+            lameduck_timeline::DEFAULT_KILL_MARGIN
+        );
+    }
+
     #[tokio::test]
     async fn engine_stopped_by_the_gate_stays_live() {
         let s = shared(&["--upstream", "http://127.0.0.1:1", "--", "engine"]);

@@ -85,8 +85,9 @@ rules! {
 /// or `all`).
 pub const IGNORE_ANNOTATION: &str = "lameduck.io/ignore";
 
-/// Room kept at the end of the grace period (as the gate's default --kill-margin).
-pub const MARGIN: Duration = Duration::from_secs(5);
+/// Room kept at the end of the grace period: the timeline model's (the gate's default
+/// --kill-margin).
+pub const MARGIN: Duration = lameduck_timeline::DEFAULT_KILL_MARGIN;
 
 fn secs(d: Duration) -> String {
     let s = d.as_secs_f64();

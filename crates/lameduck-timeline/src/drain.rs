@@ -205,7 +205,7 @@ impl Default for DrainConfig {
     fn default() -> Self {
         DrainConfig {
             grace: crate::pod::DEFAULT_GRACE,
-            margin: Duration::from_secs(5),
+            margin: crate::pod::DEFAULT_KILL_MARGIN,
             convergence: Convergence::default(),
             child_timeout: Some(Duration::from_secs(3)),
             deadline_linger: Duration::from_secs(1),

@@ -16,4 +16,6 @@ pub use drain::{
     Outcome, Phase, PhaseMark, Time, Trigger,
 };
 pub use duration::{ParseDurationError, fmt_secs, parse_duration};
-pub use pod::{Budget, Convergence, DEFAULT_GRACE, PreStop, Probe, Termination};
+pub use pod::{
+    Budget, Convergence, DEFAULT_GRACE, DEFAULT_KILL_MARGIN, PreStop, Probe, Termination,
+};

@@ -10,6 +10,10 @@ use std::time::Duration;
 /// The kubelet's default `terminationGracePeriodSeconds`.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(30);
 
+/// Time kept at the end of the grace period for ending streams, stopping the engine and
+/// exiting (the gate's `--kill-margin` default; the linter's margin).
+pub const DEFAULT_KILL_MARGIN: Duration = Duration::from_secs(5);
+
 /// How a container's preStop hook spends time.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PreStop {
