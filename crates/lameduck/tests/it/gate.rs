@@ -132,8 +132,7 @@ async fn deadline_ends_streams_with_terminal_event() {
         ],
     )
     .await;
-    let req = post(&gate.url("/v1/chat/completions"), chat_body(true, 100000));
-    let stream = tokio::spawn(async move { read_stream(send(req).await).await });
+    let stream = gate.open_stream(100000);
     // A non-streaming request for far more tokens than fit in the budget: its response has
     // not started when the deadline comes.
     let req = post(
@@ -332,8 +331,7 @@ async fn second_drain_call_joins_the_first() {
         ],
     )
     .await;
-    let req = post(&gate.url("/v1/chat/completions"), chat_body(true, 30));
-    let stream = tokio::spawn(async move { read_stream(send(req).await).await });
+    let stream = gate.open_stream(30);
     gate.wait_streams(1).await;
     let (url_a, url_b) = (gate.admin_url("/drain"), gate.admin_url("/drain"));
     let a = tokio::spawn(async move { get(&url_a).await });
@@ -378,8 +376,7 @@ async fn finishing_refuses_new_arrivals() {
         ],
     )
     .await;
-    let req = post(&gate.url("/v1/chat/completions"), chat_body(true, 60));
-    let stream = tokio::spawn(async move { read_stream(send(req).await).await });
+    let stream = gate.open_stream(60);
     gate.wait_streams(1).await;
     get(&gate.admin_url("/drain?wait=false"))
         .await
@@ -561,8 +558,7 @@ async fn bad_input_fails_alone() {
         ],
     )
     .await;
-    let req = post(&gate.url("/v1/chat/completions"), chat_body(true, 20));
-    let stream = tokio::spawn(async move { read_stream(send(req).await).await });
+    let stream = gate.open_stream(20);
     let mut tcp = TcpStream::connect(gate.proxy).await.expect("connect");
     tcp.write_all(b"BLAH \x01\x02 nonsense\r\n\r\n")
         .await
@@ -807,8 +803,7 @@ async fn sidecar_drain_and_token() {
     let mut gate = Gate::start(&args, None).await;
     gate.wait_ready(LONG).await;
 
-    let req = post(&gate.url("/v1/chat/completions"), chat_body(true, 30));
-    let stream = tokio::spawn(async move { read_stream(send(req).await).await });
+    let stream = gate.open_stream(30);
     gate.wait_streams(1).await;
     let (s, _) = get(&gate.admin_url("/drain")).await.expect("drain");
     assert_eq!(s, StatusCode::UNAUTHORIZED);
@@ -979,8 +974,7 @@ async fn engine_abort_is_not_passed_on_as_success() {
     let line = sim.wait_for_line("engine-sim listening", LONG).await;
     let addr: std::net::SocketAddr = line["addr"].as_str().expect("addr").parse().expect("addr");
     let gate = Gate::sidecar(addr, &[]).await;
-    let req = post(&gate.url("/v1/chat/completions"), chat_body(true, 1000));
-    let stream = tokio::spawn(async move { read_stream(send(req).await).await });
+    let stream = gate.open_stream(1000);
     gate.wait_streams(1).await;
     sim.signal(Signal::SIGTERM);
     match stream.await.expect("join") {

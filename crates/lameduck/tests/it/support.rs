@@ -246,6 +246,16 @@ impl Gate {
         g
     }
 
+    /// Starts a streamed chat completion of `max_tokens` through the gate; the task reads it to
+    /// the end and classifies how it ended.
+    pub fn open_stream(&self, max_tokens: u32) -> tokio::task::JoinHandle<StreamEnd> {
+        let req = post(
+            &self.url("/v1/chat/completions"),
+            chat_body(true, max_tokens),
+        );
+        tokio::spawn(async move { read_stream(send(req).await).await })
+    }
+
     /// Polls /status until `n` streams are in flight.
     pub async fn wait_streams(&self, n: u64) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
