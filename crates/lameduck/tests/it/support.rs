@@ -22,10 +22,33 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_lameduck")
 }
 
-/// A loopback port that was free a moment ago (for an engine started by the gate).
+/// A loopback port for an engine the gate starts (the gate is told it with `--upstream`).
+///
+/// Taken from below the kernel's ephemeral range: a port the kernel hands out for a `:0` bind
+/// (such as the gate's own listeners) can then never be the one chosen here, which would make
+/// the engine fail to listen. Chosen at random and checked free, since tests run in parallel.
 pub fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    l.local_addr().expect("local addr").port()
+    let ephemeral_low: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768);
+    let (low, high) = (10_000u16, ephemeral_low.max(10_001));
+    let mut x = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_nanos() as u64)
+        ^ (u64::from(std::process::id()) << 32)
+        | 1;
+    for _ in 0..1000 {
+        // xorshift64: no dependency needed for a port pick.
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let port = low + (x % u64::from(high - low)) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port below {high}")
 }
 
 /// A running `lameduck` process whose stderr is collected line by line.
