@@ -124,6 +124,11 @@ pub struct GateArgs {
     #[arg(long, env = "LAMEDUCK_THREADS")]
     pub threads: Option<std::num::NonZeroUsize>,
 
+    /// Divide every duration flag by this factor (> 0). Used by `lameduck rehearse` to run a
+    /// drain faster than real time; leave at 1 in a pod.
+    #[arg(long, hide = true, default_value = "1", env = "LAMEDUCK_TIME_SCALE")]
+    pub time_scale: f64,
+
     /// Wrapper mode: the engine command and its arguments, after `--`.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
@@ -212,7 +217,30 @@ impl Upstream {
 
 impl GateArgs {
     /// Checks the flags and resolves defaults. Every error names the flag to fix.
-    pub fn resolve(self) -> Result<Config, Error> {
+    pub fn resolve(mut self) -> Result<Config, Error> {
+        if !(self.time_scale.is_finite() && self.time_scale > 0.0) {
+            return Err(Error::Config(format!(
+                "--time-scale {}: must be a number greater than 0",
+                self.time_scale
+            )));
+        }
+        if self.time_scale != 1.0 {
+            let k = self.time_scale;
+            for d in [
+                &mut self.grace_period,
+                &mut self.kill_margin,
+                &mut self.prestop_spent,
+                &mut self.convergence_min,
+                &mut self.convergence_quiet,
+                &mut self.convergence_max,
+                &mut self.child_timeout,
+                &mut self.health_interval,
+                &mut self.health_timeout,
+                &mut self.upstream_idle_timeout,
+            ] {
+                *d = d.div_f64(k);
+            }
+        }
         let wrapper = !self.command.is_empty();
         let upstream = match (&self.upstream, wrapper) {
             (Some(u), _) => Upstream::parse(u)?,
@@ -249,7 +277,7 @@ impl GateArgs {
                 max: self.convergence_max,
             },
             child_timeout: wrapper.then_some(self.child_timeout),
-            deadline_linger: Duration::from_secs(1),
+            deadline_linger: Duration::from_secs(1).div_f64(self.time_scale),
         };
         drain.validate().map_err(|e| Error::Config(e.0))?;
         if self.prestop_spent + self.kill_margin >= self.grace_period {

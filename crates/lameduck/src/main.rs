@@ -45,6 +45,9 @@ enum Command {
     /// Check manifests for drain mistakes, with file:line:column positions (preview: the
     /// timing, probe, spot, rollout, gate-setup and disruption-budget rules; inject comes later).
     Lint(cmd::lint::LintArgs),
+    /// Rehearse a pod drain locally under streaming load, with real processes, and compare
+    /// what a naive setup, the shell pattern and lameduck lose.
+    Rehearse(Box<lameduck_rehearse::RehearseArgs>),
 }
 
 fn main() -> ExitCode {
@@ -54,6 +57,7 @@ fn main() -> ExitCode {
         Command::Gate(args) => cmd::gate::run(*args),
         Command::EngineSim(args) => cmd::engine_sim::run(args),
         Command::Lint(args) => cmd::lint::run(args),
+        Command::Rehearse(args) => cmd::rehearse::run(*args),
     };
     match result {
         Ok(code) => ExitCode::from(u8::try_from(code.clamp(0, 255)).unwrap_or(1)),

@@ -3,6 +3,7 @@
 pub mod engine_sim;
 pub mod gate;
 pub mod lint;
+pub mod rehearse;
 
 /// A multi-threaded tokio runtime for a subcommand, one worker per available CPU.
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

@@ -1,0 +1,261 @@
+//! `lameduck rehearse`: a pod drain under streaming load, on one machine, with real
+//! processes — and the proof, in numbers and a picture, of what each setup loses.
+//!
+//! - [`setup`]: what a pod looks like (grace, preStop, probes, server); the built-in naive,
+//!   shell and lameduck setups, or a user's manifest.
+//! - [`kubelet`]: the kubelet emulator — real processes, real hooks and probes, the real
+//!   termination order.
+//! - [`balancer`]: a real HTTP proxy whose view of the endpoints lags the kubelet's.
+//! - [`load`]: open-loop streamed chat completions, each classified.
+//! - [`run`]: one setup's run and its scenario; [`report`] and [`html`] show the results.
+
+pub mod balancer;
+pub mod clock;
+pub mod html;
+pub mod kubelet;
+pub mod load;
+mod ports;
+pub mod report;
+pub mod run;
+pub mod setup;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use lameduck_engine_sim::OutputTokens;
+use lameduck_timeline::parse_duration;
+
+pub use run::{Plan, Scenario, SetupResult, Status};
+
+/// Why a rehearsal could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A flag or the manifest is unusable.
+    #[error("{0}")]
+    Input(String),
+    /// The machine refused something (a directory, a port, a process).
+    #[error("{0}")]
+    Io(String),
+    /// The rehearsal itself failed.
+    #[error("{0}")]
+    Run(String),
+}
+
+fn dur(s: &str) -> Result<Duration, String> {
+    parse_duration(s).map_err(|e| e.to_string())
+}
+
+/// `lameduck rehearse`: rehearse a pod drain locally and compare setups.
+#[derive(clap::Args, Debug, Clone)]
+#[command(after_help = "\
+Each setup runs in turn: its replicas start as real processes on loopback ports (engine-sim, \
+alone or behind the gate), a kubelet emulator runs their probes and hooks, a load balancer \
+routes streamed chat completions to ready pods and learns of endpoint changes after the \
+propagation lag, and the scenario deletes pods mid-load. Every request is classified: ok, \
+refused, reset or truncated.
+
+All durations and figures are unscaled (cluster) seconds; --time-scale only makes the run \
+faster. Exit status: 0 when the last setup (lameduck, or the one from -f) lost nothing, 1 when \
+it lost requests, 2 on unusable input.
+
+With -- CMD, your own server runs instead of engine-sim: it must listen on 127.0.0.1:$PORT \
+and speak the OpenAI chat-completions API with `stream: true`.")]
+pub struct RehearseArgs {
+    /// The setup to rehearse, from a manifest (Deployment, StatefulSet, ReplicaSet or Pod;
+    /// `-` for stdin). It is compared against the naive setup.
+    #[arg(short = 'f', long = "file", value_name = "MANIFEST")]
+    pub file: Option<PathBuf>,
+
+    /// Setups to compare, in order: naive, shell, lameduck. Default: all three, or naive and
+    /// the manifest's with -f.
+    #[arg(long, value_delimiter = ',', value_name = "LIST")]
+    pub setups: Vec<String>,
+
+    /// What happens mid-load.
+    #[arg(long, value_enum, default_value_t = Scenario::Drain)]
+    pub scenario: Scenario,
+
+    /// Replicas (default 3; with -f, the manifest's, at most 10).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=20))]
+    pub replicas: Option<u32>,
+
+    /// Mean request arrivals per second (Poisson, open loop).
+    #[arg(long, default_value = "0.5", value_name = "PER_SECOND")]
+    pub rate: f64,
+
+    /// Output length of each request in tokens: N, uniform:MIN-MAX, normal:MEAN,STDDEV or
+    /// lognormal:MEDIAN,SIGMA.
+    #[arg(long, default_value = "uniform:100-1200", value_name = "DIST")]
+    pub lengths: OutputTokens,
+
+    /// engine-sim's decode speed per request (tokens per second).
+    #[arg(long, default_value = "10", value_name = "N")]
+    pub tokens_per_second: f64,
+
+    /// engine-sim's cold start: /health answers 503 until it has passed.
+    #[arg(long, default_value = "20s", value_parser = dur, value_name = "DURATION")]
+    pub cold_start: Duration,
+
+    /// Requests arrive during this long after the load starts.
+    #[arg(long, default_value = "100s", value_parser = dur, value_name = "DURATION")]
+    pub load_for: Duration,
+
+    /// The scenario starts this long after the load.
+    #[arg(long, default_value = "40s", value_parser = dur, value_name = "DURATION")]
+    pub at: Duration,
+
+    /// Endpoint propagation lag: MIN-MAX (uniform) or one duration.
+    #[arg(long, default_value = "1s-3s", value_name = "MIN-MAX")]
+    pub lag: balancer::Lag,
+
+    /// Spot scenario: time from the preemption notice until the node disappears.
+    #[arg(long, default_value = "30s", value_parser = dur, value_name = "DURATION")]
+    pub notice: Duration,
+
+    /// A stream silent this long is counted as truncated (stalled).
+    #[arg(long, default_value = "30s", value_parser = dur, value_name = "DURATION")]
+    pub idle_timeout: Duration,
+
+    /// Speed-up: every duration is divided by it. Default 10 (1 with -- CMD, whose own
+    /// timing cannot be scaled).
+    #[arg(long, value_name = "FACTOR")]
+    pub time_scale: Option<f64>,
+
+    /// Seed for arrivals, lengths and lags: every setup gets the same requests.
+    #[arg(long, default_value = "1")]
+    pub seed: u64,
+
+    /// The `model` field of the requests.
+    #[arg(long, default_value = "lameduck-sim")]
+    pub model: String,
+
+    /// Write a self-contained HTML report with a timeline per setup.
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
+
+    /// Print the results as JSON on stdout instead of the table.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Keep the run directory (each pod's log and files) instead of removing it.
+    #[arg(long)]
+    pub keep: bool,
+
+    /// Your own server, instead of engine-sim (after `--`).
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+/// A checked rehearsal: the plan and the setups, in order (the last one is judged).
+#[derive(Debug)]
+pub struct Rehearsal {
+    /// The shared plan.
+    pub plan: Plan,
+    /// The setups.
+    pub setups: Vec<setup::Setup>,
+    /// The arrivals every setup gets.
+    pub arrivals: Vec<(f64, u32)>,
+}
+
+impl RehearseArgs {
+    /// Checks the flags and reads the manifest. `exe` is the `lameduck` executable that runs
+    /// the gate and engine-sim.
+    pub fn resolve(self, exe: PathBuf) -> Result<Rehearsal, Error> {
+        let scale = self
+            .time_scale
+            .unwrap_or(if self.command.is_empty() { 10.0 } else { 1.0 });
+        if !(scale.is_finite() && scale > 0.0 && scale <= 1000.0) {
+            return Err(Error::Input(format!(
+                "--time-scale {scale}: must be greater than 0 and at most 1000"
+            )));
+        }
+        if !(self.tokens_per_second.is_finite() && self.tokens_per_second > 0.0) {
+            return Err(Error::Input(format!(
+                "--tokens-per-second {}: must be greater than 0",
+                self.tokens_per_second
+            )));
+        }
+        if self.at >= self.load_for {
+            return Err(Error::Input(format!(
+                "--at {} is not before the end of --load-for {}: the scenario would start after the last request",
+                lameduck_timeline::fmt_secs(self.at),
+                lameduck_timeline::fmt_secs(self.load_for)
+            )));
+        }
+        let mut setups = Vec::new();
+        let names: Vec<String> = if self.setups.is_empty() {
+            if self.file.is_some() {
+                vec!["naive".into()]
+            } else {
+                setup::BUILT_IN.iter().map(|s| (*s).to_owned()).collect()
+            }
+        } else {
+            self.setups.clone()
+        };
+        for name in &names {
+            let s = setup::built_in(name.trim()).ok_or_else(|| {
+                Error::Input(format!(
+                    "--setups: unknown setup {name:?}; the built-in setups are {} (use -f for your own)",
+                    setup::BUILT_IN.join(", ")
+                ))
+            })?;
+            setups.push(s);
+        }
+        if let Some(file) = &self.file {
+            let mut s = setup::from_manifest(file)?;
+            if setups.iter().any(|b| b.name == s.name) {
+                s.name = format!("{}-manifest", s.name);
+            }
+            if let Some(r) = s.replicas
+                && r > 10
+                && self.replicas.is_none()
+            {
+                s.notes.push(format!(
+                    "the manifest asks for {r} replicas; 10 are rehearsed (set --replicas)"
+                ));
+                s.replicas = Some(10);
+            }
+            setups.push(s);
+        }
+        if setups.is_empty() {
+            return Err(Error::Input("--setups: name at least one setup".into()));
+        }
+        let engine = if self.command.is_empty() {
+            kubelet::Engine::Sim {
+                tokens_per_second: self.tokens_per_second,
+                cold_start: self.cold_start,
+            }
+        } else {
+            kubelet::Engine::Command(self.command.clone())
+        };
+        let load = load::LoadSpec {
+            rate: self.rate,
+            window: self.load_for,
+            lengths: self.lengths,
+            model: self.model.clone(),
+            idle_timeout: self.idle_timeout,
+            seed: self.seed,
+        };
+        let arrivals = load::arrivals(&load).map_err(Error::Input)?;
+        let dir = std::env::temp_dir().join(format!("lameduck-rehearse-{}", std::process::id()));
+        Ok(Rehearsal {
+            plan: Plan {
+                scenario: self.scenario,
+                replicas: self.replicas.unwrap_or(3),
+                replicas_forced: self.replicas.is_some(),
+                engine,
+                load: Arc::new(load),
+                lag: self.lag,
+                at: self.at,
+                notice: self.notice,
+                time_scale: scale,
+                seed: self.seed,
+                exe,
+                dir,
+            },
+            setups,
+            arrivals,
+        })
+    }
+}

@@ -1,0 +1,440 @@
+//! One setup's run: start the pods and the balancer, wait until every pod is ready, send the
+//! load, play the scenario (drain, rollout or spot), and collect what happened.
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::Error;
+use crate::balancer::{Balancer, Endpoints, Lag};
+use crate::clock::{Clock, Event, EventKind, Recorder};
+use crate::kubelet::{Delete, Engine, PodEnv, PodHandle, Reaper, pod_log, spawn_pod};
+use crate::load::{self, Counts, LoadSpec, Outcome, RequestRecord};
+use crate::setup::{Setup, Strategy};
+
+/// What happens mid-load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scenario {
+    /// One pod is deleted (a node drain or eviction); the ReplicaSet replaces it at once.
+    Drain,
+    /// Every pod is replaced, within maxSurge and maxUnavailable.
+    Rollout,
+    /// A spot reclaim: the pod is drained at the notice and its node disappears when the
+    /// notice runs out, whatever the grace period says.
+    Spot,
+}
+
+/// Everything a run needs besides the setup.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// The scenario.
+    pub scenario: Scenario,
+    /// Replicas when the setup does not say.
+    pub replicas: u32,
+    /// Replicas given on the command line win over the manifest's.
+    pub replicas_forced: bool,
+    /// The server.
+    pub engine: Engine,
+    /// The load.
+    pub load: Arc<LoadSpec>,
+    /// Propagation lag.
+    pub lag: Lag,
+    /// The scenario starts this long (unscaled) after the load.
+    pub at: Duration,
+    /// Spot notice window (unscaled).
+    pub notice: Duration,
+    /// Speed-up.
+    pub time_scale: f64,
+    /// Seed.
+    pub seed: u64,
+    /// The `lameduck` executable.
+    pub exe: PathBuf,
+    /// Where pods keep their files.
+    pub dir: PathBuf,
+}
+
+/// A setup's figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    /// Requests sent.
+    pub requests: usize,
+    /// Ended ok.
+    pub ok: usize,
+    /// Refused before the stream started.
+    pub refused: usize,
+    /// Connection broken.
+    pub reset: usize,
+    /// Stream ended incomplete.
+    pub truncated: usize,
+    /// Everything but ok.
+    pub lost: usize,
+    /// Median time to first token (unscaled seconds).
+    pub ttft_p50: Option<f64>,
+    /// 99th percentile time to first token.
+    pub ttft_p99: Option<f64>,
+    /// From the deletion (or the rollout's start) until the last deleted pod was gone.
+    pub drain_seconds: Option<f64>,
+    /// From a deletion until the balancer dropped the endpoint (the longest, over deleted
+    /// pods): the propagation lag as measured.
+    pub propagation_lag: Option<f64>,
+    /// Requests the balancer sent to a pod after it was deleted.
+    pub routed_after_delete: usize,
+    /// SIGKILLs the kubelet sent.
+    pub sigkills: usize,
+    /// Containers restarted by a failed liveness probe.
+    pub liveness_kills: usize,
+}
+
+/// One setup's result.
+#[derive(Debug, Clone, Serialize)]
+pub struct SetupResult {
+    /// The setup.
+    pub setup: Setup,
+    /// Figures.
+    pub summary: Summary,
+    /// One line.
+    pub verdict: String,
+    /// When the load started (unscaled seconds since the setup's start).
+    pub load_start: f64,
+    /// When the scenario started.
+    pub scenario_start: f64,
+    /// When the run ended.
+    pub end: f64,
+    /// Pods deleted by the scenario.
+    pub deleted: Vec<String>,
+    /// Every pod, in creation order.
+    pub pods: Vec<String>,
+    /// Every request.
+    pub requests: Vec<RequestRecord>,
+    /// Every kubelet and balancer event.
+    pub events: Vec<Event>,
+}
+
+impl SetupResult {
+    /// Whether nothing was lost.
+    pub fn lost_nothing(&self) -> bool {
+        self.summary.lost == 0 && self.summary.requests > 0
+    }
+}
+
+/// Live status for a progress display.
+#[derive(Debug, Default)]
+pub struct Status {
+    /// Request counts.
+    pub counts: Arc<Counts>,
+    /// What the run is doing.
+    pub phase: Mutex<String>,
+    /// Unscaled seconds since the setup's start, last seen.
+    pub now: Mutex<f64>,
+}
+
+impl Status {
+    fn phase(&self, p: &str) {
+        *self.phase.lock().unwrap_or_else(|e| e.into_inner()) = p.to_owned();
+    }
+
+    /// One line: phase, time, counts.
+    pub fn line(&self) -> String {
+        let c = &self.counts;
+        format!(
+            "{} · t={:.0}s · sent {} · ended {} · lost {}",
+            self.phase.lock().unwrap_or_else(|e| e.into_inner()),
+            *self.now.lock().unwrap_or_else(|e| e.into_inner()),
+            c.sent.load(Ordering::Relaxed),
+            c.ended.load(Ordering::Relaxed),
+            c.lost.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// Runs one setup.
+pub async fn run_setup(
+    plan: &Plan,
+    setup: &Setup,
+    arrivals: Vec<(f64, u32)>,
+    status: Arc<Status>,
+) -> Result<SetupResult, Error> {
+    let clock = Clock::start(plan.time_scale);
+    let ticker = {
+        let status = status.clone();
+        tokio::spawn(async move {
+            loop {
+                *status.now.lock().unwrap_or_else(|e| e.into_inner()) = clock.now();
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    let _ticker = AbortOnDrop(ticker);
+    let rec = Recorder::new(clock);
+    let endpoints = Endpoints::new(rec.clone(), plan.lag, plan.seed);
+    let lb = Balancer::start(endpoints.clone())
+        .await
+        .map_err(|e| Error::Io(format!("cannot start the load balancer: {e}")))?;
+    let dir = plan.dir.join(&setup.name);
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| Error::Io(format!("cannot create {}: {e}", dir.display())))?;
+    let replicas = match (setup.replicas, plan.replicas_forced) {
+        (Some(r), false) => r,
+        _ => plan.replicas,
+    };
+    let reaper = Arc::new(Reaper::default());
+    let env = Arc::new(PodEnv {
+        clock,
+        rec: rec.clone(),
+        endpoints: endpoints.clone(),
+        setup: setup.clone(),
+        engine: plan.engine.clone(),
+        exe: plan.exe.clone(),
+        dir: dir.clone(),
+        reaper: reaper.clone(),
+        seed: plan.seed,
+    });
+    let spawn = |i: u32| {
+        spawn_pod(env.clone(), i)
+            .map_err(|e| Error::Io(format!("cannot create pod {}-{i}: {e}", setup.name)))
+    };
+    let mut pods: Vec<PodHandle> = (0..replicas).map(spawn).collect::<Result<_, _>>()?;
+
+    // Start-up: every pod ready in the balancer's view.
+    status.phase("starting pods");
+    let cold = match &plan.engine {
+        Engine::Sim { cold_start, .. } => *cold_start,
+        Engine::Command(_) => Duration::ZERO,
+    };
+    let ready_by = clock.now() + (cold + Duration::from_secs(120)).as_secs_f64();
+    while endpoints.ready_count() < replicas as usize {
+        if clock.now() > ready_by {
+            let ready = endpoints.ready_count();
+            return Err(Error::Run(format!(
+                "setup {}: only {ready} of {replicas} pods became ready within {:.0} s (unscaled); the server's log is in {}",
+                setup.name,
+                (cold + Duration::from_secs(120)).as_secs_f64(),
+                pod_log(&dir, &pods[0].name).display()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // The load.
+    status.phase("load");
+    let load_start = clock.now();
+    let load = tokio::spawn(load::run(
+        plan.load.clone(),
+        arrivals,
+        lb.addr,
+        clock,
+        load_start,
+        status.counts.clone(),
+    ));
+
+    // The scenario.
+    clock.sleep_until(load_start + plan.at.as_secs_f64()).await;
+    let scenario_start = clock.now();
+    let mut next = replicas;
+    let mut deleted = Vec::new();
+    match plan.scenario {
+        Scenario::Drain | Scenario::Spot => {
+            status.phase(if plan.scenario == Scenario::Drain {
+                "draining one pod"
+            } else {
+                "spot reclaim of one pod"
+            });
+            let how = Delete {
+                node_deadline: (plan.scenario == Scenario::Spot).then_some(plan.notice),
+            };
+            pods[0].delete(how);
+            deleted.push(0);
+            // The ReplicaSet replaces a deleted pod at once.
+            pods.push(spawn(next)?);
+        }
+        Scenario::Rollout => {
+            status.phase("rolling out");
+            let strategy = setup.strategy.clone().unwrap_or_default();
+            deleted = rollout(&mut pods, &mut next, replicas, &strategy, clock, &spawn).await?;
+        }
+    }
+    let limit = setup.grace + Duration::from_secs(30);
+    for &i in &deleted {
+        let _ = tokio::time::timeout(clock.real(limit), pods[i].wait_gone()).await;
+    }
+    status.phase("finishing requests");
+    let requests = load
+        .await
+        .map_err(|e| Error::Run(format!("the load generator failed: {e}")))?;
+    let end = clock.now();
+    let events = rec.events();
+    status.phase("done");
+    reaper.kill_all();
+    drop(lb);
+
+    let deleted_names: Vec<String> = deleted.iter().map(|&i| pods[i].name.clone()).collect();
+    let summary = summarize(
+        &requests,
+        &events,
+        &endpoints.routed(),
+        &deleted_names,
+        scenario_start,
+    );
+    Ok(SetupResult {
+        verdict: verdict(&summary),
+        setup: setup.clone(),
+        summary,
+        load_start,
+        scenario_start,
+        end,
+        deleted: deleted_names,
+        pods: pods.iter().map(|p| p.name.clone()).collect(),
+        requests,
+        events,
+    })
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The Deployment controller's rolling update: new pods up to `replicas + maxSurge` in
+/// total, old pods deleted while at least `replicas − maxUnavailable` stay ready. Returns
+/// the indices of the old pods.
+async fn rollout(
+    pods: &mut Vec<PodHandle>,
+    next: &mut u32,
+    replicas: u32,
+    strategy: &Strategy,
+    clock: Clock,
+    spawn: &impl Fn(u32) -> Result<PodHandle, Error>,
+) -> Result<Vec<usize>, Error> {
+    let (surge, unavailable) = strategy.resolve(replicas)?;
+    let old: Vec<usize> = (0..pods.len()).collect();
+    let first_new = pods.len();
+    let min_available = replicas.saturating_sub(unavailable) as usize;
+    loop {
+        let new_alive = pods.len() - first_new;
+        let old_alive = old.iter().filter(|&&i| !pods[i].is_deleted()).count();
+        // Scale the new ReplicaSet up.
+        let room = (replicas + surge) as usize;
+        let mut created = new_alive;
+        while created < replicas as usize && old_alive + created < room {
+            pods.push(spawn(*next)?);
+            *next += 1;
+            created += 1;
+        }
+        // Scale the old one down: unready pods first, then ready ones while enough stay.
+        let new_ready = pods[first_new..].iter().filter(|p| p.is_ready()).count();
+        let mut available = new_ready
+            + old
+                .iter()
+                .filter(|&&i| !pods[i].is_deleted() && pods[i].is_ready())
+                .count();
+        let mut candidates: Vec<usize> = old
+            .iter()
+            .copied()
+            .filter(|&i| !pods[i].is_deleted())
+            .collect();
+        candidates.sort_by_key(|&i| pods[i].is_ready());
+        for i in candidates {
+            if !pods[i].is_ready() {
+                pods[i].delete(Delete::default());
+            } else if available > min_available {
+                pods[i].delete(Delete::default());
+                available -= 1;
+            }
+        }
+        let old_left = old.iter().filter(|&&i| !pods[i].is_deleted()).count();
+        if old_left == 0 && new_ready == replicas as usize {
+            return Ok(old);
+        }
+        clock.sleep(Duration::from_millis(500)).await;
+    }
+}
+
+fn summarize(
+    requests: &[RequestRecord],
+    events: &[Event],
+    routed: &[(f64, String)],
+    deleted: &[String],
+    scenario_start: f64,
+) -> Summary {
+    let count = |o: Outcome| requests.iter().filter(|r| r.outcome == o).count();
+    let mut ttft: Vec<f64> = requests.iter().filter_map(RequestRecord::ttft).collect();
+    let at = |pod: &str, f: &dyn Fn(&EventKind) -> bool| {
+        events
+            .iter()
+            .find(|e| e.pod == pod && f(&e.kind))
+            .map(|e| e.t)
+    };
+    let mut lag: Option<f64> = None;
+    let mut gone_last: Option<f64> = None;
+    let mut after = 0;
+    for pod in deleted {
+        let del = at(pod, &|k| *k == EventKind::Deleted);
+        let removed = at(pod, &|k| {
+            matches!(k, EventKind::Endpoint { state: "removed" })
+        });
+        if let (Some(d), Some(r)) = (del, removed) {
+            lag = Some(lag.unwrap_or(0.0).max(r - d));
+        }
+        if let Some(g) = at(pod, &|k| *k == EventKind::Gone) {
+            gone_last = Some(gone_last.unwrap_or(0.0).max(g));
+        }
+        if let Some(d) = del {
+            after += routed.iter().filter(|(t, p)| p == pod && *t >= d).count();
+        }
+    }
+    let ok = count(Outcome::Ok);
+    Summary {
+        requests: requests.len(),
+        ok,
+        refused: count(Outcome::Refused),
+        reset: count(Outcome::Reset),
+        truncated: count(Outcome::Truncated),
+        lost: requests.len() - ok,
+        ttft_p50: load::quantile(&mut ttft, 0.5),
+        ttft_p99: load::quantile(&mut ttft, 0.99),
+        drain_seconds: gone_last.map(|g| g - scenario_start),
+        propagation_lag: lag,
+        routed_after_delete: after,
+        sigkills: events
+            .iter()
+            .filter(|e| matches!(e.kind, EventKind::Sigkill { .. }))
+            .count(),
+        liveness_kills: events
+            .iter()
+            .filter(|e| e.kind == EventKind::LivenessKill)
+            .count(),
+    }
+}
+
+/// One line: what the setup lost.
+pub fn verdict(s: &Summary) -> String {
+    if s.requests == 0 {
+        return "no requests were sent: raise --rate or --load-for".into();
+    }
+    if s.lost == 0 {
+        return format!("lost nothing: all {} requests completed", s.requests);
+    }
+    let mut parts = Vec::new();
+    for (n, what) in [
+        (s.refused, "refused"),
+        (s.reset, "reset"),
+        (s.truncated, "truncated"),
+    ] {
+        if n > 0 {
+            parts.push(format!("{n} {what}"));
+        }
+    }
+    format!(
+        "lost {} of {} requests ({})",
+        s.lost,
+        s.requests,
+        parts.join(", ")
+    )
+}

@@ -1,0 +1,853 @@
+//! A setup: what a pod of the rehearsed workload looks like to the kubelet — grace period,
+//! preStop, probes, the server it runs — and how many of them, rolled how.
+//!
+//! The three built-in setups are the ones the seed articles compare; [`from_manifest`] reads
+//! the same facts from a user's Deployment, StatefulSet or Pod.
+
+use std::path::Path;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1 as core;
+use lameduck_manifest::{Object, Workload, WorkloadKind};
+use lameduck_timeline::{DEFAULT_GRACE, Probe};
+use serde::Serialize;
+
+use crate::Error;
+
+/// The container port the rehearsed server is reached on, as written in manifests.
+pub const SERVE_PORT: u16 = 8000;
+/// The gate's admin port, as written in manifests.
+pub const ADMIN_PORT: u16 = 9901;
+
+/// Which of a pod's ports a hook or probe talks to. Each rehearsed pod gets its own loopback
+/// ports; manifests' port numbers and names are mapped onto these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PortRef {
+    /// The serving port (the gate's `--listen`, or the server's own port).
+    Serve,
+    /// The gate's admin port.
+    Admin,
+}
+
+/// A hook or probe action, as in a container spec.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "camelCase")]
+pub enum Handler {
+    /// `exec`: the command runs as given (argv, no shell unless the command names one).
+    Exec {
+        /// The argv.
+        command: Vec<String>,
+    },
+    /// `httpGet`: success on a 2xx or 3xx answer.
+    HttpGet {
+        /// The port.
+        port: PortRef,
+        /// The path (with query).
+        path: String,
+    },
+    /// `tcpSocket`: success when a connection opens.
+    TcpSocket {
+        /// The port.
+        port: PortRef,
+    },
+    /// The `sleep` lifecycle action.
+    Sleep {
+        /// How long.
+        seconds: f64,
+    },
+}
+
+/// A probe: its action and timing.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ProbeSpec {
+    /// What runs.
+    pub handler: Handler,
+    /// `initialDelaySeconds`, `periodSeconds`, … (the timeline's model).
+    #[serde(serialize_with = "ser_probe")]
+    pub timing: Probe,
+}
+
+fn ser_probe<S: serde::Serializer>(p: &Probe, s: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeStruct;
+    let mut st = s.serialize_struct("Probe", 5)?;
+    st.serialize_field("initialDelaySeconds", &p.initial_delay.as_secs_f64())?;
+    st.serialize_field("periodSeconds", &p.period.as_secs_f64())?;
+    st.serialize_field("timeoutSeconds", &p.timeout.as_secs_f64())?;
+    st.serialize_field("successThreshold", &p.success_threshold)?;
+    st.serialize_field("failureThreshold", &p.failure_threshold)?;
+    st.end()
+}
+
+/// What a pod runs.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum Server {
+    /// The engine alone (engine-sim, or the user's command).
+    Engine,
+    /// `lameduck gate` wrapping the engine, with these extra gate flags.
+    Gate {
+        /// Flags passed to the gate (durations unscaled; the gate gets `--time-scale`).
+        args: Vec<String>,
+    },
+}
+
+/// One rehearsed setup.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Setup {
+    /// Short name (`naive`, `shell`, `lameduck`, or the manifest's object name).
+    pub name: String,
+    /// One line saying what it is.
+    pub description: String,
+    /// `terminationGracePeriodSeconds`.
+    #[serde(serialize_with = "ser_secs")]
+    pub grace: Duration,
+    /// The serving container's preStop hook.
+    pub pre_stop: Option<Handler>,
+    /// Its readiness probe.
+    pub readiness: Option<ProbeSpec>,
+    /// Its liveness probe.
+    pub liveness: Option<ProbeSpec>,
+    /// What it runs.
+    pub server: Server,
+    /// Literal environment variables of the container.
+    pub env: Vec<(String, String)>,
+    /// The serving port as the spec writes it (exec commands' `localhost:PORT` is mapped).
+    pub serve_port: u16,
+    /// The gate's admin port as the spec writes it.
+    pub admin_port: u16,
+    /// Replicas (from the manifest; built-ins use the command line's).
+    pub replicas: Option<u32>,
+    /// Rolling update: `maxSurge`, `maxUnavailable` (resolved against the replicas).
+    pub strategy: Option<Strategy>,
+    /// Things the rehearsal could not reproduce exactly; shown in the report.
+    pub notes: Vec<String>,
+}
+
+impl Setup {
+    /// A pod with nothing but a name: the default grace period, no hook, no probes, the
+    /// engine alone.
+    pub fn new(name: &str) -> Self {
+        Setup {
+            name: name.into(),
+            description: String::new(),
+            grace: DEFAULT_GRACE,
+            pre_stop: None,
+            readiness: None,
+            liveness: None,
+            server: Server::Engine,
+            env: Vec::new(),
+            serve_port: SERVE_PORT,
+            admin_port: ADMIN_PORT,
+            replicas: None,
+            strategy: None,
+            notes: Vec::new(),
+        }
+    }
+}
+
+fn ser_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
+}
+
+/// A rolling update's limits, as written (`25%` or a count).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Strategy {
+    /// `maxSurge`.
+    pub max_surge: IntOrPercent,
+    /// `maxUnavailable`.
+    pub max_unavailable: IntOrPercent,
+}
+
+impl Default for Strategy {
+    /// A Deployment's defaults: 25% and 25%.
+    fn default() -> Self {
+        Strategy {
+            max_surge: IntOrPercent::Percent(25),
+            max_unavailable: IntOrPercent::Percent(25),
+        }
+    }
+}
+
+impl Strategy {
+    /// `(maxSurge, maxUnavailable)` as pod counts for `replicas`, rounded as the Deployment
+    /// controller does: surge up, unavailable down. Both zero is an error, as in the API
+    /// server.
+    pub fn resolve(&self, replicas: u32) -> Result<(u32, u32), Error> {
+        let surge = self.max_surge.resolve(replicas, true);
+        let unavailable = self.max_unavailable.resolve(replicas, false);
+        if surge == 0 && unavailable == 0 {
+            return Err(Error::Input(format!(
+                "maxSurge {} and maxUnavailable {} are both 0 for {replicas} replicas: a rollout could never start (the API server rejects this)",
+                self.max_surge, self.max_unavailable
+            )));
+        }
+        Ok((surge, unavailable))
+    }
+}
+
+/// A count or a percentage of the replicas.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum IntOrPercent {
+    /// A pod count.
+    Int(u32),
+    /// A percentage.
+    Percent(u32),
+}
+
+impl IntOrPercent {
+    fn resolve(self, replicas: u32, round_up: bool) -> u32 {
+        match self {
+            IntOrPercent::Int(n) => n,
+            IntOrPercent::Percent(p) => {
+                let x = u64::from(replicas) * u64::from(p);
+                let n = if round_up { x.div_ceil(100) } else { x / 100 };
+                u32::try_from(n).unwrap_or(u32::MAX)
+            }
+        }
+    }
+
+    fn parse(v: &serde_json::Value) -> Option<Self> {
+        match v {
+            serde_json::Value::Number(n) => n
+                .as_u64()
+                .and_then(|n| u32::try_from(n).ok())
+                .map(IntOrPercent::Int),
+            serde_json::Value::String(s) => s
+                .strip_suffix('%')
+                .and_then(|p| p.trim().parse().ok())
+                .map(IntOrPercent::Percent)
+                .or_else(|| s.trim().parse().ok().map(IntOrPercent::Int)),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for IntOrPercent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            IntOrPercent::Int(n) => write!(f, "{n}"),
+            IntOrPercent::Percent(p) => write!(f, "{p}%"),
+        }
+    }
+}
+
+fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+fn probe(period: u64, failure: u32) -> Probe {
+    Probe {
+        period: secs(period),
+        failure_threshold: failure,
+        ..Probe::default()
+    }
+}
+
+fn sh(script: &str) -> Vec<String> {
+    vec!["/bin/sh".into(), "-c".into(), script.into()]
+}
+
+/// The names of the built-in setups, in report order.
+pub const BUILT_IN: [&str; 3] = ["naive", "shell", "lameduck"];
+
+/// A built-in setup by name.
+pub fn built_in(name: &str) -> Option<Setup> {
+    let health = |period, failure| ProbeSpec {
+        handler: Handler::HttpGet {
+            port: PortRef::Serve,
+            path: "/health".into(),
+        },
+        timing: probe(period, failure),
+    };
+    Some(match name {
+        // The naive pod of the seed articles: the default grace period, no preStop, readiness
+        // on the engine's own health check, and an engine that aborts on SIGTERM.
+        "naive" => Setup {
+            name: name.into(),
+            description: "no preStop, the default 30 s grace, readiness on the engine's /health"
+                .into(),
+            grace: DEFAULT_GRACE,
+            readiness: Some(health(10, 3)),
+            ..Setup::new(name)
+        },
+        // The shell pattern of the seed articles: a marker file and a sleep in preStop, an
+        // exec readiness probe that fails once the marker exists, grace 180.
+        "shell" => {
+            let mut notes = Vec::new();
+            let readiness = if on_path("curl") {
+                "! test -f /tmp/draining && curl -sf http://localhost:8000/health"
+            } else {
+                notes.push(
+                    "curl is not installed: the readiness probe checks the drain marker only"
+                        .to_owned(),
+                );
+                "! test -f /tmp/draining"
+            };
+            Setup {
+                name: name.into(),
+                description:
+                    "preStop `touch /tmp/draining && sleep 15`, readiness fails on the marker, grace 180 s"
+                        .into(),
+                grace: secs(180),
+                pre_stop: Some(Handler::Exec {
+                    command: sh("touch /tmp/draining && sleep 15"),
+                }),
+                readiness: Some(ProbeSpec {
+                    handler: Handler::Exec {
+                        command: sh(readiness),
+                    },
+                    timing: probe(2, 1),
+                }),
+                liveness: Some(health(10, 6)),
+                notes,
+                ..Setup::new(name)
+            }
+        }
+        // The gate in wrapper mode, `/drain` as preStop, probes on its admin endpoints.
+        "lameduck" => {
+            let admin = |path: &str, period, failure| ProbeSpec {
+                handler: Handler::HttpGet {
+                    port: PortRef::Admin,
+                    path: path.into(),
+                },
+                timing: probe(period, failure),
+            };
+            Setup {
+                name: name.into(),
+                description: "lameduck gate wrapping the engine, preStop GET /drain, readiness on /ready, grace 180 s".into(),
+                grace: secs(180),
+                pre_stop: Some(Handler::HttpGet {
+                    port: PortRef::Admin,
+                    path: "/drain".into(),
+                }),
+                readiness: Some(admin("/ready", 2, 1)),
+                liveness: Some(admin("/live", 10, 6)),
+                server: Server::Gate {
+                    args: vec!["--grace-period".into(), "180".into()],
+                },
+                ..Setup::new(name)
+            }
+        }
+        _ => return None,
+    })
+}
+
+fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
+}
+
+/// Reads the setup of the first workload (Deployment, StatefulSet, ReplicaSet or Pod) in a
+/// manifest: the serving container's grace period, preStop, probes and environment, the
+/// replicas and the rolling-update limits.
+pub fn from_manifest(path: &Path) -> Result<Setup, Error> {
+    let loaded = if path == Path::new("-") {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+            .map_err(|e| Error::Input(format!("-f -: cannot read standard input: {e}")))?;
+        lameduck_manifest::load_str(Path::new("<stdin>"), &text)
+    } else {
+        lameduck_manifest::load_paths(&[path.to_path_buf()])
+    };
+    if let Some(e) = loaded.errors.first() {
+        return Err(Error::Input(format!("-f {}: {e}", path.display())));
+    }
+    let mut found = None;
+    for object in &loaded.objects {
+        if matches!(
+            WorkloadKind::of(&object.kind),
+            Some(
+                WorkloadKind::Deployment
+                    | WorkloadKind::StatefulSet
+                    | WorkloadKind::ReplicaSet
+                    | WorkloadKind::Pod
+            )
+        ) {
+            found = Some(object);
+            break;
+        }
+    }
+    let Some(object) = found else {
+        return Err(Error::Input(format!(
+            "-f {}: no Deployment, StatefulSet, ReplicaSet or Pod in it; rehearse needs one workload that serves requests",
+            path.display()
+        )));
+    };
+    setup_of(object)
+}
+
+fn setup_of(object: &Object) -> Result<Setup, Error> {
+    let where_ = || {
+        let pos = object.pos("");
+        format!(
+            "{}:{}:{}: {}",
+            object.file.display(),
+            pos.line,
+            pos.col,
+            object.display_name()
+        )
+    };
+    let workload = match Workload::from_object(object) {
+        Some(Ok(w)) => w,
+        Some(Err(e)) => return Err(Error::Input(e.to_string())),
+        None => unreachable_kind(&where_())?,
+    };
+    let mut notes = Vec::new();
+    let pick = serving_container(&workload.spec);
+    let Some((container, in_sidecar_gate)) = pick else {
+        return Err(Error::Input(format!(
+            "{}: the pod has no containers",
+            where_()
+        )));
+    };
+    let gate = gate_container(&workload.spec);
+    let serve_port;
+    let admin_port;
+    let server;
+    match &gate {
+        Some((g, sidecar)) => {
+            let argv = argv_of(g);
+            let flags = gate_flags(&argv);
+            serve_port = flag_port(&flags, "--listen").unwrap_or(SERVE_PORT);
+            admin_port = flag_port(&flags, "--admin").unwrap_or(ADMIN_PORT);
+            server = Server::Gate {
+                args: strip_flags(
+                    &flags,
+                    &[
+                        "--listen",
+                        "--admin",
+                        "--upstream",
+                        "--drain-file",
+                        "--threads",
+                    ],
+                ),
+            };
+            if *sidecar {
+                notes.push("the gate runs as a native sidecar; it is rehearsed in wrapper mode, where the order of events is the same (drain, then SIGTERM to the engine)".to_owned());
+            }
+        }
+        None => {
+            serve_port = container
+                .ports
+                .iter()
+                .flatten()
+                .map(|p| u16::try_from(p.container_port).unwrap_or(SERVE_PORT))
+                .next()
+                .unwrap_or(SERVE_PORT);
+            admin_port = ADMIN_PORT;
+            server = Server::Engine;
+        }
+    }
+    let ports = PortMap {
+        container,
+        gate: gate.as_ref().map(|(g, _)| *g),
+        serve: serve_port,
+        admin: admin_port,
+    };
+    let name_of = |what: &str| format!("{} ({what})", where_());
+    // With a sidecar gate, the engine's preStop calls the gate's /drain; in wrapper mode the
+    // gate container's own hook is the one that matters.
+    let hook_container = match (&gate, in_sidecar_gate) {
+        (Some((g, false)), _) => *g,
+        _ => container,
+    };
+    let pre_stop = hook_container
+        .lifecycle
+        .as_ref()
+        .and_then(|l| l.pre_stop.as_ref())
+        .map(|h| lifecycle_handler(h, &ports, &name_of("preStop")))
+        .transpose()?
+        .flatten();
+    let probe_container = gate.as_ref().map_or(container, |(g, _)| *g);
+    let probe_of = |p: Option<&core::Probe>, what: &str| -> Result<Option<ProbeSpec>, Error> {
+        let Some(p) = p else { return Ok(None) };
+        let handler = probe_handler(p, &ports, &name_of(what))?;
+        Ok(Some(ProbeSpec {
+            handler,
+            timing: lameduck_manifest::workload::probe(p),
+        }))
+    };
+    let readiness = probe_of(probe_container.readiness_probe.as_ref(), "readinessProbe")?.or(
+        probe_of(container.readiness_probe.as_ref(), "readinessProbe")?,
+    );
+    let liveness = probe_of(probe_container.liveness_probe.as_ref(), "livenessProbe")?.or(
+        probe_of(container.liveness_probe.as_ref(), "livenessProbe")?,
+    );
+    if probe_container.startup_probe.is_some() || container.startup_probe.is_some() {
+        notes.push(
+            "the startup probe is not rehearsed; liveness starts after its initial delay".into(),
+        );
+    }
+    let env = probe_container
+        .env
+        .iter()
+        .flatten()
+        .filter_map(|e| e.value.clone().map(|v| (e.name.clone(), v)))
+        .collect();
+    let strategy = match workload.kind {
+        WorkloadKind::Deployment => {
+            let ru = object.value.pointer("/spec/strategy/rollingUpdate");
+            let get = |k: &str| ru.and_then(|r| r.get(k)).and_then(IntOrPercent::parse);
+            let d = Strategy::default();
+            Some(Strategy {
+                max_surge: get("maxSurge").unwrap_or(d.max_surge),
+                max_unavailable: get("maxUnavailable").unwrap_or(d.max_unavailable),
+            })
+        }
+        // A StatefulSet replaces one pod at a time, the old one first.
+        WorkloadKind::StatefulSet => Some(Strategy {
+            max_surge: IntOrPercent::Int(0),
+            max_unavailable: IntOrPercent::Int(1),
+        }),
+        _ => None,
+    };
+    Ok(Setup {
+        name: if object.name.is_empty() {
+            object.kind.to_lowercase()
+        } else {
+            object.name.clone()
+        },
+        description: format!("{} from {}", object.display_name(), object.file.display()),
+        grace: workload.grace(),
+        pre_stop,
+        readiness,
+        liveness,
+        server,
+        env,
+        serve_port,
+        admin_port,
+        replicas: workload
+            .replicas
+            .map(|r| u32::try_from(r.max(1)).unwrap_or(1)),
+        strategy,
+        notes,
+    })
+}
+
+fn unreachable_kind(at: &str) -> Result<Workload<'static>, Error> {
+    Err(Error::Input(format!("{at}: not a workload")))
+}
+
+/// The container that serves requests, and whether it sits behind a sidecar gate: the app
+/// container with a readiness probe or a port, else the first.
+fn serving_container(spec: &core::PodSpec) -> Option<(&core::Container, bool)> {
+    let apps: Vec<&core::Container> = spec.containers.iter().filter(|c| !is_gate(c)).collect();
+    let sidecar_gate = gate_container(spec).is_some_and(|(_, s)| s);
+    let best = apps
+        .iter()
+        .find(|c| c.readiness_probe.is_some() || c.ports.as_ref().is_some_and(|p| !p.is_empty()))
+        .or(apps.first())
+        .copied()
+        .or_else(|| spec.containers.first())?;
+    Some((best, sidecar_gate))
+}
+
+/// The gate's container, and whether it is a native sidecar.
+fn gate_container(spec: &core::PodSpec) -> Option<(&core::Container, bool)> {
+    if let Some(c) = spec.containers.iter().find(|c| is_gate(c)) {
+        return Some((c, false));
+    }
+    spec.init_containers
+        .iter()
+        .flatten()
+        .find(|c| c.restart_policy.as_deref() == Some("Always") && is_gate(c))
+        .map(|c| (c, true))
+}
+
+fn argv_of(c: &core::Container) -> Vec<String> {
+    c.command
+        .iter()
+        .flatten()
+        .chain(c.args.iter().flatten())
+        .cloned()
+        .collect()
+}
+
+/// A container that runs `lameduck gate`.
+fn is_gate(c: &core::Container) -> bool {
+    let argv = argv_of(c);
+    argv.iter()
+        .position(|a| a.rsplit('/').next() == Some("lameduck"))
+        .is_some_and(|i| argv.get(i + 1).map(String::as_str) == Some("gate"))
+        || (c.image.as_deref().is_some_and(|i| i.contains("lameduck"))
+            && argv.first().map(String::as_str) == Some("gate"))
+}
+
+/// The gate's flags: what follows `gate` up to `--`.
+fn gate_flags(argv: &[String]) -> Vec<String> {
+    let start = argv
+        .iter()
+        .position(|a| a == "gate")
+        .map_or(argv.len(), |i| i + 1);
+    argv[start..]
+        .iter()
+        .take_while(|a| *a != "--")
+        .cloned()
+        .collect()
+}
+
+fn flag_value<'a>(flags: &'a [String], name: &str) -> Option<&'a str> {
+    let mut it = flags.iter();
+    while let Some(f) = it.next() {
+        if f == name {
+            return it.next().map(String::as_str);
+        }
+        if let Some(v) = f.strip_prefix(name).and_then(|r| r.strip_prefix('=')) {
+            return Some(v);
+        }
+    }
+    None
+}
+
+fn flag_port(flags: &[String], name: &str) -> Option<u16> {
+    flag_value(flags, name)?.rsplit(':').next()?.parse().ok()
+}
+
+fn strip_flags(flags: &[String], names: &[&str]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut skip = false;
+    for f in flags {
+        if skip {
+            skip = false;
+            continue;
+        }
+        if names.contains(&f.as_str()) {
+            skip = true;
+            continue;
+        }
+        if names
+            .iter()
+            .any(|n| f.strip_prefix(n).is_some_and(|r| r.starts_with('=')))
+        {
+            continue;
+        }
+        out.push(f.clone());
+    }
+    out
+}
+
+struct PortMap<'a> {
+    container: &'a core::Container,
+    gate: Option<&'a core::Container>,
+    serve: u16,
+    admin: u16,
+}
+
+impl PortMap<'_> {
+    fn resolve(
+        &self,
+        port: &k8s_openapi::apimachinery::pkg::util::intstr::IntOrString,
+        at: &str,
+    ) -> Result<PortRef, Error> {
+        use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+        let number = match port {
+            IntOrString::Int(n) => u16::try_from(*n).ok(),
+            IntOrString::String(name) => [Some(self.container), self.gate]
+                .into_iter()
+                .flatten()
+                .flat_map(|c| c.ports.iter().flatten())
+                .find(|p| p.name.as_deref() == Some(name.as_str()))
+                .and_then(|p| u16::try_from(p.container_port).ok()),
+        };
+        match number {
+            Some(n) if n == self.admin && self.gate.is_some() => Ok(PortRef::Admin),
+            Some(n) if n == self.serve => Ok(PortRef::Serve),
+            Some(n) => {
+                // Another port of the server (a metrics port, say): the rehearsed server has
+                // one port, so it stands in.
+                let _ = n;
+                Ok(PortRef::Serve)
+            }
+            None => Err(Error::Input(format!(
+                "{at}: port {port:?} is not a number and names no containerPort; name the port in `ports:` or use its number"
+            ))),
+        }
+    }
+}
+
+fn lifecycle_handler(
+    h: &core::LifecycleHandler,
+    ports: &PortMap<'_>,
+    at: &str,
+) -> Result<Option<Handler>, Error> {
+    if let Some(s) = &h.sleep {
+        return Ok(Some(Handler::Sleep {
+            seconds: s.seconds.max(0) as f64,
+        }));
+    }
+    if let Some(e) = &h.exec {
+        return Ok(Some(Handler::Exec {
+            command: e.command.clone().unwrap_or_default(),
+        }));
+    }
+    if let Some(g) = &h.http_get {
+        return Ok(Some(Handler::HttpGet {
+            port: ports.resolve(&g.port, at)?,
+            path: g.path.clone().unwrap_or_else(|| "/".into()),
+        }));
+    }
+    if let Some(t) = &h.tcp_socket {
+        return Ok(Some(Handler::TcpSocket {
+            port: ports.resolve(&t.port, at)?,
+        }));
+    }
+    Ok(None)
+}
+
+fn probe_handler(p: &core::Probe, ports: &PortMap<'_>, at: &str) -> Result<Handler, Error> {
+    if let Some(e) = &p.exec {
+        return Ok(Handler::Exec {
+            command: e.command.clone().unwrap_or_default(),
+        });
+    }
+    if let Some(g) = &p.http_get {
+        return Ok(Handler::HttpGet {
+            port: ports.resolve(&g.port, at)?,
+            path: g.path.clone().unwrap_or_else(|| "/".into()),
+        });
+    }
+    if let Some(t) = &p.tcp_socket {
+        return Ok(Handler::TcpSocket {
+            port: ports.resolve(&t.port, at)?,
+        });
+    }
+    Err(Error::Input(format!(
+        "{at}: only exec, httpGet and tcpSocket probes can be rehearsed (grpc is not supported yet)"
+    )))
+}
+
+/// Rewrites an exec command for one rehearsed pod: paths under `/tmp/` move into the pod's
+/// own directory (so that replicas do not share a drain marker), `localhost:PORT` and
+/// `127.0.0.1:PORT` point at the pod's ports, and every `sleep N` is divided by the time
+/// scale (so a `sleep 15` preStop lasts 15 unscaled seconds).
+pub fn rewrite_exec(
+    command: &[String],
+    pod_tmp: &Path,
+    ports: &[(u16, u16)],
+    scale: f64,
+) -> Vec<String> {
+    command
+        .iter()
+        .map(|arg| {
+            let mut s = arg.replace("/tmp/", &format!("{}/", pod_tmp.display()));
+            if s == "/tmp" {
+                s = pod_tmp.display().to_string();
+            }
+            for (from, to) in ports {
+                for host in ["localhost", "127.0.0.1", "0.0.0.0"] {
+                    s = s.replace(&format!("{host}:{from}"), &format!("127.0.0.1:{to}"));
+                }
+            }
+            scale_sleeps(&s, scale)
+        })
+        .collect()
+}
+
+/// `sleep 15` → `sleep 1.5` at scale 10, wherever `sleep` is a word followed by a duration.
+fn scale_sleeps(text: &str, scale: f64) -> String {
+    if scale == 1.0 {
+        return text.to_owned();
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("sleep") {
+        let before_ok = rest[..i].chars().next_back().is_none_or(|c| {
+            c.is_whitespace() || matches!(c, ';' | '&' | '|' | '(' | '/' | '"' | '\'')
+        });
+        out.push_str(&rest[..i + 5]);
+        rest = &rest[i + 5..];
+        if !before_ok {
+            continue;
+        }
+        let ws = rest.len() - rest.trim_start_matches([' ', '\t']).len();
+        if ws == 0 {
+            continue;
+        }
+        let arg_start = &rest[ws..];
+        let end = arg_start
+            .find(|c: char| c.is_whitespace() || matches!(c, ';' | '&' | '|' | ')' | '"' | '\''))
+            .unwrap_or(arg_start.len());
+        let word = &arg_start[..end];
+        if let Ok(d) = lameduck_timeline::parse_duration(word) {
+            out.push_str(&rest[..ws]);
+            out.push_str(&format!("{:.3}", d.as_secs_f64() / scale));
+            rest = &arg_start[end..];
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sleeps_are_scaled_and_paths_moved() {
+        let cmd = sh("touch /tmp/draining && sleep 15; /bin/sleep 2s");
+        let out = rewrite_exec(&cmd, Path::new("/r/p0/tmp"), &[(8000, 41000)], 10.0);
+        assert_eq!(
+            out[2],
+            "touch /r/p0/tmp/draining && sleep 1.500; /bin/sleep 0.200"
+        );
+        let probe = sh("! test -f /tmp/draining && curl -sf http://localhost:8000/health");
+        let out = rewrite_exec(&probe, Path::new("/r/p0/tmp"), &[(8000, 41000)], 1.0);
+        assert_eq!(
+            out[2],
+            "! test -f /r/p0/tmp/draining && curl -sf http://127.0.0.1:41000/health"
+        );
+        // Words that merely contain "sleep", and a sleep without a number, stay.
+        assert_eq!(
+            scale_sleeps("nosleep 5 && sleep", 2.0),
+            "nosleep 5 && sleep"
+        );
+        assert_eq!(scale_sleeps("sleep infinity", 2.0), "sleep infinity");
+    }
+
+    #[test]
+    fn strategy_rounds_like_the_deployment_controller() {
+        let d = Strategy::default();
+        assert_eq!(d.resolve(3).ok(), Some((1, 0)));
+        assert_eq!(d.resolve(10).ok(), Some((3, 2)));
+        let zero = Strategy {
+            max_surge: IntOrPercent::Int(0),
+            max_unavailable: IntOrPercent::Percent(10),
+        };
+        assert!(zero.resolve(3).is_err());
+    }
+
+    #[test]
+    fn built_ins_exist() {
+        for name in BUILT_IN {
+            let s = built_in(name).expect("built in");
+            assert_eq!(s.name, name);
+        }
+        assert!(built_in("other").is_none());
+    }
+
+    #[test]
+    fn gate_flags_are_read_and_stripped() {
+        let argv: Vec<String> = [
+            "lameduck",
+            "gate",
+            "--listen=0.0.0.0:8080",
+            "--admin",
+            "0.0.0.0:9000",
+            "--grace-period",
+            "180",
+            "--",
+            "vllm",
+            "serve",
+        ]
+        .map(String::from)
+        .to_vec();
+        let flags = gate_flags(&argv);
+        assert_eq!(flag_port(&flags, "--listen"), Some(8080));
+        assert_eq!(flag_port(&flags, "--admin"), Some(9000));
+        assert_eq!(
+            strip_flags(&flags, &["--listen", "--admin"]),
+            vec!["--grace-period".to_owned(), "180".to_owned()]
+        );
+    }
+}
