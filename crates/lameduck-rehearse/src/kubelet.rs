@@ -31,12 +31,14 @@ use crate::setup::{Handler, PortRef, ProbeSpec, Server, Setup, rewrite_exec};
 /// The server every pod runs (alone or behind the gate).
 #[derive(Debug, Clone)]
 pub enum Engine {
-    /// `lameduck engine-sim`, aborting streams on SIGTERM like vLLM's default.
+    /// `lameduck engine-sim`.
     Sim {
         /// Decode speed (unscaled tokens per second).
         tokens_per_second: f64,
         /// Cold start before /health answers 200 (unscaled).
         cold_start: Duration,
+        /// What SIGTERM does (vLLM's default is `abort`).
+        on_sigterm: lameduck_engine_sim::OnSigterm,
     },
     /// The user's own server; it must listen on `$PORT`.
     Command(Vec<String>),
@@ -353,6 +355,7 @@ impl Pod {
                 Engine::Sim {
                     tokens_per_second,
                     cold_start,
+                    on_sigterm,
                 } => vec![
                     env.exe.display().to_string(),
                     "engine-sim".into(),
@@ -367,7 +370,7 @@ impl Pod {
                     "--output-tokens".into(),
                     lameduck_engine_sim::MAX_OUTPUT_TOKENS.to_string(),
                     "--on-sigterm".into(),
-                    "abort".into(),
+                    on_sigterm.to_string(),
                     "--seed".into(),
                     (env.seed.wrapping_add(u64::from(self.index))).to_string(),
                 ],

@@ -97,6 +97,11 @@ pub struct RehearseArgs {
     #[arg(long, default_value = "20s", value_parser = dur, value_name = "DURATION")]
     pub cold_start: Duration,
 
+    /// What engine-sim does on SIGTERM: abort (vLLM's default: streams end at once), drain
+    /// (finish in-flight work first) or exit.
+    #[arg(long, value_enum, default_value_t = lameduck_engine_sim::OnSigterm::Abort)]
+    pub on_sigterm: lameduck_engine_sim::OnSigterm,
+
     /// Requests arrive during this long after the load starts.
     #[arg(long, default_value = "100s", value_parser = dur, value_name = "DURATION")]
     pub load_for: Duration,
@@ -225,6 +230,7 @@ impl RehearseArgs {
             kubelet::Engine::Sim {
                 tokens_per_second: self.tokens_per_second,
                 cold_start: self.cold_start,
+                on_sigterm: self.on_sigterm,
             }
         } else {
             kubelet::Engine::Command(self.command.clone())

@@ -3,5 +3,6 @@
 mod clients;
 mod gate;
 mod lint;
+mod rehearse;
 mod support;
 mod upstream;

@@ -1,0 +1,390 @@
+//! `lameduck rehearse` end to end: real engine-sim and gate processes, the kubelet emulator,
+//! the lagging balancer and the load generator, at a time scale that keeps each run to a few
+//! seconds. Each outcome class is produced by the situation that causes it in a cluster.
+//!
+//! These tests run alone (see .config/nextest.toml): their timing is scaled, so a busy
+//! machine would stretch it.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use serde_json::Value;
+
+use crate::support::bin;
+
+/// Short streams (5–20 s), a quick cold start, a short load: about 60 unscaled seconds per
+/// setup, 6 real seconds at ×10.
+const FAST: &[&str] = &[
+    "--time-scale",
+    "10",
+    "--cold-start",
+    "2s",
+    "--load-for",
+    "40s",
+    "--at",
+    "15s",
+    "--lengths",
+    "uniform:50-200",
+    "--tokens-per-second",
+    "10",
+    "--rate",
+    "1",
+    "--seed",
+    "3",
+];
+
+struct Run {
+    code: i32,
+    json: Value,
+    stderr: String,
+}
+
+fn rehearse(args: &[&str], stdin: Option<&str>) -> Run {
+    let mut child = Command::new(bin())
+        .arg("rehearse")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut input = child.stdin.take().expect("stdin");
+    input
+        .write_all(stdin.unwrap_or("").as_bytes())
+        .expect("write");
+    drop(input);
+    let out = child.wait_with_output().expect("wait");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        json: serde_json::from_str(&stdout).unwrap_or(Value::Null),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// FAST, less the flags `extra` sets, then `extra`.
+fn args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    let mut v: Vec<&str> = FAST
+        .chunks(2)
+        .filter(|pair| !extra.contains(&pair[0]))
+        .flatten()
+        .copied()
+        .collect();
+    v.push("--json");
+    v.extend_from_slice(extra);
+    v
+}
+
+fn setup<'a>(run: &'a Run, name: &str) -> &'a Value {
+    run.json["setups"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["setup"]["name"] == name))
+        .unwrap_or_else(|| panic!("no setup {name}: {}\n{}", run.json, run.stderr))
+}
+
+fn n(v: &Value, field: &str) -> u64 {
+    v["summary"][field]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no summary.{field}: {}", v["summary"]))
+}
+
+/// The first event of `pod` of this kind (`"deleted"`, `"sigterm"`, …), and its time.
+fn event_time(s: &Value, pod: &str, kind: &str) -> Option<f64> {
+    s["events"]
+        .as_array()?
+        .iter()
+        .find(|e| e["pod"] == pod && e["kind"] == kind)
+        .and_then(|e| e["t"].as_f64())
+}
+
+fn outcomes(s: &Value) -> Vec<(String, String)> {
+    s["requests"]
+        .as_array()
+        .map(|r| {
+            r.iter()
+                .map(|r| {
+                    (
+                        r["outcome"].as_str().unwrap_or("").to_owned(),
+                        r["detail"].as_str().unwrap_or("").to_owned(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn naive_truncates_streams_and_lameduck_loses_nothing() {
+    let report = std::env::temp_dir().join(format!("rehearse-{}.html", std::process::id()));
+    let report_arg = report.display().to_string();
+    let run = rehearse(
+        &args(&["--setups", "naive,lameduck", "--report", &report_arg]),
+        None,
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.json["passed"], true);
+    assert_eq!(run.json["subject"], "lameduck");
+
+    let naive = setup(&run, "naive");
+    let lameduck = setup(&run, "lameduck");
+    // Both setups got the same requests.
+    assert_eq!(n(naive, "requests"), n(lameduck, "requests"));
+    assert!(n(naive, "requests") >= 20, "{}", naive["summary"]);
+    // vLLM's default on SIGTERM: the deleted pod's streams end with finish_reason abort.
+    assert!(n(naive, "truncated") >= 1, "{}", naive["summary"]);
+    assert!(
+        outcomes(naive)
+            .iter()
+            .any(|(o, d)| o == "truncated" && d.contains("abort")),
+        "{:?}",
+        outcomes(naive)
+    );
+    assert_eq!(n(lameduck, "lost"), 0, "{:?}", outcomes(lameduck));
+    assert_eq!(n(lameduck, "ok"), n(lameduck, "requests"));
+    // The deleted pod's streams were served to the end, through the drain.
+    let pod = lameduck["deleted"][0].as_str().expect("deleted pod");
+    let served = lameduck["requests"]
+        .as_array()
+        .expect("requests")
+        .iter()
+        .filter(|r| r["pod"] == pod)
+        .count();
+    assert!(served >= 1);
+    // Kubelet order: deletion, preStop (/drain, blocking until drained), then SIGTERM or
+    // the gate's own exit; no SIGKILL.
+    let deleted = event_time(lameduck, pod, "deleted").expect("deleted");
+    let hook = event_time(lameduck, pod, "pre_stop_start").expect("preStop");
+    let hook_end = event_time(lameduck, pod, "pre_stop_end").expect("preStop end");
+    let removed = lameduck["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .find(|e| e["pod"] == pod && e["state"] == "removed")
+        .and_then(|e| e["t"].as_f64())
+        .expect("removed");
+    assert!(deleted <= hook && hook < hook_end);
+    assert!(removed > deleted && removed < hook_end);
+    assert_eq!(n(lameduck, "sigkills"), 0);
+    let lag = lameduck["summary"]["propagation_lag"]
+        .as_f64()
+        .expect("lag");
+    assert!((0.99..10.0).contains(&lag), "{lag}");
+
+    let html = std::fs::read_to_string(&report).expect("report written");
+    let _ = std::fs::remove_file(&report);
+    assert!(html.starts_with("<!doctype html>"));
+    assert_eq!(html.matches("<svg").count(), 2);
+    assert!(!html.contains("src=") && !html.contains("<link"), "self-contained");
+    assert!(html.contains(pod));
+}
+
+#[test]
+fn requests_sent_to_a_dead_pod_during_the_lag_are_refused() {
+    // A long lag and many short requests: the balancer keeps routing to the deleted naive
+    // pod, whose engine closed its port at SIGTERM.
+    let run = rehearse(
+        &args(&[
+            "--setups",
+            "naive",
+            "--lag",
+            "6s",
+            "--rate",
+            "8",
+            "--lengths",
+            "uniform:10-30",
+        ]),
+        None,
+    );
+    assert_eq!(run.code, 1, "the judged setup lost requests: {}", run.stderr);
+    assert_eq!(run.json["passed"], false);
+    let naive = setup(&run, "naive");
+    assert!(n(naive, "refused") >= 1, "{}", naive["summary"]);
+    assert!(n(naive, "routed_after_delete") >= 1);
+    assert!(
+        outcomes(naive)
+            .iter()
+            .any(|(o, d)| o == "refused" && d.contains("refused the connection")),
+        "{:?}",
+        outcomes(naive)
+    );
+}
+
+#[test]
+fn a_spot_reclaim_resets_streams_that_outlast_the_notice() {
+    let run = rehearse(
+        &args(&[
+            "--setups",
+            "lameduck",
+            "--scenario",
+            "spot",
+            "--notice",
+            "3s",
+            "--lengths",
+            "uniform:150-250",
+        ]),
+        None,
+    );
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    let s = setup(&run, "lameduck");
+    assert!(n(s, "reset") >= 1, "{:?}", outcomes(s));
+    let pod = s["deleted"][0].as_str().expect("deleted pod");
+    let kill = s["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .find(|e| e["pod"] == pod && e["kind"] == "sigkill")
+        .expect("SIGKILL");
+    assert!(
+        kill["reason"].as_str().unwrap_or("").contains("node"),
+        "{kill}"
+    );
+    let deleted = event_time(s, pod, "deleted").expect("deleted");
+    assert!(kill["t"].as_f64().unwrap_or(0.0) - deleted >= 2.99);
+}
+
+#[test]
+fn a_rollout_replaces_every_pod_without_loss() {
+    let run = rehearse(
+        &args(&["--setups", "lameduck", "--scenario", "rollout", "--replicas", "2"]),
+        None,
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let s = setup(&run, "lameduck");
+    assert_eq!(s["deleted"].as_array().map(Vec::len), Some(2));
+    assert_eq!(s["pods"].as_array().map(Vec::len), Some(4));
+    assert_eq!(n(s, "lost"), 0, "{:?}", outcomes(s));
+    // maxSurge 1 (25% of 2, rounded up), maxUnavailable 0: the first new pod is ready
+    // before the first old one is deleted.
+    let new_ready = s["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .find(|e| e["pod"] == "lameduck-2" && e["kind"] == "ready" && e["ready"] == true)
+        .and_then(|e| e["t"].as_f64())
+        .expect("new pod ready");
+    let first_delete = event_time(s, "lameduck-0", "deleted")
+        .into_iter()
+        .chain(event_time(s, "lameduck-1", "deleted"))
+        .fold(f64::MAX, f64::min);
+    assert!(new_ready <= first_delete, "{new_ready} {first_delete}");
+}
+
+/// A Deployment with the gate in wrapper mode, probes on its admin port, a tcpSocket
+/// liveness probe and /drain as preStop, next to the naive setup.
+const GATED: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: chat}
+spec:
+  replicas: 2
+  template:
+    spec:
+      terminationGracePeriodSeconds: 90
+      containers:
+        - name: engine
+          image: ghcr.io/example/lameduck
+          command: ["lameduck", "gate", "--listen", "0.0.0.0:8080", "--grace-period", "90", "--", "vllm", "serve"]
+          ports:
+            - {name: http, containerPort: 8080}
+            - {name: admin, containerPort: 9901}
+          readinessProbe:
+            httpGet: {path: /ready, port: admin}
+            periodSeconds: 2
+            failureThreshold: 1
+          livenessProbe:
+            tcpSocket: {port: http}
+            periodSeconds: 5
+          lifecycle:
+            preStop:
+              httpGet: {path: /drain, port: 9901}
+"#;
+
+/// A Deployment whose preStop only sleeps and whose readiness never notices the drain.
+const SLEEPY: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: sleepy}
+spec:
+  replicas: 2
+  template:
+    spec:
+      terminationGracePeriodSeconds: 60
+      containers:
+        - name: engine
+          image: vllm/vllm-openai
+          ports: [{containerPort: 8000}]
+          readinessProbe:
+            tcpSocket: {port: 8000}
+            periodSeconds: 2
+          lifecycle:
+            preStop:
+              sleep: {seconds: 5}
+"#;
+
+#[test]
+fn a_manifest_setup_is_read_and_rehearsed() {
+    let run = rehearse(&args(&["-f", "-", "--setups", "naive"]), Some(GATED));
+    assert_eq!(run.code, 0, "{}\n{}", run.stderr, run.json);
+    assert_eq!(run.json["subject"], "chat");
+    let s = setup(&run, "chat");
+    assert_eq!(s["setup"]["grace"], 90.0);
+    assert_eq!(s["setup"]["server"]["type"], "gate");
+    assert_eq!(s["setup"]["pre_stop"]["port"], "admin");
+    assert_eq!(s["setup"]["liveness"]["handler"]["type"], "tcpSocket");
+    // Two replicas from the manifest, plus the replacement.
+    assert_eq!(s["pods"].as_array().map(Vec::len), Some(3));
+    assert_eq!(n(s, "lost"), 0, "{:?}", outcomes(s));
+    let liveness_ok = s["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter(|e| e["kind"] == "probe" && e["probe"] == "liveness" && e["ok"] == true)
+        .count();
+    assert!(liveness_ok >= 2);
+
+    let run = rehearse(&args(&["-f", "-"]), Some(SLEEPY));
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    let s = setup(&run, "sleepy");
+    let pod = s["deleted"][0].as_str().expect("deleted");
+    let hook = s["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .find(|e| e["pod"] == pod && e["kind"] == "pre_stop_end")
+        .expect("preStop end");
+    assert_eq!(hook["detail"], "slept 5 s");
+    let start = event_time(s, pod, "pre_stop_start").expect("start");
+    assert!(hook["t"].as_f64().unwrap_or(0.0) - start >= 4.99);
+    assert!(n(s, "truncated") >= 1, "{:?}", outcomes(s));
+}
+
+#[test]
+fn a_users_own_server_runs_behind_the_gate() {
+    let server = format!(
+        "exec {} engine-sim --listen 127.0.0.1:$PORT --time-scale 10 --tokens-per-second 10 --output-tokens 1000000",
+        bin()
+    );
+    let mut a = args(&["--setups", "lameduck", "--replicas", "2", "--"]);
+    a.extend_from_slice(&["/bin/sh", "-c", &server]);
+    let run = rehearse(&a, None);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let s = setup(&run, "lameduck");
+    assert_eq!(n(s, "lost"), 0, "{:?}", outcomes(s));
+    assert!(n(s, "requests") >= 20);
+}
+
+#[test]
+fn unusable_input_is_named() {
+    let run = rehearse(&["--setups", "fancy"], None);
+    assert_eq!(run.code, 2);
+    assert!(run.stderr.contains("unknown setup \"fancy\""), "{}", run.stderr);
+    let run = rehearse(&["--at", "200s"], None);
+    assert_eq!(run.code, 2);
+    assert!(run.stderr.contains("--at"), "{}", run.stderr);
+    let run = rehearse(&["-f", "/nonexistent/deploy.yaml"], None);
+    assert_eq!(run.code, 2);
+    assert!(run.stderr.contains("/nonexistent/deploy.yaml"), "{}", run.stderr);
+    let run = rehearse(&["-f", "-"], Some("apiVersion: v1\nkind: Service\nmetadata: {name: x}\n"));
+    assert_eq!(run.code, 2);
+    assert!(run.stderr.contains("no Deployment"), "{}", run.stderr);
+}
