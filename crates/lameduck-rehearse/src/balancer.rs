@@ -69,7 +69,11 @@ impl FromStr for Lag {
 
 impl std::fmt::Display for Lag {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let s = lameduck_timeline::fmt_secs;
+        // Seconds without trailing zeros: `1s-3s`, `0.5s`.
+        let s = |d: Duration| {
+            let t = format!("{:.3}", d.as_secs_f64());
+            format!("{}s", t.trim_end_matches('0').trim_end_matches('.'))
+        };
         if self.min == self.max {
             write!(f, "{}", s(self.min))
         } else {
@@ -367,6 +371,8 @@ mod tests {
             (f.min, f.max),
             (Duration::from_millis(500), Duration::from_millis(500))
         );
+        assert_eq!(l.to_string(), "1s-3s");
+        assert_eq!(f.to_string(), "0.5s");
         assert!("3-1".parse::<Lag>().is_err());
         assert!("fast".parse::<Lag>().is_err());
     }

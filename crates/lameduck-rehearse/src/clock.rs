@@ -122,6 +122,11 @@ pub enum EventKind {
     },
     /// The pod is gone.
     Gone,
+    /// The gate entered a drain phase (from the report its `/drain` answered).
+    DrainPhase {
+        /// `announcing`, `finishing`, `deadline` or `done`.
+        phase: String,
+    },
     /// The load balancer's view of the endpoint changed (after the propagation lag).
     Endpoint {
         /// `ready`, `unready` or `removed`.
@@ -166,6 +171,16 @@ impl Recorder {
     pub fn record(&self, pod: &str, kind: EventKind) {
         let t = self.clock.now();
         tracing::debug!(t, pod, event = ?kind, "event");
+        let mut events = self.events.lock().unwrap_or_else(|e| e.into_inner());
+        events.push(Event {
+            t,
+            pod: pod.to_owned(),
+            kind,
+        });
+    }
+
+    /// Records an event that happened at unscaled time `t`.
+    pub fn record_at(&self, pod: &str, t: f64, kind: EventKind) {
         let mut events = self.events.lock().unwrap_or_else(|e| e.into_inner());
         events.push(Event {
             t,

@@ -112,6 +112,9 @@ fn legend(h: &mut String) {
         ("#ffe082", "preStop running"),
         ("#ffab91", "SIGTERM sent"),
         ("#64b5f6", "endpoint in the balancer"),
+        ("#4fc3f7", "gate announcing"),
+        ("#ffb74d", "gate finishing"),
+        ("#e57373", "gate deadline"),
     ] {
         let _ = write!(h, r#"<span><i style="background:{c}"></i>{what}</span>"#);
     }
@@ -181,7 +184,7 @@ fn setup_section(h: &mut String, s: &SetupResult) {
         );
         if let Some(pod) = pod {
             pod_bands(&mut body, s, pod, y, &x);
-            y += 44.0;
+            y += 54.0;
         } else {
             y += 12.0;
         }
@@ -328,6 +331,30 @@ fn pod_bands(body: &mut String, s: &SetupResult, pod: &str, y: f64, x: &impl Fn(
             (x(s.end) - x(from)).max(0.5)
         );
     }
+    // The gate's drain phases, under the state band.
+    let phases: Vec<(f64, &str)> = events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::DrainPhase { phase } => Some((e.t, phase.as_str())),
+            _ => None,
+        })
+        .collect();
+    for (i, (from, phase)) in phases.iter().enumerate() {
+        let to = phases.get(i + 1).map_or(s.end, |(t, _)| *t);
+        let color = match *phase {
+            "announcing" => "#4fc3f7",
+            "finishing" => "#ffb74d",
+            "deadline" => "#e57373",
+            _ => continue,
+        };
+        let _ = write!(
+            body,
+            r#"<rect x="{:.1}" y="{:.1}" width="{:.1}" height="3" fill="{color}"><title>gate {phase} {from:.1}–{to:.1} s</title></rect>"#,
+            x(*from),
+            y + 20.0,
+            (x(to) - x(*from)).max(0.5)
+        );
+    }
     // Probe ticks.
     for e in &events {
         if let EventKind::Probe { probe, ok } = e.kind {
@@ -363,7 +390,7 @@ fn markers(
             EventKind::Deleted => ("#37474f", "delete", "pod deleted".to_owned(), 0.0),
             EventKind::Sigterm => ("#ef6c00", "TERM", "SIGTERM".to_owned(), 1.0),
             EventKind::Sigkill { reason } => ("#b71c1c", "KILL", format!("SIGKILL: {reason}"), 0.0),
-            EventKind::Exited { status } => ("#757575", "exit", format!("exited: {status}"), 1.0),
+            EventKind::Exited { status } => ("#757575", "exit", format!("exited: {status}"), 2.0),
             EventKind::LivenessKill => ("#6a1b9a", "liveness", "liveness failed".to_owned(), 0.0),
             _ => continue,
         };

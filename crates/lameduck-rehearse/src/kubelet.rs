@@ -17,7 +17,8 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use http_body_util::Empty;
+use http_body_util::{BodyExt, Empty};
+use lameduck_timeline::{PreStop, Termination};
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 use tokio::process::Command;
@@ -465,16 +466,27 @@ impl Pod {
     /// The kubelet's termination of one container (deletion or a liveness kill).
     async fn terminate(&self, c: &Container, how: Delete) {
         let clock = self.clock();
-        let grace = self.env.setup.grace;
+        // The SIGKILL instant is the timeline model's; SIGTERM is sent when the real hook
+        // returns, whatever the model estimated for it.
+        let model = Termination {
+            grace: self.env.setup.grace,
+            pre_stop: PreStop::None,
+        };
         let (kill_after, reason) = match how.node_deadline {
-            Some(n) if n < grace => (n, "the node was reclaimed (spot notice ran out)"),
-            _ => (grace, "the grace period ran out"),
+            Some(n) if n < model.sigkill_at() => {
+                (n, "the node was reclaimed (spot notice ran out)")
+            }
+            _ => (model.sigkill_at(), "the grace period ran out"),
         };
         let kill_at = clock.instant(clock.now() + kill_after.as_secs_f64());
         if let Some(hook) = &self.env.setup.pre_stop {
             self.rec(EventKind::PreStopStart);
-            match tokio::time::timeout_at(kill_at, self.run_handler(hook)).await {
-                Ok((ok, detail)) => self.rec(EventKind::PreStopEnd { ok, detail }),
+            let started = clock.now();
+            match tokio::time::timeout_at(kill_at, self.run_hook(hook)).await {
+                Ok((ok, detail, body)) => {
+                    self.rec(EventKind::PreStopEnd { ok, detail });
+                    self.record_gate_phases(started, body.as_deref());
+                }
                 Err(_) => {
                     self.sigkill(
                         c,
@@ -493,6 +505,42 @@ impl Pod {
         if tokio::time::timeout_at(kill_at, c.wait()).await.is_err() {
             self.sigkill(c, reason);
             c.wait().await;
+        }
+    }
+
+    /// A hook's action; an httpGet hook also returns the answer's body.
+    async fn run_hook(&self, h: &Handler) -> (bool, String, Option<String>) {
+        if let Handler::HttpGet { port, path } = h {
+            return match http_get(self.ports.of(*port), path, true).await {
+                Ok((status, body)) => (
+                    (200..400).contains(&status),
+                    format!("HTTP {status}"),
+                    Some(body),
+                ),
+                Err(e) => (false, e, None),
+            };
+        }
+        let (ok, detail) = self.run_handler(h).await;
+        (ok, detail, None)
+    }
+
+    /// The gate's `/drain` answers its drain report: its phases, in seconds after the drain
+    /// started (real time, so scaled back here).
+    fn record_gate_phases(&self, started: f64, body: Option<&str>) {
+        let Some(report) = body.and_then(|b| serde_json::from_str::<serde_json::Value>(b).ok())
+        else {
+            return;
+        };
+        for mark in report["phases"].as_array().into_iter().flatten() {
+            if let (Some(phase), Some(at)) = (mark["phase"].as_str(), mark["at"].as_f64()) {
+                self.env.rec.record_at(
+                    &self.name,
+                    started + at * self.clock().scale(),
+                    EventKind::DrainPhase {
+                        phase: phase.to_owned(),
+                    },
+                );
+            }
         }
     }
 
@@ -573,9 +621,11 @@ impl Pod {
                     Err(e) => (false, e.to_string()),
                 }
             }
-            Handler::HttpGet { port, path } => match http_get(self.ports.of(*port), path).await {
-                Ok(status) if (200..400).contains(&status) => (true, format!("HTTP {status}")),
-                Ok(status) => (false, format!("HTTP {status}")),
+            Handler::HttpGet { port, path } => match http_get(self.ports.of(*port), path, false)
+                .await
+            {
+                Ok((status, _)) if (200..400).contains(&status) => (true, format!("HTTP {status}")),
+                Ok((status, _)) => (false, format!("HTTP {status}")),
                 Err(e) => (false, e),
             },
             Handler::Exec { command } => self.exec(command).await,
@@ -649,8 +699,13 @@ fn describe_status(s: std::process::ExitStatus) -> String {
     }
 }
 
-/// A plain HTTP/1.1 GET on loopback; the status code.
-pub(crate) async fn http_get(port: u16, path: &str) -> Result<u16, String> {
+/// A plain HTTP/1.1 GET on loopback: the status code, and with `read_body` the first 64 KiB
+/// of the body.
+pub(crate) async fn http_get(
+    port: u16,
+    path: &str,
+    read_body: bool,
+) -> Result<(u16, String), String> {
     let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .map_err(|e| e.to_string())?;
@@ -665,7 +720,16 @@ pub(crate) async fn http_get(port: u16, path: &str) -> Result<u16, String> {
         .body(Empty::<bytes::Bytes>::new())
         .map_err(|e| e.to_string())?;
     let resp = send.send_request(req).await.map_err(|e| e.to_string())?;
-    Ok(resp.status().as_u16())
+    let status = resp.status().as_u16();
+    if !read_body {
+        return Ok((status, String::new()));
+    }
+    let body = http_body_util::Limited::new(resp.into_body(), 64 * 1024)
+        .collect()
+        .await
+        .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
+        .unwrap_or_default();
+    Ok((status, body))
 }
 
 /// Where a pod's files are (for error messages).

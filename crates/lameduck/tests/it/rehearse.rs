@@ -165,6 +165,27 @@ fn naive_truncates_streams_and_lameduck_loses_nothing() {
     assert!(deleted <= hook && hook < hook_end);
     assert!(removed > deleted && removed < hook_end);
     assert_eq!(n(lameduck, "sigkills"), 0);
+    // The gate's phases, from the report /drain answered, fall inside the hook.
+    let phases: Vec<(&str, f64)> = lameduck["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter(|e| e["pod"] == pod && e["kind"] == "drain_phase")
+        .map(|e| {
+            (
+                e["phase"].as_str().unwrap_or(""),
+                e["t"].as_f64().unwrap_or(0.0),
+            )
+        })
+        .collect();
+    let names: Vec<&str> = phases.iter().map(|p| p.0).collect();
+    assert_eq!(names, ["announcing", "finishing", "done"]);
+    assert!(
+        phases
+            .iter()
+            .all(|p| p.1 >= hook - 0.5 && p.1 <= hook_end + 0.5),
+        "{phases:?}"
+    );
     let lag = lameduck["summary"]["propagation_lag"]
         .as_f64()
         .expect("lag");
@@ -174,7 +195,10 @@ fn naive_truncates_streams_and_lameduck_loses_nothing() {
     let _ = std::fs::remove_file(&report);
     assert!(html.starts_with("<!doctype html>"));
     assert_eq!(html.matches("<svg").count(), 2);
-    assert!(!html.contains("src=") && !html.contains("<link"), "self-contained");
+    assert!(
+        !html.contains("src=") && !html.contains("<link"),
+        "self-contained"
+    );
     assert!(html.contains(pod));
 }
 
@@ -195,7 +219,11 @@ fn requests_sent_to_a_dead_pod_during_the_lag_are_refused() {
         ]),
         None,
     );
-    assert_eq!(run.code, 1, "the judged setup lost requests: {}", run.stderr);
+    assert_eq!(
+        run.code, 1,
+        "the judged setup lost requests: {}",
+        run.stderr
+    );
     assert_eq!(run.json["passed"], false);
     let naive = setup(&run, "naive");
     assert!(n(naive, "refused") >= 1, "{}", naive["summary"]);
@@ -245,7 +273,14 @@ fn a_spot_reclaim_resets_streams_that_outlast_the_notice() {
 #[test]
 fn a_rollout_replaces_every_pod_without_loss() {
     let run = rehearse(
-        &args(&["--setups", "lameduck", "--scenario", "rollout", "--replicas", "2"]),
+        &args(&[
+            "--setups",
+            "lameduck",
+            "--scenario",
+            "rollout",
+            "--replicas",
+            "2",
+        ]),
         None,
     );
     assert_eq!(run.code, 0, "{}", run.stderr);
@@ -377,14 +412,25 @@ fn a_users_own_server_runs_behind_the_gate() {
 fn unusable_input_is_named() {
     let run = rehearse(&["--setups", "fancy"], None);
     assert_eq!(run.code, 2);
-    assert!(run.stderr.contains("unknown setup \"fancy\""), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("unknown setup \"fancy\""),
+        "{}",
+        run.stderr
+    );
     let run = rehearse(&["--at", "200s"], None);
     assert_eq!(run.code, 2);
     assert!(run.stderr.contains("--at"), "{}", run.stderr);
     let run = rehearse(&["-f", "/nonexistent/deploy.yaml"], None);
     assert_eq!(run.code, 2);
-    assert!(run.stderr.contains("/nonexistent/deploy.yaml"), "{}", run.stderr);
-    let run = rehearse(&["-f", "-"], Some("apiVersion: v1\nkind: Service\nmetadata: {name: x}\n"));
+    assert!(
+        run.stderr.contains("/nonexistent/deploy.yaml"),
+        "{}",
+        run.stderr
+    );
+    let run = rehearse(
+        &["-f", "-"],
+        Some("apiVersion: v1\nkind: Service\nmetadata: {name: x}\n"),
+    );
     assert_eq!(run.code, 2);
     assert!(run.stderr.contains("no Deployment"), "{}", run.stderr);
 }
