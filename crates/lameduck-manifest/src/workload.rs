@@ -248,12 +248,17 @@ pub fn sleep_in_command(command: &[String]) -> Option<Duration> {
 
 /// A probe's timing, with Kubernetes' defaults for missing fields.
 pub fn probe(p: &core::Probe) -> Probe {
+    // The API server defaults a zero period, timeout or threshold as if it were unset.
     let secs = |v: Option<i32>, default: u64| {
         v.and_then(|v| u64::try_from(v).ok())
+            .filter(|v| *v > 0 || default == 0)
             .map_or(Duration::from_secs(default), Duration::from_secs)
     };
-    let count =
-        |v: Option<i32>, default: u32| v.and_then(|v| u32::try_from(v).ok()).unwrap_or(default);
+    let count = |v: Option<i32>, default: u32| {
+        v.and_then(|v| u32::try_from(v).ok())
+            .filter(|v| *v > 0)
+            .unwrap_or(default)
+    };
     Probe {
         initial_delay: secs(p.initial_delay_seconds, 0),
         period: secs(p.period_seconds, 10),

@@ -263,12 +263,20 @@ impl Balancer {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         let client: Client<HttpConnector, Incoming> = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
+            // One upstream connection per request, as a connection-level balancer would: a
+            // pooled idle connection the pod closes as it drains would otherwise fail the
+            // next request sent on it, a loss of the emulator rather than of the setup.
+            .pool_max_idle_per_host(0)
             .build(connector);
         let accept = tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
+                let stream = match listener.accept().await {
+                    Ok((s, _)) => s,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "balancer: accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
                 };
                 let _ = stream.set_nodelay(true);
                 let endpoints = endpoints.clone();

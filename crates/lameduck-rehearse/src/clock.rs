@@ -38,12 +38,14 @@ impl Clock {
 
     /// The real duration of an unscaled one.
     pub fn real(&self, unscaled: Duration) -> Duration {
-        unscaled.div_f64(self.scale)
+        Duration::from_secs_f64((unscaled.as_secs_f64() / self.scale).min(365.0 * 24.0 * 3600.0))
     }
 
     /// The real instant of an unscaled time since the start.
     pub fn instant(&self, at: f64) -> Instant {
-        self.epoch + Duration::from_secs_f64((at / self.scale).max(0.0))
+        // Capped at a year: a huge grace period or sleep must not overflow the clock.
+        let real = (at / self.scale).clamp(0.0, 365.0 * 24.0 * 3600.0);
+        self.epoch + Duration::from_secs_f64(real)
     }
 
     /// Sleeps an unscaled duration.

@@ -5,8 +5,9 @@
 //! 1. endpoint removal starts (see [`crate::balancer`]) — in parallel with
 //! 2. the preStop hook (exec, httpGet or sleep), which runs inside the grace period;
 //! 3. SIGTERM to the container's main process once the hook returns;
-//! 4. SIGKILL to the whole process group when the grace period is over. A hook that is still
-//!    running then means SIGKILL with no SIGTERM at all.
+//! 4. SIGKILL to the whole process group when the grace period is over. A hook still running
+//!    then is abandoned: SIGTERM is sent at once and SIGKILL two seconds later (the kubelet's
+//!    minimum stop window, which also applies when a hook returns just before the end).
 //!
 //! Probes keep running during termination; a failed liveness probe (outside termination)
 //! kills the container the same way and restarts it.
@@ -18,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http_body_util::{BodyExt, Empty};
-use lameduck_timeline::{PreStop, Termination};
+use lameduck_timeline::{KUBELET_MIN_STOP_WINDOW, PreStop, Termination};
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 use tokio::process::Command;
@@ -124,6 +125,11 @@ impl PodHandle {
     /// Whether the kubelet considers the pod ready.
     pub fn is_ready(&self) -> bool {
         *self.ready.borrow()
+    }
+
+    /// A receiver of the kubelet's readiness.
+    pub fn clone_ready(&self) -> watch::Receiver<bool> {
+        self.ready.clone()
     }
 
     /// Whether the pod is gone (its container exited after deletion).
@@ -466,45 +472,70 @@ impl Pod {
     /// The kubelet's termination of one container (deletion or a liveness kill).
     async fn terminate(&self, c: &Container, how: Delete) {
         let clock = self.clock();
-        // The SIGKILL instant is the timeline model's; SIGTERM is sent when the real hook
-        // returns, whatever the model estimated for it.
+        let deleted = clock.now();
         let model = Termination {
             grace: self.env.setup.grace,
             pre_stop: PreStop::None,
         };
-        let (kill_after, reason) = match how.node_deadline {
-            Some(n) if n < model.sigkill_at() => {
-                (n, "the node was reclaimed (spot notice ran out)")
+        let grace_end = clock.instant(deleted + model.sigkill_at().as_secs_f64());
+        // A reclaimed node takes everything with it, whatever the grace period says.
+        let node_end = how
+            .node_deadline
+            .map(|n| clock.instant(deleted + n.as_secs_f64()));
+        let hook_end = node_end.map_or(grace_end, |n| n.min(grace_end));
+        let node_gone = async {
+            match node_end {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
             }
-            _ => (model.sigkill_at(), "the grace period ran out"),
         };
-        let kill_at = clock.instant(clock.now() + kill_after.as_secs_f64());
-        if let Some(hook) = &self.env.setup.pre_stop {
+        tokio::pin!(node_gone);
+        const NODE: &str = "the node was reclaimed (spot notice ran out)";
+        // The kubelet skips the hook when there is no grace period at all.
+        if let Some(hook) = self
+            .env
+            .setup
+            .pre_stop
+            .as_ref()
+            .filter(|_| !model.grace.is_zero())
+        {
             self.rec(EventKind::PreStopStart);
             let started = clock.now();
-            match tokio::time::timeout_at(kill_at, self.run_hook(hook)).await {
+            match tokio::time::timeout_at(hook_end, self.run_hook(hook)).await {
                 Ok((ok, detail, body)) => {
                     self.rec(EventKind::PreStopEnd { ok, detail });
                     self.record_gate_phases(started, body.as_deref());
                 }
-                Err(_) => {
-                    self.sigkill(
-                        c,
-                        &format!("{reason} while the preStop hook ran; no SIGTERM was sent"),
-                    );
-                    c.wait().await;
-                    return;
-                }
+                Err(_) => self.rec(EventKind::PreStopEnd {
+                    ok: false,
+                    detail: "still running when the grace period ran out; the kubelet stopped waiting for it".into(),
+                }),
             }
         }
         if c.has_exited() {
             return;
         }
+        if node_end.is_some_and(|n| tokio::time::Instant::now() >= n) {
+            self.sigkill(c, NODE);
+            c.wait().await;
+            return;
+        }
+        // SIGTERM, then SIGKILL at the end of the grace period — but never less than the
+        // kubelet's minimum stop window after SIGTERM, even when the hook used it all up.
+        let kill_at =
+            grace_end.max(tokio::time::Instant::now() + clock.real(KUBELET_MIN_STOP_WINDOW));
         self.rec(EventKind::Sigterm);
         let _ = kill(Pid::from_raw(c.pid), Signal::SIGTERM);
-        if tokio::time::timeout_at(kill_at, c.wait()).await.is_err() {
-            self.sigkill(c, reason);
-            c.wait().await;
+        tokio::select! {
+            _ = c.wait() => {}
+            _ = tokio::time::sleep_until(kill_at) => {
+                self.sigkill(c, "the grace period ran out");
+                c.wait().await;
+            }
+            _ = &mut node_gone => {
+                self.sigkill(c, NODE);
+                c.wait().await;
+            }
         }
     }
 
@@ -563,19 +594,21 @@ impl Pod {
         let clock = self.clock();
         let t = spec.timing;
         clock.sleep(t.initial_delay).await;
-        let mut ticker = tokio::time::interval(clock.real(t.period.max(Duration::from_millis(1))));
+        let mut ticker =
+            tokio::time::interval(clock.real(t.period.max(Duration::from_millis(100))));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let (mut successes, mut failures) = (0u32, 0u32);
         let mut healthy = kind == ProbeKind::Liveness;
         loop {
             ticker.tick().await;
-            let ok =
-                match tokio::time::timeout(clock.real(t.timeout), self.run_handler(&spec.handler))
-                    .await
-                {
-                    Ok((ok, _)) => ok,
-                    Err(_) => false,
-                };
+            // A probe's timeout is scaled like everything else, but never below 500 ms of
+            // real time: forking `sh` and `curl` on a busy machine takes that long, and a
+            // spurious failure would flap readiness.
+            let limit = clock.real(t.timeout).max(Duration::from_millis(500));
+            let ok = match tokio::time::timeout(limit, self.run_handler(&spec.handler)).await {
+                Ok((ok, _)) => ok,
+                Err(_) => false,
+            };
             self.rec(EventKind::Probe { probe: kind, ok });
             if ok {
                 successes += 1;

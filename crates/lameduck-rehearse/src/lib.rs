@@ -244,11 +244,31 @@ impl RehearseArgs {
             seed: self.seed,
         };
         let arrivals = load::arrivals(&load).map_err(Error::Input)?;
+        let replicas = self
+            .replicas
+            .or_else(|| setups.last().and_then(|s| s.replicas))
+            .unwrap_or(3);
+        if self.scenario == Scenario::Rollout {
+            for s in &setups {
+                let r = if self.replicas.is_some() {
+                    replicas
+                } else {
+                    s.replicas.unwrap_or(replicas)
+                };
+                s.strategy
+                    .clone()
+                    .unwrap_or_default()
+                    .resolve(r)
+                    .map_err(|e| Error::Input(format!("setup {}: {e}", s.name)))?;
+            }
+        }
+        raise_fd_limit();
         let dir = std::env::temp_dir().join(format!("lameduck-rehearse-{}", std::process::id()));
         Ok(Rehearsal {
             plan: Plan {
                 scenario: self.scenario,
-                replicas: self.replicas.unwrap_or(3),
+                // Built-in setups compared with a manifest's get its replica count.
+                replicas,
                 replicas_forced: self.replicas.is_some(),
                 engine,
                 load: Arc::new(load),
@@ -263,5 +283,16 @@ impl RehearseArgs {
             setups,
             arrivals,
         })
+    }
+}
+
+/// Every stream in flight holds three descriptors (client, balancer, pod); a busy rehearsal
+/// passes the usual soft limit of 1,024. Raised to the hard limit, as far as it goes.
+fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+    {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard.min(1 << 20), hard);
     }
 }

@@ -295,6 +295,11 @@ async fn stream(
                     if before == 0 && r.tokens > 0 {
                         r.first_token = Some(clock.now());
                     }
+                    // The answer is complete at [DONE], whatever happens to the connection
+                    // afterwards.
+                    if sse.done {
+                        break;
+                    }
                 }
             }
         }

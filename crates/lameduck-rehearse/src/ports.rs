@@ -1,6 +1,8 @@
 //! Loopback ports for the rehearsed servers.
 
+use std::collections::HashSet;
 use std::net::{Ipv4Addr, TcpListener};
+use std::sync::{Mutex, OnceLock};
 
 use rand::Rng;
 
@@ -12,10 +14,20 @@ use rand::Rng;
 pub fn free_port() -> std::io::Result<u16> {
     let low = ephemeral_low().clamp(2048, 65535);
     let floor = (low / 2).max(1024);
+    // Ports are picked before the pods bind them: never hand one out twice.
+    static GIVEN: OnceLock<Mutex<HashSet<u16>>> = OnceLock::new();
+    let mut given = GIVEN
+        .get_or_init(Mutex::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if given.len() > usize::from(low - floor) / 2 {
+        given.clear();
+    }
     let mut rng = rand::rng();
     for _ in 0..200 {
         let port = rng.random_range(floor..low);
-        if TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok() {
+        if !given.contains(&port) && TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok() {
+            given.insert(port);
             return Ok(port);
         }
     }

@@ -13,7 +13,7 @@ use crate::balancer::{Balancer, Endpoints, Lag};
 use crate::clock::{Clock, Event, EventKind, Recorder};
 use crate::kubelet::{Delete, Engine, PodEnv, PodHandle, Reaper, pod_log, spawn_pod};
 use crate::load::{self, Counts, LoadSpec, Outcome, RequestRecord};
-use crate::setup::{Setup, Strategy};
+use crate::setup::{Replace, Setup, Strategy};
 
 /// What happens mid-load.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -205,7 +205,9 @@ pub async fn run_setup(
         Engine::Sim { cold_start, .. } => *cold_start,
         Engine::Command(_) => Duration::ZERO,
     };
-    let ready_by = clock.now() + (cold + Duration::from_secs(120)).as_secs_f64();
+    // At least 30 real seconds, however fast the run.
+    let ready_by = (clock.now() + (cold + Duration::from_secs(120)).as_secs_f64())
+        .max(clock.now() + 30.0 * clock.scale());
     while endpoints.ready_count() < replicas as usize {
         if clock.now() > ready_by {
             let ready = endpoints.ready_count();
@@ -248,13 +250,43 @@ pub async fn run_setup(
             };
             pods[0].delete(how);
             deleted.push(0);
-            // The ReplicaSet replaces a deleted pod at once.
-            pods.push(spawn(next)?);
+            match setup.replace {
+                // The ReplicaSet replaces a deleted pod at once.
+                Replace::Immediately => pods.push(spawn(next)?),
+                // The StatefulSet waits until the ordinal is free.
+                Replace::AfterGone => {
+                    let limit = clock.real(setup.grace + Duration::from_secs(30));
+                    let _ = tokio::time::timeout(limit, pods[0].wait_gone()).await;
+                    pods.push(spawn(next)?);
+                }
+                Replace::Never => {}
+            }
         }
         Scenario::Rollout => {
             status.phase("rolling out");
             let strategy = setup.strategy.clone().unwrap_or_default();
-            deleted = rollout(&mut pods, &mut next, replicas, &strategy, clock, &spawn).await?;
+            // Never wait forever for a pod that does not become ready.
+            let limit = clock.real(cold + setup.grace + Duration::from_secs(600));
+            let roll = rollout(
+                &mut pods,
+                &mut next,
+                replicas,
+                &strategy,
+                setup.replace,
+                clock,
+                &spawn,
+            );
+            deleted = match tokio::time::timeout(limit, roll).await {
+                Ok(r) => r?,
+                Err(_) => {
+                    return Err(Error::Run(format!(
+                        "setup {}: the rollout did not finish within {:.0} s (unscaled): a new pod never became ready; see the logs in {}",
+                        setup.name,
+                        (cold + setup.grace + Duration::from_secs(600)).as_secs_f64(),
+                        dir.display()
+                    )));
+                }
+            };
         }
     }
     let limit = setup.grace + Duration::from_secs(30);
@@ -309,12 +341,54 @@ async fn rollout(
     next: &mut u32,
     replicas: u32,
     strategy: &Strategy,
+    replace: Replace,
     clock: Clock,
     spawn: &impl Fn(u32) -> Result<PodHandle, Error>,
 ) -> Result<Vec<usize>, Error> {
-    let (surge, unavailable) = strategy.resolve(replicas)?;
     let old: Vec<usize> = (0..pods.len()).collect();
     let first_new = pods.len();
+    let wait_ready = |p: &PodHandle| {
+        let p = p.clone_ready();
+        async move {
+            let mut p = p;
+            let _ = p.wait_for(|r| *r).await;
+        }
+    };
+    match replace {
+        Replace::Never => {
+            return Err(Error::Input(
+                "a bare Pod has no controller to roll it out; use --scenario drain".into(),
+            ));
+        }
+        // A StatefulSet: one ordinal at a time, highest first; the old pod must be gone
+        // before its successor is created, which must be ready before the next one goes.
+        Replace::AfterGone => {
+            for &i in old.iter().rev() {
+                pods[i].delete(Delete::default());
+                pods[i].wait_gone().await;
+                pods.push(spawn(*next)?);
+                *next += 1;
+                let new = pods.len() - 1;
+                wait_ready(&pods[new]).await;
+            }
+            return Ok(old);
+        }
+        Replace::Immediately if strategy.recreate => {
+            for &i in &old {
+                pods[i].delete(Delete::default());
+            }
+            for &i in &old {
+                pods[i].wait_gone().await;
+            }
+            for _ in 0..replicas {
+                pods.push(spawn(*next)?);
+                *next += 1;
+            }
+            return Ok(old);
+        }
+        Replace::Immediately => {}
+    }
+    let (surge, unavailable) = strategy.resolve(replicas)?;
     let min_available = replicas.saturating_sub(unavailable) as usize;
     loop {
         let new_alive = pods.len() - first_new;

@@ -120,6 +120,8 @@ pub struct Setup {
     pub replicas: Option<u32>,
     /// Rolling update: `maxSurge`, `maxUnavailable` (resolved against the replicas).
     pub strategy: Option<Strategy>,
+    /// How a deleted pod is replaced.
+    pub replace: Replace,
     /// Things the rehearsal could not reproduce exactly; shown in the report.
     pub notes: Vec<String>,
 }
@@ -141,9 +143,23 @@ impl Setup {
             admin_port: ADMIN_PORT,
             replicas: None,
             strategy: None,
+            replace: Replace::Immediately,
             notes: Vec::new(),
         }
     }
+}
+
+/// How the workload's controller replaces a deleted pod.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Replace {
+    /// A ReplicaSet (Deployment) creates the replacement at once; the terminating pod does
+    /// not count.
+    Immediately,
+    /// A StatefulSet recreates the ordinal only once the old pod is gone.
+    AfterGone,
+    /// A bare Pod is not replaced.
+    Never,
 }
 
 fn ser_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -153,6 +169,8 @@ fn ser_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error>
 /// A rolling update's limits, as written (`25%` or a count).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Strategy {
+    /// `type: Recreate`: every old pod goes before any new one is created.
+    pub recreate: bool,
     /// `maxSurge`.
     pub max_surge: IntOrPercent,
     /// `maxUnavailable`.
@@ -163,6 +181,7 @@ impl Default for Strategy {
     /// A Deployment's defaults: 25% and 25%.
     fn default() -> Self {
         Strategy {
+            recreate: false,
             max_surge: IntOrPercent::Percent(25),
             max_unavailable: IntOrPercent::Percent(25),
         }
@@ -176,11 +195,14 @@ impl Strategy {
     pub fn resolve(&self, replicas: u32) -> Result<(u32, u32), Error> {
         let surge = self.max_surge.resolve(replicas, true);
         let unavailable = self.max_unavailable.resolve(replicas, false);
+        if self.max_surge == IntOrPercent::Int(0) && self.max_unavailable == IntOrPercent::Int(0) {
+            return Err(Error::Input(
+                "maxSurge and maxUnavailable are both 0: a rollout could never start (the API server rejects this); raise one of them".into(),
+            ));
+        }
+        // Both rounded down to 0: the Deployment controller lets one pod be unavailable.
         if surge == 0 && unavailable == 0 {
-            return Err(Error::Input(format!(
-                "maxSurge {} and maxUnavailable {} are both 0 for {replicas} replicas: a rollout could never start (the API server rejects this)",
-                self.max_surge, self.max_unavailable
-            )));
+            return Ok((0, 1));
         }
         Ok((surge, unavailable))
     }
@@ -490,13 +512,20 @@ fn setup_of(object: &Object) -> Result<Setup, Error> {
             let ru = object.value.pointer("/spec/strategy/rollingUpdate");
             let get = |k: &str| ru.and_then(|r| r.get(k)).and_then(IntOrPercent::parse);
             let d = Strategy::default();
+            let recreate = object
+                .value
+                .pointer("/spec/strategy/type")
+                .and_then(|t| t.as_str())
+                == Some("Recreate");
             Some(Strategy {
+                recreate,
                 max_surge: get("maxSurge").unwrap_or(d.max_surge),
                 max_unavailable: get("maxUnavailable").unwrap_or(d.max_unavailable),
             })
         }
         // A StatefulSet replaces one pod at a time, the old one first.
         WorkloadKind::StatefulSet => Some(Strategy {
+            recreate: false,
             max_surge: IntOrPercent::Int(0),
             max_unavailable: IntOrPercent::Int(1),
         }),
@@ -515,6 +544,11 @@ fn setup_of(object: &Object) -> Result<Setup, Error> {
         liveness,
         server,
         env,
+        replace: match workload.kind {
+            WorkloadKind::StatefulSet => Replace::AfterGone,
+            WorkloadKind::Pod => Replace::Never,
+            _ => Replace::Immediately,
+        },
         serve_port,
         admin_port,
         replicas: workload
@@ -727,21 +761,76 @@ pub fn rewrite_exec(
     ports: &[(u16, u16)],
     scale: f64,
 ) -> Vec<String> {
-    command
+    let mut out: Vec<String> = command
         .iter()
-        .map(|arg| {
-            let mut s = arg.replace("/tmp/", &format!("{}/", pod_tmp.display()));
-            if s == "/tmp" {
-                s = pod_tmp.display().to_string();
-            }
-            for (from, to) in ports {
-                for host in ["localhost", "127.0.0.1", "0.0.0.0"] {
-                    s = s.replace(&format!("{host}:{from}"), &format!("127.0.0.1:{to}"));
+        .map(|arg| scale_sleeps(&map_ports(&map_tmp(arg, pod_tmp), ports), scale))
+        .collect();
+    // The argv form: `["sleep", "15"]`, `["/bin/sleep", "15s"]`.
+    for i in 1..out.len() {
+        if out[i - 1].rsplit('/').next() == Some("sleep")
+            && let Ok(d) = lameduck_timeline::parse_duration(&out[i])
+        {
+            out[i] = format!("{:.3}", d.as_secs_f64() / scale);
+        }
+    }
+    out
+}
+
+/// `/tmp` and `/tmp/…` at the start of a path (after a space, quote, `=`, `:` or `>`) move
+/// into the pod's own directory; `/var/tmp` stays.
+fn map_tmp(arg: &str, pod_tmp: &Path) -> String {
+    let to = pod_tmp.display().to_string();
+    let mut out = String::with_capacity(arg.len());
+    let mut rest = arg;
+    while let Some(i) = rest.find("/tmp") {
+        let starts_path = rest[..i].chars().next_back().is_none_or(|c| {
+            c.is_whitespace()
+                || matches!(
+                    c,
+                    '"' | '\'' | '=' | ':' | '>' | '<' | ';' | '&' | '|' | '('
+                )
+        });
+        let after = rest[i + 4..].chars().next();
+        let ends_word = after
+            .is_none_or(|c| c == '/' || !(c.is_alphanumeric() || c == '_' || c == '-' || c == '.'));
+        out.push_str(&rest[..i]);
+        out.push_str(if starts_path && ends_word {
+            &to
+        } else {
+            "/tmp"
+        });
+        rest = &rest[i + 4..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// `localhost:PORT`, `127.0.0.1:PORT` and `0.0.0.0:PORT` point at the pod's port, in one
+/// pass, and only where the port number ends (`:80` does not match `:8080`).
+fn map_ports(arg: &str, ports: &[(u16, u16)]) -> String {
+    let mut out = String::with_capacity(arg.len());
+    let mut rest = arg;
+    'scan: while !rest.is_empty() {
+        for host in ["localhost:", "127.0.0.1:", "0.0.0.0:"] {
+            if let Some(tail) = rest.strip_prefix(host) {
+                let digits =
+                    tail.len() - tail.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+                if let Ok(port) = tail[..digits].parse::<u16>()
+                    && let Some((_, to)) = ports.iter().find(|(from, _)| *from == port)
+                {
+                    out.push_str(&format!("127.0.0.1:{to}"));
+                    rest = &tail[digits..];
+                    continue 'scan;
                 }
             }
-            scale_sleeps(&s, scale)
-        })
-        .collect()
+        }
+        let mut chars = rest.chars();
+        if let Some(c) = chars.next() {
+            out.push(c);
+        }
+        rest = chars.as_str();
+    }
+    out
 }
 
 /// `sleep 15` → `sleep 1.5` at scale 10, wherever `sleep` is a word followed by a duration.
@@ -797,6 +886,23 @@ mod tests {
             out[2],
             "! test -f /r/p0/tmp/draining && curl -sf http://127.0.0.1:41000/health"
         );
+        let argv = rewrite_exec(
+            &["/bin/sleep".to_owned(), "15s".to_owned()],
+            Path::new("/p"),
+            &[],
+            10.0,
+        );
+        assert_eq!(argv[1], "1.500");
+        let mapped = rewrite_exec(
+            &sh("curl localhost:80/x localhost:8080/y 127.0.0.1:9901/z; ls /var/tmp /tmp"),
+            Path::new("/p/tmp"),
+            &[(80, 20001), (9901, 2000)],
+            1.0,
+        );
+        assert_eq!(
+            mapped[2],
+            "curl 127.0.0.1:20001/x localhost:8080/y 127.0.0.1:2000/z; ls /var/tmp /p/tmp"
+        );
         // Words that merely contain "sleep", and a sleep without a number, stay.
         assert_eq!(
             scale_sleeps("nosleep 5 && sleep", 2.0),
@@ -810,11 +916,45 @@ mod tests {
         let d = Strategy::default();
         assert_eq!(d.resolve(3).ok(), Some((1, 0)));
         assert_eq!(d.resolve(10).ok(), Some((3, 2)));
-        let zero = Strategy {
+        let rounded = Strategy {
+            recreate: false,
             max_surge: IntOrPercent::Int(0),
             max_unavailable: IntOrPercent::Percent(10),
         };
+        assert_eq!(rounded.resolve(3).ok(), Some((0, 1)));
+        let zero = Strategy {
+            max_unavailable: IntOrPercent::Int(0),
+            ..rounded
+        };
         assert!(zero.resolve(3).is_err());
+    }
+
+    fn setup_from(text: &str) -> Setup {
+        let l = lameduck_manifest::load_str(Path::new("m.yaml"), text);
+        assert!(l.errors.is_empty(), "{:?}", l.errors);
+        setup_of(&l.objects[0]).expect("setup")
+    }
+
+    #[test]
+    fn controllers_replace_pods_their_own_way() {
+        let sts = setup_from(
+            "apiVersion: apps/v1\nkind: StatefulSet\nmetadata: {name: s}\nspec:\n  template:\n    spec:\n      containers: [{name: e, command: [\"sleep\", \"20\"]}]\n",
+        );
+        assert_eq!(sts.replace, Replace::AfterGone);
+        let pod = setup_from(
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  containers: [{name: e}]\n",
+        );
+        assert_eq!(pod.replace, Replace::Never);
+        let dep = setup_from(
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\nspec:\n  replicas: 5\n  strategy: {type: Recreate}\n  template:\n    spec:\n      terminationGracePeriodSeconds: 0\n      containers: [{name: e, readinessProbe: {periodSeconds: 0, tcpSocket: {port: 8000}}}]\n",
+        );
+        assert_eq!(dep.replace, Replace::Immediately);
+        assert!(dep.strategy.as_ref().is_some_and(|s| s.recreate));
+        assert_eq!(dep.replicas, Some(5));
+        assert_eq!(dep.grace, Duration::ZERO);
+        // A zero period is defaulted as the API server does.
+        let period = dep.readiness.as_ref().map(|r| r.timing.period);
+        assert_eq!(period, Some(Duration::from_secs(10)));
     }
 
     #[test]

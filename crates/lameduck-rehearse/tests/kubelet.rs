@@ -196,30 +196,28 @@ async fn sigkill_comes_when_the_grace_period_ends() {
 }
 
 #[tokio::test]
-async fn a_prestop_longer_than_grace_ends_in_sigkill_without_sigterm() {
+async fn a_prestop_longer_than_grace_is_abandoned_then_two_seconds_of_sigterm() {
     let mut s = setup("long-hook", 5);
     s.pre_stop = Some(Handler::Exec {
         command: sh("sleep 60"),
     });
-    let h = Harness::new(s, TRAPS_TERM);
+    let h = Harness::new(s, IGNORES_TERM);
     let pod = h.pod();
     h.started().await;
     h.delete_and_wait(&pod).await;
     let ev = h.events();
     let deleted = at(&ev, |k| *k == EventKind::Deleted).expect("deleted");
-    let kill = at(
-        &ev,
-        |k| matches!(k, EventKind::Sigkill { reason } if reason.contains("no SIGTERM")),
-    )
-    .expect("SIGKILL during the hook");
-    assert!(kill - deleted >= 4.99, "{ev:#?}");
-    assert_eq!(count(&ev, |k| *k == EventKind::Sigterm), 0, "{ev:#?}");
-    assert_eq!(count(&ev, |k| matches!(k, EventKind::PreStopEnd { .. })), 0);
-    assert_eq!(
-        h.file(&pod, "term.log"),
-        "",
-        "the container never saw SIGTERM"
-    );
+    let abandoned = at(&ev, |k| {
+        matches!(k, EventKind::PreStopEnd { ok: false, .. })
+    })
+    .expect("hook abandoned");
+    let term = at(&ev, |k| *k == EventKind::Sigterm).expect("SIGTERM");
+    let kill = at(&ev, |k| matches!(k, EventKind::Sigkill { .. })).expect("SIGKILL");
+    // The hook ran the whole grace period; SIGTERM came only then, and SIGKILL the
+    // kubelet's minimum stop window later, not at once.
+    assert!(abandoned - deleted >= 4.99, "{ev:#?}");
+    assert!(abandoned <= term && term < kill, "{ev:#?}");
+    assert!(kill - term >= 1.99, "{ev:#?}");
 }
 
 #[tokio::test]
@@ -263,7 +261,11 @@ async fn probes_keep_running_during_termination() {
         })
         .count();
     assert!(failed_during >= 3, "{ev:#?}");
-    let unready = at(&ev, |k| *k == EventKind::Ready { ready: false }).expect("unready");
+    let unready = ev
+        .iter()
+        .find(|e| e.t > deleted && e.kind == EventKind::Ready { ready: false })
+        .map(|e| e.t)
+        .expect("unready after the deletion");
     assert!(unready > deleted && unready < term);
     assert!(
         h.dir.join(&pod.name).join("tmp/draining").exists(),
@@ -302,7 +304,7 @@ async fn a_failed_liveness_probe_restarts_the_container() {
     let kill = at(&ev, |k| *k == EventKind::LivenessKill).expect("liveness kill");
     let term = at(&ev, |k| *k == EventKind::Sigterm).expect("SIGTERM");
     assert!(kill <= term, "{ev:#?}");
-    assert_eq!(h.file(&pod, "term.log"), "term\n");
+    assert!(h.file(&pod, "term.log").starts_with("term\n"));
     assert_eq!(count(&ev, |k| *k == EventKind::Deleted), 0);
     h.delete_and_wait(&pod).await;
 }

@@ -14,6 +14,11 @@ pub const DEFAULT_GRACE: Duration = Duration::from_secs(30);
 /// exiting (the gate's `--kill-margin` default; the linter's margin).
 pub const DEFAULT_KILL_MARGIN: Duration = Duration::from_secs(5);
 
+/// The kubelet always leaves a container at least this long between SIGTERM and SIGKILL,
+/// even when the preStop hook used up the grace period (it then stops waiting for the hook,
+/// sends SIGTERM, and SIGKILL this much later).
+pub const KUBELET_MIN_STOP_WINDOW: Duration = Duration::from_secs(2);
+
 /// How a container's preStop hook spends time.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PreStop {

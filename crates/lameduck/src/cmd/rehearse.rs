@@ -42,7 +42,7 @@ pub fn run(args: RehearseArgs) -> anyhow::Result<i32> {
             };
             let result = tokio::select! {
                 r = run::run_setup(&rehearsal.plan, setup, rehearsal.arrivals.clone(), status) => r,
-                _ = tokio::signal::ctrl_c() => {
+                _ = interrupted() => {
                     updater.abort();
                     bar.abandon_with_message("interrupted");
                     return Ok(None);
@@ -92,4 +92,25 @@ pub fn run(args: RehearseArgs) -> anyhow::Result<i32> {
         }
     }
     Ok(if report.passed { 0 } else { 1 })
+}
+
+/// Ctrl-C, SIGTERM (a CI job's timeout) or SIGHUP (a closed terminal): every one of them must
+/// end the run cleanly, so that the pods' process groups are killed.
+async fn interrupted() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).ok();
+    let mut hup = signal(SignalKind::hangup()).ok();
+    let wait = |s: Option<tokio::signal::unix::Signal>| async move {
+        match s {
+            Some(mut s) => {
+                s.recv().await;
+            }
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = wait(term.take()) => {}
+        _ = wait(hup.take()) => {}
+    }
 }

@@ -302,6 +302,21 @@ fn a_rollout_replaces_every_pod_without_loss() {
         .chain(event_time(s, "lameduck-1", "deleted"))
         .fold(f64::MAX, f64::min);
     assert!(new_ready <= first_delete, "{new_ready} {first_delete}");
+    // Never more than replicas + maxSurge pods that are not being deleted.
+    let events = s["events"].as_array().expect("events");
+    for e in events.iter().filter(|e| e["kind"] == "created") {
+        let t = e["t"].as_f64().unwrap_or(0.0);
+        let alive = events
+            .iter()
+            .filter(|c| c["kind"] == "created" && c["t"].as_f64() <= Some(t))
+            .filter(|c| {
+                !events.iter().any(|d| {
+                    d["kind"] == "deleted" && d["pod"] == c["pod"] && d["t"].as_f64() <= Some(t)
+                })
+            })
+            .count();
+        assert!(alive <= 3, "{alive} pods alive at {t}");
+    }
 }
 
 /// A Deployment with the gate in wrapper mode, probes on its admin port, a tcpSocket
