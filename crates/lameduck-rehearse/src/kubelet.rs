@@ -66,11 +66,47 @@ impl Reaper {
         self.groups.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// SIGKILLs every live group.
+    /// SIGKILLs every live group, and every descendant in a group of its own (the gate
+    /// starts its engine in a new process group, which a SIGKILLed gate cannot pass on).
     pub fn kill_all(&self) {
         for pgid in self.lock().drain() {
-            let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+            kill_tree(pgid);
         }
+    }
+}
+
+/// SIGKILLs the process group led by `pid` and every descendant's group. Descendants are
+/// found first, through /proc, because once their parent dies they are reparented and can
+/// no longer be told apart.
+pub fn kill_tree(pid: i32) {
+    let mut tree = vec![pid];
+    let mut i = 0;
+    let parents: Vec<(i32, i32)> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let child: i32 = e.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            // `pid (comm) state ppid …`; comm may hold spaces and parentheses.
+            let after = stat.get(stat.rfind(')')? + 1..)?;
+            let ppid: i32 = after.split_whitespace().nth(1)?.parse().ok()?;
+            Some((child, ppid))
+        })
+        .collect();
+    while i < tree.len() {
+        let parent = tree[i];
+        tree.extend(
+            parents
+                .iter()
+                .filter(|(_, p)| *p == parent)
+                .map(|(c, _)| *c),
+        );
+        i += 1;
+    }
+    for p in tree {
+        let _ = killpg(Pid::from_raw(p), Signal::SIGKILL);
+        let _ = kill(Pid::from_raw(p), Signal::SIGKILL);
     }
 }
 
@@ -582,7 +618,7 @@ impl Pod {
         self.rec(EventKind::Sigkill {
             reason: reason.to_owned(),
         });
-        let _ = killpg(Pid::from_raw(c.pid), Signal::SIGKILL);
+        kill_tree(c.pid);
     }
 
     async fn probe_loop(
