@@ -1,7 +1,6 @@
 //! `lameduck lint` as a user runs it: files, directories, stdin, formats, exit statuses.
 
-use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use crate::support::bin;
 
@@ -10,20 +9,9 @@ fn fixtures() -> std::path::PathBuf {
 }
 
 fn lint(args: &[&str], stdin: Option<&str>) -> (i32, String) {
-    let mut child = Command::new(bin())
-        .arg("lint")
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let mut input = child.stdin.take().expect("stdin");
-    input
-        .write_all(stdin.unwrap_or("").as_bytes())
-        .expect("write");
-    drop(input);
-    let out = child.wait_with_output().expect("wait");
+    let mut all = vec!["lint"];
+    all.extend_from_slice(args);
+    let out = crate::support::run_with_stdin(&all, stdin);
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),

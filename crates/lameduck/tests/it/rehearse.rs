@@ -5,9 +5,6 @@
 //! These tests run alone (see .config/nextest.toml): their timing is scaled, so a busy
 //! machine would stretch it.
 
-use std::io::Write;
-use std::process::{Command, Stdio};
-
 use serde_json::Value;
 
 use crate::support::bin;
@@ -40,20 +37,9 @@ struct Run {
 }
 
 fn rehearse(args: &[&str], stdin: Option<&str>) -> Run {
-    let mut child = Command::new(bin())
-        .arg("rehearse")
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let mut input = child.stdin.take().expect("stdin");
-    input
-        .write_all(stdin.unwrap_or("").as_bytes())
-        .expect("write");
-    drop(input);
-    let out = child.wait_with_output().expect("wait");
+    let mut all = vec!["rehearse"];
+    all.extend_from_slice(args);
+    let out = crate::support::run_with_stdin(&all, stdin);
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     Run {
         code: out.status.code().unwrap_or(-1),

@@ -489,3 +489,21 @@ pub fn classify_sse(body: &str) -> StreamEnd {
         (None, _, _) => StreamEnd::Broken(format!("no [DONE] / finish_reason in {body:?}")),
     }
 }
+
+/// Runs `lameduck ARGS…` to the end with `stdin` as its standard input.
+pub fn run_with_stdin(args: &[&str], stdin: Option<&str>) -> std::process::Output {
+    use std::io::Write;
+    let mut child = Command::new(bin())
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut input = child.stdin.take().expect("stdin");
+    input
+        .write_all(stdin.unwrap_or("").as_bytes())
+        .expect("write");
+    drop(input);
+    child.wait_with_output().expect("wait")
+}
