@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod facts;
+pub mod inject;
 pub mod report;
 pub mod rules;
 pub mod sarif;

@@ -48,7 +48,7 @@ rules! {
     GRACE_TOO_SHORT = "grace-period-too-short", Error,
         "The grace period cannot fit the preStop, the longest request and the kill margin";
     PRESTOP_BEYOND_GRACE = "prestop-beyond-grace", Error,
-        "The preStop hook takes as long as the grace period or longer: SIGKILL without SIGTERM";
+        "The preStop hook takes as long as the grace period or longer: SIGTERM comes 2 s before SIGKILL";
     NO_PRESTOP = "no-prestop", Error,
         "A serving container has no preStop hook and no drain gate: it stops while load balancers still send to it";
     NO_READINESS = "no-readiness-probe", Error,
@@ -77,6 +77,10 @@ rules! {
         "The gate in sidecar mode runs as an ordinary container instead of a native sidecar";
     MAXSURGE_ZERO_SLOW_START = "maxsurge-zero-slow-start", Warning,
         "A rolling update with maxSurge 0 on a workload that is slow to become ready";
+    TERMINATING_SURGE = "terminating-surge", Warning,
+        "A rollout keeps many old pods terminating while their replacements run";
+    MAXUNAVAILABLE_ABOVE_HEADROOM = "maxunavailable-above-headroom", Warning,
+        "A rollout may take down more pods than the warm headroom can cover";
     LONG_LIVED_WORK = "long-lived-work", Note,
         "Drains this long are better served by rainbow deployments";
 }
@@ -100,7 +104,7 @@ fn secs(d: Duration) -> String {
 
 /// A container that takes traffic: it declares ports, has a readiness probe, or is an
 /// inference server.
-fn serving(c: &core::Container) -> bool {
+pub(crate) fn serving(c: &core::Container) -> bool {
     c.ports.as_ref().is_some_and(|p| !p.is_empty())
         || c.readiness_probe.is_some()
         || facts::is_inference(c)
@@ -169,6 +173,9 @@ pub fn check(objects: &[Object], opts: &Options) -> (Vec<Finding>, Vec<String>, 
     // HPAs by (namespace, target kind, target name).
     let mut hpa_min: std::collections::HashMap<(Option<&str>, &str, &str), i32> =
         Default::default();
+    // The highest average-utilization target of each HPA's resource metrics, in percent.
+    let mut hpa_target: std::collections::HashMap<(Option<&str>, &str, &str), i32> =
+        Default::default();
     let hpas: Vec<(&Object, HorizontalPodAutoscaler)> = objects
         .iter()
         .filter(|o| o.kind == "HorizontalPodAutoscaler")
@@ -183,6 +190,17 @@ pub fn check(objects: &[Object], opts: &Options) -> (Vec<Finding>, Vec<String>, 
         let min = h.spec.min_replicas.unwrap_or(1);
         let e = hpa_min.entry(key).or_insert(min);
         *e = (*e).min(min);
+        let target = h
+            .spec
+            .metrics
+            .iter()
+            .flatten()
+            .filter_map(|m| m.resource.as_ref()?.target.average_utilization)
+            .max();
+        if let Some(t) = target {
+            let e = hpa_target.entry(key).or_insert(t);
+            *e = (*e).max(t);
+        }
     }
     for object in objects {
         let Some(w) = Workload::from_object(object) else {
@@ -208,7 +226,14 @@ pub fn check(objects: &[Object], opts: &Options) -> (Vec<Finding>, Vec<String>, 
             ))
             .copied();
         budgets(&mut ctx, &w, &budgets_index, min_replicas);
-        rollout(&mut ctx, &w);
+        let utilization = hpa_target
+            .get(&(
+                w.object.namespace.as_deref(),
+                w.object.kind.as_str(),
+                w.object.name.as_str(),
+            ))
+            .copied();
+        rollout(&mut ctx, &w, utilization);
     }
     (ctx.out, notes, ctx.suppressed)
 }
@@ -260,9 +285,10 @@ fn workload(ctx: &mut Ctx<'_>, w: &Workload<'_>, notes: &mut Vec<String>) {
                 &format!("{}.lifecycle.preStop", t.path),
                 name,
                 format!(
-                    "the preStop hook takes {} but the grace period is {}: the kubelet sends SIGKILL before SIGTERM is ever sent",
+                    "the preStop hook takes {} but the grace period is {}: the kubelet gives up on the hook when the period ends, sends SIGTERM, and SIGKILL {} later, so the server has no time to drain",
                     secs(h),
-                    secs(grace)
+                    secs(grace),
+                    secs(lameduck_timeline::KUBELET_MIN_STOP_WINDOW)
                 ),
                 format!("make terminationGracePeriodSeconds at least {} or shorten the hook", (h + MARGIN).as_secs()),
             );
@@ -615,8 +641,26 @@ fn scaled(v: Option<&IntOrString>, replicas: i32, default_pct: i32, round_up: bo
     }
 }
 
-/// Rollout rules for Deployments: maxSurge 0 with a slow start; very long drains.
-fn rollout(ctx: &mut Ctx<'_>, w: &Workload<'_>) {
+/// Annotation: how many pods the workload can lose and still carry its load (`2`, or `25%`).
+pub const HEADROOM_ANNOTATION: &str = "lameduck.io/warm-headroom";
+
+/// Extra pods (beyond replicas + maxSurge) a rollout may hold terminating before
+/// `terminating-surge` fires: one 8-GPU node's worth.
+pub const TERMINATING_SURGE_THRESHOLD: i32 = 8;
+
+/// A rough model of a rolling update: each step replaces `per_step` pods and waits `ready`
+/// for the new ones; a deleted pod stays terminating for `drain`. The pods still terminating
+/// when the rollout ends (at most all of them).
+pub fn terminating_peak(replicas: i32, per_step: i32, ready: Duration, drain: Duration) -> i32 {
+    let ready = ready.max(Duration::from_secs(1)).as_secs_f64();
+    let steps_overlapping = (drain.as_secs_f64() / ready).ceil().max(1.0);
+    let overlapping = f64::from(per_step.max(1)) * steps_overlapping;
+    replicas.min(overlapping.min(f64::from(i32::MAX)) as i32)
+}
+
+/// Rollout rules for Deployments: maxSurge 0 with a slow start, terminating surges, taking down
+/// more than the headroom; very long drains.
+fn rollout(ctx: &mut Ctx<'_>, w: &Workload<'_>, hpa_utilization: Option<i32>) {
     let o = w.object;
     let grace = w.grace();
     if grace > Duration::from_secs(600) {
@@ -673,6 +717,100 @@ fn rollout(ctx: &mut Ctx<'_>, w: &Workload<'_>) {
                 if inference { "a model load (30-90 s)".to_owned() } else { secs(ready) }
             ),
             "allow a surge (maxSurge: 1) and keep maxUnavailable: 0, so replacements are warm before old pods drain".into(),
+        );
+    }
+    // How long an old pod stays terminating: its grace period, or less when its work is
+    // known to end sooner.
+    let hook = w
+        .containers()
+        .iter()
+        .filter_map(|c| c.termination.pre_stop.duration())
+        .max()
+        .unwrap_or_default();
+    let drain = match facts::max_request(w, ctx.opts.max_request) {
+        Some((max, _)) => grace.min(hook + max.max(ctx.opts.convergence)),
+        None => grace,
+    };
+    // A new pod of an inference server loads its model first (30-90 s): count the low end.
+    let ready_for_steps = if inference {
+        ready.max(Duration::from_secs(30))
+    } else {
+        ready
+    };
+    let terminating = terminating_peak(replicas, surge + unavailable, ready_for_steps, drain);
+    if terminating - surge > TERMINATING_SURGE_THRESHOLD {
+        ctx.emit(
+            TERMINATING_SURGE,
+            o,
+            if strategy.is_some() {
+                "spec.strategy"
+            } else {
+                "spec.replicas"
+            },
+            None,
+            format!(
+                "a rollout replaces {} pod(s) every {} or so while each old pod takes up to {} to terminate: it ends with about {} pods at once ({replicas} running + {terminating} terminating), {} more than replicas + maxSurge",
+                surge + unavailable,
+                secs(ready_for_steps),
+                secs(drain),
+                replicas + terminating,
+                terminating - surge
+            ),
+            "budget the capacity for the terminating pods, slow the rollout (smaller maxSurge/maxUnavailable, minReadySeconds), or retire old pods by their in-flight work (rainbow deployments)".into(),
+        );
+    }
+    // Warm headroom: from the annotation, else from the HPA's utilization target.
+    let headroom = o
+        .annotation(HEADROOM_ANNOTATION)
+        .and_then(|v| {
+            let v = v.trim();
+            match v.strip_suffix('%') {
+                Some(p) => p
+                    .trim()
+                    .parse::<f64>()
+                    .ok()
+                    .map(|p| (f64::from(replicas) * p / 100.0).floor() as i32),
+                None => v.parse::<i32>().ok(),
+            }
+            .map(|h| (h, format!("the `{HEADROOM_ANNOTATION}` annotation")))
+        })
+        .or_else(|| {
+            hpa_utilization.filter(|u| *u > 0 && *u <= 100).map(|u| {
+                let spare = f64::from(replicas) * f64::from(100 - u) / 100.0;
+                (
+                    spare.floor() as i32,
+                    format!("an HPA that keeps pods at {u}% utilization, on {replicas} replicas"),
+                )
+            })
+        });
+    if let Some((headroom, from)) = headroom
+        && unavailable > headroom.max(0)
+    {
+        let path = if field("maxUnavailable").is_some() {
+            "spec.strategy.rollingUpdate.maxUnavailable"
+        } else if strategy.is_some() {
+            "spec.strategy"
+        } else {
+            "spec.replicas"
+        };
+        let default = if field("maxUnavailable").is_none() {
+            " (the default 25%)"
+        } else {
+            ""
+        };
+        ctx.emit(
+            MAXUNAVAILABLE_ABOVE_HEADROOM,
+            o,
+            path,
+            None,
+            format!(
+                "maxUnavailable{default} lets a rollout take {unavailable} pod(s) out of service at once, but the warm headroom is {} pod(s) ({from}): the others get more load than they can carry, and streams queue or fail",
+                headroom.max(0)
+            ),
+            format!(
+                "set maxUnavailable to {} or less and let maxSurge bring replacements up first",
+                headroom.max(0)
+            ),
         );
     }
 }

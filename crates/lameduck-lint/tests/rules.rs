@@ -24,14 +24,8 @@ fn fired(r: &Report) -> Vec<(&'static str, usize, usize)> {
     r.findings.iter().map(|f| (f.rule, f.line, f.col)).collect()
 }
 
-fn fixture(name: &str) -> String {
-    std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures")
-            .join(name),
-    )
-    .expect("fixture")
-}
+mod common;
+use common::fixture;
 
 #[test]
 fn seed_complete_deployment_is_clean() {
@@ -470,4 +464,101 @@ fn rollout_rules() {
     let r = run("r.yaml", &long);
     assert_eq!(fired(&r), [("long-lived-work", 9, 7)]);
     assert_eq!(r.findings[0].severity, lameduck_lint::Severity::Note);
+}
+
+#[test]
+fn terminating_surge() {
+    // The seed's numbers: 10 replicas ready in 2 s, 20 s to shut down: all 10 old pods are
+    // still terminating when the rollout ends; 40 replicas with 120 s reach 40 + 40.
+    use lameduck_lint::rules::terminating_peak;
+    let s = Duration::from_secs;
+    assert_eq!(terminating_peak(10, 5, s(2), s(20)), 10);
+    assert_eq!(terminating_peak(40, 20, s(2), s(120)), 40);
+    // Slow readiness and quick drains overlap little.
+    assert_eq!(terminating_peak(40, 2, s(60), s(30)), 2);
+    let big = deploy(&format!("      terminationGracePeriodSeconds: 140\n{GOOD_CONTAINER}"))
+        .replace("replicas: 3", "replicas: 40")
+        .replace(
+            "metadata: {name: d, namespace: n}",
+            "metadata: {name: d, namespace: n, annotations: {lameduck.io/max-request-seconds: \"120\"}}",
+        );
+    let r = run("t.yaml", &big);
+    assert_eq!(fired(&r), [("terminating-surge", 5, 3)]);
+    assert!(
+        r.findings[0]
+            .message
+            .contains("80 pods at once (40 running + 40 terminating)"),
+        "{}",
+        r.findings[0].message
+    );
+    // With a strategy, the finding points at it; a slow, narrow rollout stays quiet.
+    let strategy = big.replace(
+        "  replicas: 40\n",
+        "  replicas: 40\n  strategy:\n    rollingUpdate: {maxSurge: 25%, maxUnavailable: 25%}\n",
+    );
+    assert_eq!(
+        fired(&run("t.yaml", &strategy)),
+        [("terminating-surge", 6, 3)]
+    );
+    let narrow = strategy
+        .replace(
+            "maxSurge: 25%, maxUnavailable: 25%",
+            "maxSurge: 1, maxUnavailable: 0",
+        )
+        .replace(
+            "periodSeconds: 2",
+            "periodSeconds: 2\n            initialDelaySeconds: 30",
+        );
+    assert_eq!(fired(&run("t.yaml", &narrow)), []);
+    assert_eq!(
+        fired(&run("t.yaml", &big.replace("replicas: 40", "replicas: 3"))),
+        []
+    );
+}
+
+#[test]
+fn maxunavailable_above_headroom() {
+    let text = deploy(GOOD_CONTAINER)
+        .replace(
+            "  replicas: 3\n",
+            "  replicas: 8\n  strategy:\n    rollingUpdate:\n      maxSurge: 1\n      maxUnavailable: 2\n",
+        )
+        .replace(
+            "metadata: {name: d, namespace: n}",
+            "metadata: {name: d, namespace: n, annotations: {lameduck.io/warm-headroom: \"1\"}}",
+        );
+    let r = run("h.yaml", &text);
+    assert_eq!(fired(&r), [("maxunavailable-above-headroom", 9, 7)]);
+    assert!(
+        r.findings[0].message.contains("warm headroom is 1 pod(s)"),
+        "{}",
+        r.findings[0].message
+    );
+    assert_eq!(
+        fired(&run(
+            "h.yaml",
+            &text.replace("maxUnavailable: 2", "maxUnavailable: 1")
+        )),
+        []
+    );
+    assert_eq!(fired(&run("h.yaml", &text.replace("\"1\"", "\"25%\""))), []);
+    // From an HPA's target: 90% on 10 replicas leaves 1 pod spare; the default 25% takes 2.
+    let hpa = format!(
+        "{}---\napiVersion: autoscaling/v2\nkind: HorizontalPodAutoscaler\nmetadata: {{name: h, namespace: n}}\nspec:\n  scaleTargetRef: {{apiVersion: apps/v1, kind: Deployment, name: d}}\n  minReplicas: 10\n  maxReplicas: 20\n  metrics:\n    - type: Resource\n      resource: {{name: cpu, target: {{type: Utilization, averageUtilization: 90}}}}\n",
+        deploy(GOOD_CONTAINER).replace("replicas: 3", "replicas: 10")
+    );
+    let r = run("h.yaml", &hpa);
+    assert_eq!(fired(&r), [("maxunavailable-above-headroom", 5, 3)]);
+    assert!(
+        r.findings[0].message.contains("the default 25%"),
+        "{}",
+        r.findings[0].message
+    );
+    assert_eq!(
+        fired(&run(
+            "h.yaml",
+            &hpa.replace("averageUtilization: 90", "averageUtilization: 70")
+        )),
+        []
+    );
 }

@@ -9,8 +9,10 @@
 //!
 //! The Kubernetes API version is chosen by the binary (one `k8s-openapi` version feature).
 
+pub mod edit;
 pub mod load;
 pub mod workload;
 
+pub use edit::{EditError, Editor};
 pub use load::{LoadError, Loaded, Object, Pos, Positions, load_paths, load_str};
 pub use workload::{ContainerTimeline, Workload, WorkloadKind};

@@ -1,7 +1,6 @@
 //! Reading manifests: files, directories, stdin; multi-document streams; `List` objects. Every
 //! node keeps its position, so a finding can point at `file:line:column`.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -17,31 +16,71 @@ pub struct Pos {
     pub col: usize,
 }
 
-/// Where every node of a document is, by path (`spec.template.spec.containers[0].image`): a
-/// mapping entry at its key, a sequence item at the item.
+impl Default for Pos {
+    /// The start of a file.
+    fn default() -> Self {
+        Pos { line: 1, col: 1 }
+    }
+}
+
+/// Where every node of an object is, in the shape of its value: a mapping entry at its key, a
+/// sequence item at the item. Looked up by path (`spec.template.spec.containers[0].image`)
+/// together with the value, so that no path string is built while reading.
 #[derive(Debug, Clone, Default)]
 pub struct Positions {
-    map: HashMap<String, Pos>,
-    /// Lines before the parsed chunk (when a large stream is parsed in parts).
-    off: usize,
+    pos: Pos,
+    /// Children in the value's order: mapping entries in key order, sequence items.
+    kids: Vec<Positions>,
 }
 
 impl Positions {
-    /// The position of the node at `path`, if it exists.
-    pub fn get(&self, path: &str) -> Option<Pos> {
-        self.map.get(path).copied()
+    /// The position of the node at `path` in `value` (which this mirrors), if it exists.
+    pub fn get(&self, value: &Value, path: &str) -> Option<Pos> {
+        let (pos, rest) = self.walk(value, path);
+        rest.is_empty().then_some(pos)
     }
 
     /// The position of the node at `path`, or of its nearest ancestor that exists (where a
     /// missing field would have to be added).
-    pub fn nearest(&self, path: &str) -> Option<Pos> {
-        let mut p = path;
+    pub fn nearest(&self, value: &Value, path: &str) -> Pos {
+        self.walk(value, path).0
+    }
+
+    /// Follows `path` as far as it goes: the last position reached and what is left.
+    fn walk<'p>(&self, value: &Value, path: &'p str) -> (Pos, &'p str) {
+        let (mut node, mut value, mut rest) = (self, value, path);
         loop {
-            if let Some(pos) = self.map.get(p) {
-                return Some(*pos);
+            rest = rest.strip_prefix('.').unwrap_or(rest);
+            if rest.is_empty() {
+                return (node.pos, rest);
             }
-            let cut = p.rfind(['.', '['])?;
-            p = &p[..cut];
+            let next = match value {
+                Value::Object(map) => {
+                    // The longest key the path continues with (keys may contain dots).
+                    map.iter()
+                        .enumerate()
+                        .filter(|(_, (k, _))| {
+                            rest.strip_prefix(k.as_str())
+                                .is_some_and(|r| r.is_empty() || r.starts_with(['.', '[']))
+                        })
+                        .max_by_key(|(_, (k, _))| k.len())
+                        .map(|(i, (k, v))| (i, v, &rest[k.len()..]))
+                }
+                Value::Array(items) => rest.strip_prefix('[').and_then(|r| {
+                    let close = r.find(']')?;
+                    let i: usize = r[..close].parse().ok()?;
+                    Some((i, items.get(i)?, &r[close + 1..]))
+                }),
+                _ => None,
+            };
+            match next.and_then(|(i, v, r)| Some((node.kids.get(i)?, v, r))) {
+                Some((kid, v, r)) => {
+                    node = kid;
+                    value = v;
+                    rest = r;
+                }
+                None => return (node.pos, rest),
+            }
         }
     }
 }
@@ -67,8 +106,8 @@ pub struct Object {
     pub namespace: Option<String>,
     /// The object as JSON.
     pub value: Value,
-    /// Positions of the whole document's nodes.
-    pub positions: Arc<Positions>,
+    /// Positions of the object's nodes.
+    pub positions: Positions,
 }
 
 impl Object {
@@ -83,9 +122,7 @@ impl Object {
 
     /// The position of `path` within this object, or of its nearest ancestor.
     pub fn pos(&self, path: &str) -> Pos {
-        self.positions
-            .nearest(&self.path(path))
-            .unwrap_or(Pos { line: 1, col: 1 })
+        self.positions.nearest(&self.value, path)
     }
 
     /// `kind/name` (with the namespace when set), as people write it.
@@ -98,7 +135,7 @@ impl Object {
 
     /// The object as a typed Kubernetes API object.
     pub fn typed<T: serde::de::DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
-        serde_json::from_value(self.value.clone())
+        T::deserialize(&self.value)
     }
 
     /// An annotation's value.
@@ -252,49 +289,45 @@ fn load_chunk(
     let count = docs.len();
     for (document, node) in docs.iter().enumerate() {
         let document = document + doc_offset;
-        let mut positions = Positions {
-            off: line_offset,
-            ..Positions::default()
-        };
-        let value = convert(node, String::new(), &mut positions);
+        let (value, positions) = convert(node, line_offset);
         if value.is_null() {
             continue; // an empty document (`---` at the end)
         }
-        let positions = Arc::new(positions);
         let at = pos_of(node, line_offset);
-        let object = |prefix: String, value: Value| -> Result<Object, LoadError> {
-            let get = |k: &str| value.get(k).and_then(Value::as_str).map(str::to_owned);
-            let not = |why| LoadError::NotAnObject {
-                path: path.to_path_buf(),
-                pos: positions.nearest(&prefix).unwrap_or(at),
-                document,
-                why,
+        let object =
+            |prefix: String, value: Value, positions: Positions| -> Result<Object, LoadError> {
+                let get = |k: &str| value.get(k).and_then(Value::as_str).map(str::to_owned);
+                let not = |why| LoadError::NotAnObject {
+                    path: path.to_path_buf(),
+                    pos: positions.pos,
+                    document,
+                    why,
+                };
+                let kind = get("kind").ok_or_else(|| not("no `kind`"))?;
+                let api_version = get("apiVersion").ok_or_else(|| not("no `apiVersion`"))?;
+                let meta = value.get("metadata");
+                let name = meta
+                    .and_then(|m| m.get("name"))
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned();
+                let namespace = meta
+                    .and_then(|m| m.get("namespace"))
+                    .and_then(Value::as_str)
+                    .map(str::to_owned);
+                Ok(Object {
+                    file: file.clone(),
+                    source: source.clone(),
+                    document,
+                    prefix,
+                    api_version,
+                    kind,
+                    name,
+                    namespace,
+                    value,
+                    positions,
+                })
             };
-            let kind = get("kind").ok_or_else(|| not("no `kind`"))?;
-            let api_version = get("apiVersion").ok_or_else(|| not("no `apiVersion`"))?;
-            let meta = value.get("metadata");
-            let name = meta
-                .and_then(|m| m.get("name"))
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_owned();
-            let namespace = meta
-                .and_then(|m| m.get("namespace"))
-                .and_then(Value::as_str)
-                .map(str::to_owned);
-            Ok(Object {
-                file: file.clone(),
-                source: source.clone(),
-                document,
-                prefix,
-                api_version,
-                kind,
-                name,
-                namespace,
-                value,
-                positions: positions.clone(),
-            })
-        };
         if !value.is_object() {
             out.errors.push(LoadError::NotAnObject {
                 path: path.to_path_buf(),
@@ -310,19 +343,27 @@ fn load_chunk(
             .is_some_and(|k| k.ends_with("List"))
             && value.get("items").is_some_and(Value::is_array);
         if is_list {
+            let at_items = value
+                .as_object()
+                .and_then(|m| m.keys().position(|k| k == "items"))
+                .and_then(|i| positions.kids.get(i));
             let items = value
                 .get("items")
                 .and_then(Value::as_array)
                 .cloned()
                 .unwrap_or_default();
             for (i, item) in items.into_iter().enumerate() {
-                match object(format!("items[{i}]"), item) {
+                let pos = at_items
+                    .and_then(|p| p.kids.get(i))
+                    .cloned()
+                    .unwrap_or_default();
+                match object(format!("items[{i}]"), item, pos) {
                     Ok(o) => out.objects.push(o),
                     Err(e) => out.errors.push(e),
                 }
             }
         } else {
-            match object(String::new(), value) {
+            match object(String::new(), value, positions) {
                 Ok(o) => out.objects.push(o),
                 Err(e) => out.errors.push(e),
             }
@@ -344,7 +385,7 @@ pub fn parse_value(path: &Path, text: &str) -> Result<Option<Value>, LoadError> 
     })?;
     Ok(docs
         .first()
-        .map(|d| convert(d, String::new(), &mut Positions::default()))
+        .map(|d| convert(d, 0).0)
         .filter(|v| !v.is_null()))
 }
 
@@ -421,60 +462,60 @@ fn pos_of(node: &MarkedYaml<'_>, line_offset: usize) -> Pos {
     }
 }
 
-/// Converts a node to JSON, recording the position of it and of everything below it.
-fn convert(node: &MarkedYaml<'_>, path: String, positions: &mut Positions) -> Value {
-    convert_at(node, path, positions, None)
+/// Converts a node to JSON, with the positions of it and of everything below it.
+fn convert(node: &MarkedYaml<'_>, line_offset: usize) -> (Value, Positions) {
+    convert_at(node, line_offset, None)
 }
 
-/// [`convert`], with the position to record for `path` when it is not the node's own (a
-/// mapping entry's key).
-fn convert_at(
-    node: &MarkedYaml<'_>,
-    path: String,
-    positions: &mut Positions,
-    at: Option<Pos>,
-) -> Value {
-    let value = match &node.data {
-        YamlData::Value(s) => scalar(s),
+/// [`convert`], with the position to record when it is not the node's own (a mapping entry's
+/// key).
+fn convert_at(node: &MarkedYaml<'_>, off: usize, at: Option<Pos>) -> (Value, Positions) {
+    let (value, kids) = match &node.data {
+        YamlData::Value(s) => (scalar(s), Vec::new()),
         YamlData::Representation(text, style, _) => {
-            if matches!(style, saphyr::ScalarStyle::Plain) {
+            let v = if matches!(style, saphyr::ScalarStyle::Plain) {
                 scalar(&Scalar::parse_from_cow(text.clone()))
             } else {
                 Value::String(text.to_string())
-            }
+            };
+            (v, Vec::new())
         }
-        YamlData::Sequence(items) => Value::Array(
-            items
-                .iter()
-                .enumerate()
-                .map(|(i, item)| convert(item, format!("{path}[{i}]"), positions))
-                .collect(),
-        ),
+        YamlData::Sequence(items) => {
+            let mut values = Vec::with_capacity(items.len());
+            let mut kids = Vec::with_capacity(items.len());
+            for item in items {
+                let (v, p) = convert_at(item, off, None);
+                values.push(v);
+                kids.push(p);
+            }
+            (Value::Array(values), kids)
+        }
         YamlData::Mapping(map) => {
             let mut out = Map::new();
+            let mut kids: Vec<Positions> = Vec::with_capacity(map.len());
             for (k, v) in map {
-                let key = match convert(k, String::new(), &mut Positions::default()) {
+                let key = match convert(k, off).0 {
                     Value::String(s) => s,
                     other => other.to_string(),
                 };
-                let child = if path.is_empty() {
-                    key.clone()
-                } else {
-                    format!("{path}.{key}")
-                };
                 // A mapping entry is located at its key, as people point at `replicas:`.
-                let v = convert_at(v, child, positions, Some(pos_of(k, positions.off)));
+                let (v, p) = convert_at(v, off, Some(pos_of(k, off)));
+                // The parser refuses repeated keys; were one to get through, the map keeps its
+                // first place and so do the positions.
+                let before = out.len();
                 out.insert(key, v);
+                if out.len() > before {
+                    kids.push(p);
+                }
             }
-            Value::Object(out)
+            (Value::Object(out), kids)
         }
-        YamlData::Tagged(_, inner) => return convert_at(inner, path, positions, at),
+        YamlData::Tagged(_, inner) => return convert_at(inner, off, at),
         // Aliases are resolved by the loader; anything left is treated as empty.
-        YamlData::Alias(_) | YamlData::BadValue => Value::Null,
+        YamlData::Alias(_) | YamlData::BadValue => (Value::Null, Vec::new()),
     };
-    let own = pos_of(node, positions.off);
-    positions.map.entry(path).or_insert(at.unwrap_or(own));
-    value
+    let pos = at.unwrap_or_else(|| pos_of(node, off));
+    (value, Positions { pos, kids })
 }
 
 fn scalar(s: &Scalar<'_>) -> Value {
@@ -542,6 +583,24 @@ spec:
         assert_eq!(l.objects.len(), 2);
         assert_eq!(l.objects[1].prefix, "items[1]");
         assert_eq!(l.objects[1].pos("metadata.name"), Pos { line: 10, col: 5 });
+    }
+
+    #[test]
+    fn dotted_keys_and_missing_paths() {
+        let text = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\n  annotations:\n    lameduck.io/ignore: all\nspec: {a: 1}\n";
+        let l = load_str(Path::new("d.yaml"), text);
+        assert!(l.errors.is_empty(), "{:?}", l.errors);
+        let o = &l.objects[0];
+        assert_eq!(
+            o.pos("metadata.annotations.lameduck.io/ignore"),
+            Pos { line: 6, col: 5 }
+        );
+        assert_eq!(
+            o.positions.get(&o.value, "spec.a"),
+            Some(Pos { line: 7, col: 8 })
+        );
+        assert_eq!(o.positions.get(&o.value, "spec.b"), None);
+        assert_eq!(o.pos("spec.b.c"), Pos { line: 7, col: 1 });
     }
 
     #[test]
@@ -615,8 +674,8 @@ spec:
                 "spec.replicas",
             ] {
                 assert_eq!(
-                    a.positions.get(path),
-                    b.positions.get(path),
+                    a.positions.get(&a.value, path),
+                    b.positions.get(&b.value, path),
                     "{path} of document {}",
                     a.document
                 );

@@ -97,12 +97,10 @@ impl<'a> Workload<'a> {
         let kind = WorkloadKind::of(&object.kind)?;
         let path = kind.pod_path();
         let pointer = format!("/{}", path.replace('.', "/"));
-        let raw = object
-            .value
-            .pointer(&pointer)
-            .cloned()
-            .unwrap_or(serde_json::Value::Object(Default::default()));
-        let spec = match serde_json::from_value::<core::PodSpec>(raw) {
+        let empty = serde_json::Value::Object(Default::default());
+        let raw = object.value.pointer(&pointer).unwrap_or(&empty);
+        // Deserialized from the borrowed value: no copy of the tree.
+        let spec = match <core::PodSpec as serde::Deserialize>::deserialize(raw) {
             Ok(s) => s,
             Err(source) => {
                 let pos = object.pos(path);
@@ -349,7 +347,7 @@ spec:
         );
         let c = &w.containers()[0];
         assert_eq!(c.termination.pre_stop, PreStop::None);
-        assert_eq!(c.termination.sigterm_at(), Some(Duration::ZERO));
+        assert_eq!(c.termination.sigterm_at(), Duration::ZERO);
         let r = c.readiness.expect("readiness");
         assert_eq!(
             (r.period, r.failure_threshold),

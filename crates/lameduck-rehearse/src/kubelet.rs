@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http_body_util::{BodyExt, Empty};
-use lameduck_timeline::{KUBELET_MIN_STOP_WINDOW, PreStop, Termination};
+use lameduck_timeline::{PreStop, Termination};
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 use tokio::process::Command;
@@ -557,9 +557,14 @@ impl Pod {
             return;
         }
         // SIGTERM, then SIGKILL at the end of the grace period — but never less than the
-        // kubelet's minimum stop window after SIGTERM, even when the hook used it all up.
-        let kill_at =
-            grace_end.max(tokio::time::Instant::now() + clock.real(KUBELET_MIN_STOP_WINDOW));
+        // kubelet's minimum stop window after SIGTERM, even when the hook used it all up: the
+        // timeline's rule, with the time the hook really took.
+        let spent = Duration::from_secs_f64((clock.now() - deleted).max(0.0));
+        let after_hook = Termination {
+            grace: model.grace,
+            pre_stop: PreStop::Sleep(spent),
+        };
+        let kill_at = clock.instant(deleted + after_hook.sigkill_at().as_secs_f64());
         self.rec(EventKind::Sigterm);
         let _ = kill(Pid::from_raw(c.pid), Signal::SIGTERM);
         tokio::select! {

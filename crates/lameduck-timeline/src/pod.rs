@@ -183,6 +183,14 @@ impl Budget {
         // drain unless convergence is longer.
         pre_stop + convergence.max(max_request) + margin
     }
+
+    /// The grace period a pod behind the gate needs when its preStop is the gate's `/drain`:
+    /// the gate still accepts requests while it announces the drain (at most `convergence`,
+    /// its `--convergence-max`), each of those may run `max_request`, and `margin` is kept at
+    /// the end.
+    pub fn gated_grace(convergence: Duration, max_request: Duration, margin: Duration) -> Duration {
+        convergence + max_request + margin
+    }
 }
 
 /// One container's termination, as the kubelet runs it.
@@ -195,23 +203,31 @@ pub struct Termination {
 }
 
 impl Termination {
-    /// When SIGTERM is sent, counted from the start of termination, or `None` when the
-    /// preStop outlasts the grace period (the kubelet then sends SIGKILL with no SIGTERM).
-    /// An unknown preStop duration counts as zero.
-    pub fn sigterm_at(&self) -> Option<Duration> {
-        let hook = self.pre_stop.duration().unwrap_or(Duration::ZERO);
-        (hook < self.grace).then_some(hook)
+    /// When SIGTERM is sent, counted from the start of termination: when the preStop hook
+    /// returns, or at the end of the grace period if the hook is still running then (the
+    /// kubelet stops waiting for it). An unknown preStop duration counts as zero.
+    pub fn sigterm_at(&self) -> Duration {
+        self.pre_stop
+            .duration()
+            .unwrap_or(Duration::ZERO)
+            .min(self.grace)
     }
 
-    /// When SIGKILL is sent, counted from the start of termination.
+    /// Whether the preStop hook uses up the whole grace period, so that SIGTERM comes only
+    /// [`KUBELET_MIN_STOP_WINDOW`] before SIGKILL.
+    pub fn hook_outlasts_grace(&self) -> bool {
+        self.pre_stop.duration().is_some_and(|h| h >= self.grace)
+    }
+
+    /// When SIGKILL is sent, counted from the start of termination: at the end of the grace
+    /// period, but never sooner than [`KUBELET_MIN_STOP_WINDOW`] after SIGTERM.
     pub fn sigkill_at(&self) -> Duration {
-        self.grace
+        self.grace.max(self.sigterm_at() + KUBELET_MIN_STOP_WINDOW)
     }
 
     /// Time left after SIGTERM for the process to finish its work.
     pub fn after_sigterm(&self) -> Duration {
-        self.sigterm_at()
-            .map_or(Duration::ZERO, |t| self.grace.saturating_sub(t))
+        self.sigkill_at() - self.sigterm_at()
     }
 }
 
@@ -240,18 +256,28 @@ mod tests {
     }
 
     #[test]
-    fn prestop_longer_than_grace_means_no_sigterm() {
+    fn prestop_longer_than_grace_leaves_the_minimum_stop_window() {
         let t = Termination {
             grace: S(30),
             pre_stop: PreStop::Exec { sleep: Some(S(45)) },
         };
-        assert_eq!(t.sigterm_at(), None);
-        assert_eq!(t.after_sigterm(), Duration::ZERO);
+        assert!(t.hook_outlasts_grace());
+        assert_eq!(t.sigterm_at(), S(30));
+        assert_eq!(t.sigkill_at(), S(32));
+        assert_eq!(t.after_sigterm(), KUBELET_MIN_STOP_WINDOW);
+        // A hook that returns just before the end still gets the two seconds.
+        let close = Termination {
+            grace: S(30),
+            pre_stop: PreStop::Sleep(S(29)),
+        };
+        assert!(!close.hook_outlasts_grace());
+        assert_eq!(close.sigkill_at(), S(31));
         let ok = Termination {
             grace: S(180),
             pre_stop: PreStop::Sleep(S(15)),
         };
-        assert_eq!(ok.sigterm_at(), Some(S(15)));
+        assert_eq!(ok.sigterm_at(), S(15));
+        assert_eq!(ok.sigkill_at(), S(180));
         assert_eq!(ok.after_sigterm(), S(165));
     }
 
@@ -276,5 +302,11 @@ mod tests {
     fn required_grace() {
         assert_eq!(Budget::required_grace(S(0), S(15), S(150), S(5)), S(155));
         assert_eq!(Budget::required_grace(S(15), S(15), S(5), S(5)), S(35));
+        // Behind the gate, a request accepted at the end of the announcing window runs whole.
+        assert_eq!(Budget::gated_grace(S(15), S(150), S(5)), S(170));
+        assert!(
+            Budget::gated_grace(S(15), S(150), S(5))
+                > Budget::required_grace(S(0), S(15), S(150), S(5))
+        );
     }
 }

@@ -42,12 +42,16 @@ enum Command {
     /// An OpenAI-compatible streaming inference simulator with configurable timing and
     /// shutdown behaviour.
     EngineSim(lameduck_engine_sim::Config),
-    /// Check manifests for drain mistakes, with file:line:column positions (preview: the
-    /// timing, probe, spot, rollout, gate-setup and disruption-budget rules; inject comes later).
+    /// Check manifests for drain mistakes, with file:line:column positions.
     Lint(cmd::lint::LintArgs),
+    /// Rewrite a manifest so that its server runs behind the gate, with a sized grace period,
+    /// the gate's readiness and a /drain preStop; nothing else changes.
+    Inject(cmd::inject::InjectArgs),
     /// Rehearse a pod drain locally under streaming load, with real processes, and compare
     /// what a naive setup, the shell pattern and lameduck lose.
     Rehearse(Box<lameduck_rehearse::RehearseArgs>),
+    /// Copy this binary into a directory (the init container of `inject --mode wrapper`).
+    CopyBinary(cmd::copy_binary::CopyBinaryArgs),
 }
 
 fn main() -> ExitCode {
@@ -58,6 +62,8 @@ fn main() -> ExitCode {
         Command::EngineSim(args) => cmd::engine_sim::run(args),
         Command::Lint(args) => cmd::lint::run(args),
         Command::Rehearse(args) => cmd::rehearse::run(*args),
+        Command::Inject(args) => cmd::inject::run(args),
+        Command::CopyBinary(args) => cmd::copy_binary::run(args),
     };
     match result {
         Ok(code) => ExitCode::from(u8::try_from(code.clamp(0, 255)).unwrap_or(1)),

@@ -4,13 +4,9 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use super::dur;
 use lameduck_lint::config::Config;
 use lameduck_lint::{Options, Severity, report};
-use lameduck_timeline::parse_duration;
-
-fn dur(s: &str) -> Result<Duration, String> {
-    parse_duration(s).map_err(|e| e.to_string())
-}
 
 /// Output format.
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]

@@ -1,9 +1,16 @@
 //! One module per subcommand.
 
+pub mod copy_binary;
 pub mod engine_sim;
 pub mod gate;
+pub mod inject;
 pub mod lint;
 pub mod rehearse;
+
+/// A duration flag: seconds (`30`, `1.5`) or with a unit (`250ms`, `2m`).
+fn dur(s: &str) -> Result<std::time::Duration, String> {
+    lameduck_timeline::parse_duration(s).map_err(|e| e.to_string())
+}
 
 /// A multi-threaded tokio runtime for a subcommand, one worker per available CPU.
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

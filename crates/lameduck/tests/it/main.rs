@@ -2,6 +2,7 @@
 
 mod clients;
 mod gate;
+mod inject;
 mod lint;
 mod rehearse;
 mod support;

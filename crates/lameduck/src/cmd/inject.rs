@@ -1,0 +1,174 @@
+//! `lameduck inject`.
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::dur;
+use anyhow::Context;
+use lameduck_lint::inject::{self, Mode};
+
+/// Where the gate goes.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum ModeArg {
+    /// A native sidecar (init container with restartPolicy: Always, Kubernetes 1.29+) in front
+    /// of the engine; the engine's image is untouched.
+    Sidecar,
+    /// The engine's command wrapped by `lameduck gate … --`; the binary comes from an init
+    /// container (or --binary).
+    Wrapper,
+}
+
+/// `lameduck inject`: puts each workload's server behind the gate.
+#[derive(Debug, clap::Args)]
+#[command(after_help = "\
+For each Deployment, StatefulSet, DaemonSet, ReplicaSet or Pod, the serving container is put \
+behind the gate: the gate takes the port clients use and the engine moves to the next free port \
+(its --port/--http-port/--server-port flag or PORT env is rewritten); readiness becomes the \
+gate's /ready, the preStop the gate's /drain, and terminationGracePeriodSeconds at least \
+convergence + the longest request + 5 s. Everything else in the file is left as it was, \
+comments included. Workloads already behind the gate are not changed, so running inject twice \
+changes nothing.
+
+The longest request comes from the `lameduck.io/max-request-seconds` annotation, else \
+--max-request, else 150 s when the workload looks like an inference server.
+
+Exit status: 0 written, 2 the input cannot be injected (the message says what to change).")]
+pub struct InjectArgs {
+    /// The manifest (YAML or JSON, several documents allowed), or `-` for stdin.
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+
+    /// Where the gate goes.
+    #[arg(long, value_enum, default_value_t = ModeArg::Sidecar)]
+    pub mode: ModeArg,
+
+    /// Write the result here instead of stdout.
+    #[arg(short, long, value_name = "FILE", conflicts_with = "in_place")]
+    pub output: Option<PathBuf>,
+
+    /// Rewrite FILE itself.
+    #[arg(short, long)]
+    pub in_place: bool,
+
+    /// Image that has `lameduck` on its PATH (the sidecar, or wrapper mode's init container).
+    #[arg(long, default_value_t = inject::default_image())]
+    pub image: String,
+
+    /// Wrapper mode: the engine image already contains the binary at this path (no init
+    /// container, no volume).
+    #[arg(long, value_name = "PATH")]
+    pub binary: Option<String>,
+
+    /// Wrapper mode, for a container without `command`: the image's entrypoint, as one
+    /// shell-style string (`--entrypoint 'python3 -m server'`).
+    #[arg(long, value_name = "CMD")]
+    pub entrypoint: Option<String>,
+
+    /// The container to put behind the gate, when several serve.
+    #[arg(long, value_name = "NAME")]
+    pub container: Option<String>,
+
+    /// The port clients use [default: the container's declared port].
+    #[arg(long)]
+    pub port: Option<u16>,
+
+    /// Where the engine moves [default: the next free port after --port].
+    #[arg(long)]
+    pub engine_port: Option<u16>,
+
+    /// The gate's admin port (/ready, /live, /drain; never put it in a Service).
+    #[arg(long, default_value_t = inject::DEFAULT_ADMIN_PORT)]
+    pub admin_port: u16,
+
+    /// The longest request, for workloads without the annotation.
+    #[arg(long, value_parser = dur)]
+    pub max_request: Option<Duration>,
+
+    /// How long load balancers take to stop sending to an unready pod (the gate's
+    /// --convergence-max).
+    #[arg(long, value_parser = dur, default_value = "15")]
+    pub convergence: Duration,
+
+    /// Print only the manifest, not the summary of changes on stderr.
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+/// Runs inject; returns the exit status.
+pub fn run(args: InjectArgs) -> anyhow::Result<i32> {
+    let stdin = args.file.as_os_str() == "-";
+    if stdin && args.in_place {
+        anyhow::bail!("--in-place needs a file, not stdin (`-`)");
+    }
+    let mut text = String::new();
+    if stdin {
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .context("reading stdin")?;
+    } else {
+        text = std::fs::read_to_string(&args.file)
+            .with_context(|| format!("{}: cannot read", args.file.display()))?;
+    }
+    let entrypoint = args
+        .entrypoint
+        .as_deref()
+        .map(|e| e.split_whitespace().map(str::to_owned).collect::<Vec<_>>())
+        .filter(|e| !e.is_empty());
+    if args.entrypoint.is_some() && entrypoint.is_none() {
+        anyhow::bail!(
+            "--entrypoint is empty: give the image's entrypoint, e.g. --entrypoint 'python3 -m server'"
+        );
+    }
+    let opts = inject::Options {
+        mode: match args.mode {
+            ModeArg::Sidecar => Mode::Sidecar,
+            ModeArg::Wrapper => Mode::Wrapper,
+        },
+        image: args.image,
+        binary: args.binary,
+        container: args.container,
+        port: args.port,
+        engine_port: args.engine_port,
+        admin_port: args.admin_port,
+        max_request: args.max_request,
+        convergence: args.convergence,
+        entrypoint,
+    };
+    let out = inject::inject(&args.file, &text, &opts)?;
+    let target = if args.in_place {
+        Some(args.file.clone())
+    } else {
+        args.output.clone()
+    };
+    match &target {
+        Some(path) => std::fs::write(path, &out.text)
+            .with_context(|| format!("{}: cannot write", path.display()))?,
+        None => std::io::stdout()
+            .write_all(out.text.as_bytes())
+            .context("writing stdout")?,
+    }
+    if !args.quiet {
+        let mut err = std::io::stderr().lock();
+        for c in &out.changed {
+            writeln!(
+                err,
+                "{}: container `{}` behind the gate",
+                c.object, c.container
+            )?;
+            for l in &c.lines {
+                writeln!(err, "  {l}")?;
+            }
+        }
+        for s in &out.skipped {
+            writeln!(err, "unchanged: {s}")?;
+        }
+        for w in &out.warnings {
+            writeln!(err, "warning: {w}")?;
+        }
+        if out.changed.is_empty() && out.skipped.is_empty() {
+            writeln!(err, "no workload found: nothing changed")?;
+        }
+    }
+    Ok(0)
+}
