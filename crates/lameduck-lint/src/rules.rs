@@ -658,6 +658,20 @@ pub fn terminating_peak(replicas: i32, per_step: i32, ready: Duration, drain: Du
     replicas.min(overlapping.min(f64::from(i32::MAX)) as i32)
 }
 
+/// Why a workload's requests are unbounded or longer than a grace period should be (the
+/// annotation says `unbounded`, or more than 10 minutes).
+fn unbounded_work(w: &Workload<'_>, flag: Option<Duration>) -> Option<String> {
+    let said = w.object.annotation(facts::MAX_REQUEST_ANNOTATION)?.trim();
+    if said.eq_ignore_ascii_case("unbounded") {
+        return Some(format!(
+            "`{}: unbounded`: streams or WebSockets with no end",
+            facts::MAX_REQUEST_ANNOTATION
+        ));
+    }
+    let (d, _) = facts::max_request(w, flag)?;
+    (d > Duration::from_secs(600)).then(|| format!("requests of up to {}", secs(d)))
+}
+
 /// Rollout rules for Deployments: maxSurge 0 with a slow start, terminating surges, taking down
 /// more than the headroom; very long drains.
 fn rollout(ctx: &mut Ctx<'_>, w: &Workload<'_>, hpa_utilization: Option<i32>) {
@@ -674,6 +688,15 @@ fn rollout(ctx: &mut Ctx<'_>, w: &Workload<'_>, hpa_utilization: Option<i32>) {
                 secs(grace)
             ),
             "consider rainbow deployments: one Deployment per release, each retired when its in-flight work reaches zero".into(),
+        );
+    } else if let Some(why) = unbounded_work(w, ctx.opts.max_request) {
+        ctx.emit(
+            LONG_LIVED_WORK,
+            o,
+            "metadata",
+            None,
+            format!("{why}: no grace period can wait for it, so every drain cuts it"),
+            "consider rainbow deployments: one Deployment per release, each retired when its in-flight work reaches zero; clients of unbounded streams must reconnect".into(),
         );
     }
     if w.kind != WorkloadKind::Deployment {

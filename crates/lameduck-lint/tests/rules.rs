@@ -464,6 +464,18 @@ fn rollout_rules() {
     let r = run("r.yaml", &long);
     assert_eq!(fired(&r), [("long-lived-work", 9, 7)]);
     assert_eq!(r.findings[0].severity, lameduck_lint::Severity::Note);
+    // Unbounded streams, said by the annotation.
+    let ws = deploy(GOOD_CONTAINER).replace(
+        "metadata: {name: d, namespace: n}",
+        "metadata: {name: d, namespace: n, annotations: {lameduck.io/max-request-seconds: unbounded}}",
+    );
+    let r = run("w.yaml", &ws);
+    assert_eq!(fired(&r), [("long-lived-work", 3, 11)]);
+    assert!(
+        r.findings[0].message.contains("no end"),
+        "{}",
+        r.findings[0].message
+    );
 }
 
 #[test]
