@@ -693,7 +693,7 @@ fn rollout(ctx: &mut Ctx<'_>, w: &Workload<'_>, hpa_utilization: Option<i32>) {
         ctx.emit(
             LONG_LIVED_WORK,
             o,
-            "metadata",
+            &format!("metadata.annotations.{}", facts::MAX_REQUEST_ANNOTATION),
             None,
             format!("{why}: no grace period can wait for it, so every drain cuts it"),
             "consider rainbow deployments: one Deployment per release, each retired when its in-flight work reaches zero; clients of unbounded streams must reconnect".into(),

@@ -470,7 +470,7 @@ fn rollout_rules() {
         "metadata: {name: d, namespace: n, annotations: {lameduck.io/max-request-seconds: unbounded}}",
     );
     let r = run("w.yaml", &ws);
-    assert_eq!(fired(&r), [("long-lived-work", 3, 11)]);
+    assert_eq!(fired(&r), [("long-lived-work", 3, 49)]);
     assert!(
         r.findings[0].message.contains("no end"),
         "{}",
