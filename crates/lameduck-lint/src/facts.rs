@@ -98,6 +98,15 @@ pub fn is_gate(c: &core::Container) -> bool {
         || (all.iter().any(|w| w.contains("lameduck")) && all.contains(&"gate"))
 }
 
+/// Whether any container of the workload (init containers included) runs the gate.
+pub fn gated(w: &Workload<'_>) -> bool {
+    w.spec
+        .containers
+        .iter()
+        .chain(w.spec.init_containers.iter().flatten())
+        .any(is_gate)
+}
+
 /// The workload's max request duration and where it came from, if known.
 pub fn max_request(
     w: &Workload<'_>,

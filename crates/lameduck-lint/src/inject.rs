@@ -256,7 +256,7 @@ pub fn inject(path: &Path, text: &str, opts: &Options) -> Result<Injected, Injec
             out.skipped.push(format!(
                 "{}: {}",
                 object.display_name(),
-                if gated(&w) {
+                if facts::gated(&w) {
                     "already behind the gate"
                 } else {
                     "no serving container"
@@ -266,14 +266,6 @@ pub fn inject(path: &Path, text: &str, opts: &Options) -> Result<Injected, Injec
     }
     out.text = editor.text().to_owned();
     Ok(out)
-}
-
-fn gated(w: &Workload<'_>) -> bool {
-    w.spec
-        .containers
-        .iter()
-        .chain(w.spec.init_containers.iter().flatten())
-        .any(facts::is_gate)
 }
 
 type Planned = (Vec<Edit>, Change, Vec<String>);
@@ -292,7 +284,7 @@ fn plan(w: &Workload<'_>, opts: &Options) -> Result<Option<Planned>, InjectError
             message,
         }
     };
-    if gated(w) {
+    if facts::gated(w) {
         return Ok(None);
     }
     let containers = &w.spec.containers;

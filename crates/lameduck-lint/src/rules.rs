@@ -240,12 +240,7 @@ pub fn check(objects: &[Object], opts: &Options) -> (Vec<Finding>, Vec<String>, 
 
 fn workload(ctx: &mut Ctx<'_>, w: &Workload<'_>, notes: &mut Vec<String>) {
     let o = w.object;
-    let gated = w
-        .spec
-        .containers
-        .iter()
-        .chain(w.spec.init_containers.iter().flatten())
-        .any(facts::is_gate);
+    let gated = facts::gated(w);
     let max = facts::max_request(w, ctx.opts.max_request);
     if let Some((d, MaxRequestSource::Assumed)) = max {
         notes.push(format!(
@@ -648,15 +643,8 @@ pub const HEADROOM_ANNOTATION: &str = "lameduck.io/warm-headroom";
 /// `terminating-surge` fires: one 8-GPU node's worth.
 pub const TERMINATING_SURGE_THRESHOLD: i32 = 8;
 
-/// A rough model of a rolling update: each step replaces `per_step` pods and waits `ready`
-/// for the new ones; a deleted pod stays terminating for `drain`. The pods still terminating
-/// when the rollout ends (at most all of them).
-pub fn terminating_peak(replicas: i32, per_step: i32, ready: Duration, drain: Duration) -> i32 {
-    let ready = ready.max(Duration::from_secs(1)).as_secs_f64();
-    let steps_overlapping = (drain.as_secs_f64() / ready).ceil().max(1.0);
-    let overlapping = f64::from(per_step.max(1)) * steps_overlapping;
-    replicas.min(overlapping.min(f64::from(i32::MAX)) as i32)
-}
+/// The rollout model lives with the rest of the timeline arithmetic.
+pub use lameduck_timeline::terminating_peak;
 
 /// Why a workload's requests are unbounded or longer than a grace period should be (the
 /// annotation says `unbounded`, or more than 10 minutes).

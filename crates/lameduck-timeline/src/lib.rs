@@ -18,5 +18,5 @@ pub use drain::{
 pub use duration::{ParseDurationError, fmt_secs, parse_duration};
 pub use pod::{
     Budget, Convergence, DEFAULT_GRACE, DEFAULT_KILL_MARGIN, KUBELET_MIN_STOP_WINDOW, PreStop,
-    Probe, Termination,
+    Probe, Termination, terminating_peak,
 };

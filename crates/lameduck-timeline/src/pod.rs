@@ -193,6 +193,16 @@ impl Budget {
     }
 }
 
+/// A rough model of a rolling update: each step replaces `per_step` pods and waits `ready`
+/// for the new ones; a deleted pod stays terminating for `drain`. The pods still terminating
+/// when the rollout ends (at most all of them).
+pub fn terminating_peak(replicas: i32, per_step: i32, ready: Duration, drain: Duration) -> i32 {
+    let ready = ready.max(Duration::from_secs(1)).as_secs_f64();
+    let steps_overlapping = (drain.as_secs_f64() / ready).ceil().max(1.0);
+    let overlapping = f64::from(per_step.max(1)) * steps_overlapping;
+    replicas.min(overlapping.min(f64::from(i32::MAX)) as i32)
+}
+
 /// One container's termination, as the kubelet runs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Termination {
