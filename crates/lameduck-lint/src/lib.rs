@@ -5,7 +5,7 @@
 //! The budget arithmetic is [`lameduck_timeline::Budget`]'s. Rules: [`rules::ALL`].
 
 pub mod config;
-pub mod facts;
+pub use lameduck_manifest::facts;
 pub mod inject;
 pub mod report;
 pub mod rules;

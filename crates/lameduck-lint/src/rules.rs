@@ -7,8 +7,8 @@ use std::time::Duration;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use lameduck_manifest::workload::selects;
 use lameduck_manifest::{ContainerTimeline, Object, Workload, WorkloadKind};
 use lameduck_timeline::{Budget, PreStop};
 
@@ -616,26 +616,6 @@ fn gate_setup(ctx: &mut Ctx<'_>, w: &Workload<'_>) {
     }
 }
 
-/// A percentage or count of `replicas` (rolling-update fields), rounded as the controller does.
-fn scaled(v: Option<&IntOrString>, replicas: i32, default_pct: i32, round_up: bool) -> i32 {
-    match v {
-        Some(IntOrString::Int(n)) => *n,
-        Some(IntOrString::String(s)) => {
-            let pct: i32 = s
-                .trim_end_matches('%')
-                .trim()
-                .parse()
-                .unwrap_or(default_pct);
-            let x = f64::from(replicas) * f64::from(pct) / 100.0;
-            (if round_up { x.ceil() } else { x.floor() }) as i32
-        }
-        None => {
-            let x = f64::from(replicas) * f64::from(default_pct) / 100.0;
-            (if round_up { x.ceil() } else { x.floor() }) as i32
-        }
-    }
-}
-
 /// Annotation: how many pods the workload can lose and still carry its load (`2`, or `25%`).
 pub const HEADROOM_ANNOTATION: &str = "lameduck.io/warm-headroom";
 
@@ -687,26 +667,13 @@ fn rollout(ctx: &mut Ctx<'_>, w: &Workload<'_>, hpa_utilization: Option<i32>) {
             "consider rainbow deployments: one Deployment per release, each retired when its in-flight work reaches zero; clients of unbounded streams must reconnect".into(),
         );
     }
-    if w.kind != WorkloadKind::Deployment {
+    let Some(ru) = w.rolling_update() else {
         return;
-    }
-    let strategy = o.value.pointer("/spec/strategy");
-    if strategy
-        .and_then(|s| s.get("type"))
-        .and_then(|t| t.as_str())
-        == Some("Recreate")
-    {
-        return;
-    }
-    let rolling = strategy.and_then(|s| s.get("rollingUpdate"));
-    let field = |k: &str| -> Option<IntOrString> {
-        rolling
-            .and_then(|r| r.get(k))
-            .and_then(|v| serde_json::from_value(v.clone()).ok())
     };
+    let strategy = o.value.pointer("/spec/strategy");
     let replicas = w.replicas.unwrap_or(1).max(1);
-    let surge = scaled(field("maxSurge").as_ref(), replicas, 25, true).max(0);
-    let unavailable = scaled(field("maxUnavailable").as_ref(), replicas, 25, false).max(0);
+    let surge = ru.max_surge;
+    let unavailable = ru.max_unavailable;
     // Time for a new pod to become ready: its readiness probe's first success after start.
     let ready = w
         .containers()
@@ -717,7 +684,7 @@ fn rollout(ctx: &mut Ctx<'_>, w: &Workload<'_>, hpa_utilization: Option<i32>) {
         .max(Duration::from_secs(1));
     let inference = w.spec.containers.iter().any(facts::is_inference);
     let slow_start = inference || ready >= Duration::from_secs(30);
-    if surge == 0 && slow_start && field("maxSurge").is_some() {
+    if surge == 0 && slow_start && ru.surge_set {
         ctx.emit(
             MAXSURGE_ZERO_SLOW_START,
             o,
@@ -797,14 +764,14 @@ fn rollout(ctx: &mut Ctx<'_>, w: &Workload<'_>, hpa_utilization: Option<i32>) {
     if let Some((headroom, from)) = headroom
         && unavailable > headroom.max(0)
     {
-        let path = if field("maxUnavailable").is_some() {
+        let path = if ru.unavailable_set {
             "spec.strategy.rollingUpdate.maxUnavailable"
         } else if strategy.is_some() {
             "spec.strategy"
         } else {
             "spec.replicas"
         };
-        let default = if field("maxUnavailable").is_none() {
+        let default = if !ru.unavailable_set {
             " (the default 25%)"
         } else {
             ""
@@ -845,41 +812,6 @@ fn same_check(a: &core::Probe, b: &core::Probe) -> bool {
         && a.exec.as_ref().map(|e| &e.command) == b.exec.as_ref().map(|e| &e.command)
         && a.tcp_socket.as_ref().map(|t| &t.port) == b.tcp_socket.as_ref().map(|t| &t.port)
         && a.grpc.as_ref().map(|g| g.port) == b.grpc.as_ref().map(|g| g.port)
-}
-
-fn labels(w: &Workload<'_>) -> BTreeMap<String, String> {
-    let pointer = match w.kind {
-        WorkloadKind::Pod => "/metadata/labels".to_owned(),
-        k => format!(
-            "/{}/metadata/labels",
-            k.pod_path().trim_end_matches(".spec").replace('.', "/")
-        ),
-    };
-    w.object
-        .value
-        .pointer(&pointer)
-        .and_then(|v| serde_json::from_value(v.clone()).ok())
-        .unwrap_or_default()
-}
-
-/// Whether a label selector selects pods with `labels` (an empty selector selects all).
-pub fn selects(sel: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
-    let by_labels = sel
-        .match_labels
-        .iter()
-        .flatten()
-        .all(|(k, v)| labels.get(k) == Some(v));
-    let by_exprs = sel.match_expressions.iter().flatten().all(|e| {
-        let values = e.values.as_deref().unwrap_or_default();
-        match e.operator.as_str() {
-            "In" => labels.get(&e.key).is_some_and(|v| values.contains(v)),
-            "NotIn" => labels.get(&e.key).is_none_or(|v| !values.contains(v)),
-            "Exists" => labels.contains_key(&e.key),
-            "DoesNotExist" => !labels.contains_key(&e.key),
-            _ => false,
-        }
-    });
-    by_labels && by_exprs
 }
 
 /// Budgets indexed so that a workload only looks at the ones that can select it: by namespace
@@ -946,7 +878,7 @@ impl<'a> BudgetIndex<'a> {
 
 fn budgets(ctx: &mut Ctx<'_>, w: &Workload<'_>, index: &BudgetIndex<'_>, hpa_min: Option<i32>) {
     let o = w.object;
-    let pod_labels = labels(w);
+    let pod_labels = w.pod_labels();
     let mine = index.selecting(o.namespace.as_deref(), &pod_labels);
     if mine.len() > 1 {
         let names: Vec<String> = mine.iter().map(|(po, _)| po.name.clone()).collect();

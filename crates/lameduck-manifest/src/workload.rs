@@ -1,9 +1,12 @@
 //! Workloads: the pod template of any object that runs pods, typed with `k8s-openapi`, and
 //! each container's termination timeline in [`lameduck_timeline`] terms.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1 as core;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use lameduck_timeline::{PreStop, Probe, Termination, parse_duration};
 
 use crate::load::Object;
@@ -143,6 +146,53 @@ impl<'a> Workload<'a> {
         format!("{}.terminationGracePeriodSeconds", self.kind.pod_path())
     }
 
+    /// The labels its pods get (a Pod's own labels, else the template's).
+    pub fn pod_labels(&self) -> BTreeMap<String, String> {
+        let pointer = match self.kind {
+            WorkloadKind::Pod => "/metadata/labels".to_owned(),
+            k => format!(
+                "/{}/metadata/labels",
+                k.pod_path().trim_end_matches(".spec").replace('.', "/")
+            ),
+        };
+        self.object
+            .value
+            .pointer(&pointer)
+            .and_then(|v| serde_json::from_value(v.clone()).ok())
+            .unwrap_or_default()
+    }
+
+    /// A Deployment's rolling-update limits as pod counts (`None` for other kinds and for the
+    /// `Recreate` strategy).
+    pub fn rolling_update(&self) -> Option<RollingUpdate> {
+        if self.kind != WorkloadKind::Deployment {
+            return None;
+        }
+        let strategy = self.object.value.pointer("/spec/strategy");
+        if strategy
+            .and_then(|s| s.get("type"))
+            .and_then(|t| t.as_str())
+            == Some("Recreate")
+        {
+            return None;
+        }
+        let rolling = strategy.and_then(|s| s.get("rollingUpdate"));
+        let field = |k: &str| -> Option<IntOrString> {
+            rolling
+                .and_then(|r| r.get(k))
+                .and_then(|v| serde_json::from_value(v.clone()).ok())
+        };
+        let replicas = self.replicas.unwrap_or(1).max(1);
+        let surge_field = field("maxSurge");
+        let unavailable_field = field("maxUnavailable");
+        Some(RollingUpdate {
+            max_surge: scaled(surge_field.as_ref(), replicas, 25, true).max(0),
+            max_unavailable: scaled(unavailable_field.as_ref(), replicas, 25, false).max(0),
+            surge_set: surge_field.is_some(),
+            unavailable_set: unavailable_field.is_some(),
+        })
+    }
+
     /// Every long-running container: the app containers, then native sidecars (init containers
     /// with `restartPolicy: Always`).
     pub fn containers(&self) -> Vec<ContainerTimeline> {
@@ -164,6 +214,60 @@ impl<'a> Workload<'a> {
             });
         apps.chain(sidecars).collect()
     }
+}
+
+/// A Deployment's `spec.strategy.rollingUpdate`, resolved to pod counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RollingUpdate {
+    /// Pods that may exist above `replicas` (maxSurge, rounded up).
+    pub max_surge: i32,
+    /// Pods that may be unavailable (maxUnavailable, rounded down).
+    pub max_unavailable: i32,
+    /// Whether maxSurge was written (not the 25% default).
+    pub surge_set: bool,
+    /// Whether maxUnavailable was written (not the 25% default).
+    pub unavailable_set: bool,
+}
+
+/// A percentage or count of `replicas` (rolling-update fields), rounded as the controller does.
+pub fn scaled(v: Option<&IntOrString>, replicas: i32, default_pct: i32, round_up: bool) -> i32 {
+    match v {
+        Some(IntOrString::Int(n)) => *n,
+        Some(IntOrString::String(s)) => {
+            let pct: i32 = s
+                .trim_end_matches('%')
+                .trim()
+                .parse()
+                .unwrap_or(default_pct);
+            let x = f64::from(replicas) * f64::from(pct) / 100.0;
+            (if round_up { x.ceil() } else { x.floor() }) as i32
+        }
+        None => {
+            let x = f64::from(replicas) * f64::from(default_pct) / 100.0;
+            (if round_up { x.ceil() } else { x.floor() }) as i32
+        }
+    }
+}
+
+
+/// Whether a label selector selects pods with `labels` (an empty selector selects all).
+pub fn selects(sel: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
+    let by_labels = sel
+        .match_labels
+        .iter()
+        .flatten()
+        .all(|(k, v)| labels.get(k) == Some(v));
+    let by_exprs = sel.match_expressions.iter().flatten().all(|e| {
+        let values = e.values.as_deref().unwrap_or_default();
+        match e.operator.as_str() {
+            "In" => labels.get(&e.key).is_some_and(|v| values.contains(v)),
+            "NotIn" => labels.get(&e.key).is_none_or(|v| !values.contains(v)),
+            "Exists" => labels.contains_key(&e.key),
+            "DoesNotExist" => !labels.contains_key(&e.key),
+            _ => false,
+        }
+    });
+    by_labels && by_exprs
 }
 
 /// One container's part in the pod's termination.

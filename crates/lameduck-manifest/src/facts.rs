@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1 as core;
-use lameduck_manifest::Workload;
+use crate::Workload;
 
 /// Annotation: the longest request the workload serves, in seconds or with a unit.
 pub const MAX_REQUEST_ANNOTATION: &str = "lameduck.io/max-request-seconds";
