@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1 as core;
 use crate::Workload;
+use k8s_openapi::api::core::v1 as core;
 
 /// Annotation: the longest request the workload serves, in seconds or with a unit.
 pub const MAX_REQUEST_ANNOTATION: &str = "lameduck.io/max-request-seconds";

@@ -249,7 +249,6 @@ pub fn scaled(v: Option<&IntOrString>, replicas: i32, default_pct: i32, round_up
     }
 }
 
-
 /// Whether a label selector selects pods with `labels` (an empty selector selects all).
 pub fn selects(sel: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
     let by_labels = sel

@@ -111,14 +111,22 @@ impl Probe {
 ///
 /// The gate keeps serving for at least `min`; after that it ends the window once no new
 /// request has arrived for `quiet`, and never later than `max`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct Convergence {
     /// Always keep serving this long.
+    #[serde(serialize_with = "secs")]
     pub min: Duration,
     /// End once no request arrived for this long (after `min`).
+    #[serde(serialize_with = "secs")]
     pub quiet: Duration,
     /// Never keep announcing longer than this.
+    #[serde(serialize_with = "secs")]
     pub max: Duration,
+}
+
+/// Durations in JSON are seconds.
+fn secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
 }
 
 impl Default for Convergence {
@@ -127,6 +135,20 @@ impl Default for Convergence {
             min: Duration::from_secs(5),
             quiet: Duration::from_secs(2),
             max: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Convergence {
+    /// A window that covers a measured propagation lag: serve at least the lag (and never
+    /// less than the default minimum), and allow up to twice the lag (never less than the
+    /// default maximum) for the balancers that are slower than the one measured.
+    pub fn covering(lag: Duration) -> Convergence {
+        let d = Convergence::default();
+        Convergence {
+            min: lag.max(d.min),
+            quiet: d.quiet,
+            max: lag.saturating_mul(2).max(d.max),
         }
     }
 }
@@ -190,6 +212,17 @@ impl Budget {
     /// the end.
     pub fn gated_grace(convergence: Duration, max_request: Duration, margin: Duration) -> Duration {
         convergence + max_request + margin
+    }
+
+    /// The longest request that still finishes inside a fixed window (a spot notice): what
+    /// is left after the convergence window and the margin.
+    pub fn request_cap(window: Duration, convergence: Duration, margin: Duration) -> Duration {
+        Budget {
+            grace: window,
+            already_spent: convergence,
+            margin,
+        }
+        .available()
     }
 }
 

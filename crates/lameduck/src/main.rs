@@ -47,6 +47,9 @@ enum Command {
     /// Rewrite a manifest so that its server runs behind the gate, with a sized grace period,
     /// the gate's readiness and a /drain preStop; nothing else changes.
     Inject(cmd::inject::InjectArgs),
+    /// Size the drain budget from latency data and simulate drains, rollouts, scale-downs and
+    /// spot preemptions across the fleet.
+    Plan(Box<cmd::plan::PlanArgs>),
     /// Rehearse a pod drain locally under streaming load, with real processes, and compare
     /// what a naive setup, the shell pattern and lameduck lose.
     Rehearse(Box<lameduck_rehearse::RehearseArgs>),
@@ -63,6 +66,7 @@ fn main() -> ExitCode {
         Command::Lint(args) => cmd::lint::run(args),
         Command::Rehearse(args) => cmd::rehearse::run(*args),
         Command::Inject(args) => cmd::inject::run(args),
+        Command::Plan(args) => cmd::plan::run(*args),
         Command::CopyBinary(args) => cmd::copy_binary::run(args),
     };
     match result {

@@ -5,6 +5,7 @@ pub mod engine_sim;
 pub mod gate;
 pub mod inject;
 pub mod lint;
+pub mod plan;
 pub mod rehearse;
 
 /// A duration flag: seconds (`30`, `1.5`) or with a unit (`250ms`, `2m`).

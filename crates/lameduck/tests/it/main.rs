@@ -4,6 +4,7 @@ mod clients;
 mod gate;
 mod inject;
 mod lint;
+mod plan;
 mod rehearse;
 mod support;
 mod upstream;

@@ -1,0 +1,461 @@
+//! One `lameduck plan` invocation: pick the workload, read the latency data, recommend,
+//! simulate every scenario (and the recommended spec with `--compare`), assemble the output.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use lameduck_manifest::facts::{self, Spot};
+use lameduck_manifest::{Object, Workload};
+use serde::Serialize;
+
+use crate::latency::{Latency, LatencyError, trim};
+use crate::recommend::{Inputs, Plan, plan};
+use crate::report::SimReport;
+use crate::sim::{Rate, Scenario, Sim, SimConfig};
+use crate::spec::{FleetSpec, Overrides};
+
+/// Where the latency data comes from.
+#[derive(Debug, Clone)]
+pub enum LatencySource {
+    /// The text of a file (or stdin), with the file's name for messages.
+    Text {
+        /// Shown in errors.
+        name: String,
+        /// The contents.
+        text: String,
+    },
+    /// Only the longest request.
+    Max(Duration),
+    /// Nothing given: the workload's annotation, else the inference assumption.
+    FromWorkload,
+}
+
+/// Everything a plan run needs.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// Objects read from `-f` (empty: flags only).
+    pub objects: Vec<Object>,
+    /// `--workload NAME`, when the input has several.
+    pub workload: Option<String>,
+    /// Latency input.
+    pub latency: LatencySource,
+    /// `--metric`.
+    pub metric: Option<String>,
+    /// `--column`.
+    pub column: Option<String>,
+    /// `--percentile`.
+    pub percentile: f64,
+    /// `--rate` / `--rate-profile` (parsed); `None`: 60% of the fleet's capacity.
+    pub rate: Option<Rate>,
+    /// `--scenario` (empty: the defaults).
+    pub scenarios: Vec<Scenario>,
+    /// `--compare`.
+    pub compare: bool,
+    /// `--seed`.
+    pub seed: u64,
+    /// `--every`.
+    pub every: Option<Duration>,
+    /// `--duration`.
+    pub duration: Option<Duration>,
+    /// `--spot`.
+    pub spot: Option<Spot>,
+    /// Flag overrides of the spec.
+    pub overrides: Overrides,
+}
+
+/// A plan run that cannot go on; the message says what to change.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The latency data is unusable.
+    #[error("{name}: {source}")]
+    Latency {
+        /// The input's name.
+        name: String,
+        /// What is wrong.
+        source: LatencyError,
+    },
+    /// Anything else about the input.
+    #[error("{0}")]
+    Input(String),
+}
+
+/// Share of the fleet's capacity used when no rate is given.
+pub const DEFAULT_UTILIZATION: f64 = 0.6;
+
+/// Summary of the latency data.
+#[derive(Debug, Clone, Serialize)]
+pub struct LatencySummary {
+    /// Where it came from.
+    pub source: String,
+    /// Median (seconds).
+    pub p50: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// 99.9th percentile.
+    pub p999: f64,
+    /// Longest.
+    pub max: f64,
+    /// Mean.
+    pub mean: f64,
+}
+
+/// One simulation in the output.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunOut {
+    /// `current` or `recommended`.
+    pub spec: &'static str,
+    /// What it measured.
+    #[serde(flatten)]
+    pub report: SimReport,
+}
+
+/// The whole result.
+#[derive(Debug, Clone, Serialize)]
+pub struct Output {
+    /// The workload planned for.
+    pub workload: String,
+    /// The latency data.
+    pub latency: LatencySummary,
+    /// Mean request rate simulated (requests per second).
+    pub rate: f64,
+    /// Assumptions made and where numbers came from.
+    pub notes: Vec<String>,
+    /// The recommendations.
+    pub plan: Plan,
+    /// The current fleet, as simulated.
+    pub current: FleetSpec,
+    /// The simulations.
+    pub runs: Vec<RunOut>,
+}
+
+/// Runs a plan.
+pub fn execute(req: &Request) -> Result<Output, RunError> {
+    let (current, mut notes, workload) = resolve(req)?;
+    let latency = read_latency(req, workload.as_ref(), &mut notes)?;
+    if latency.overflow > 0.0 {
+        notes.push(format!(
+            "{}% of the histogram's observations are above its top bucket; percentiles up there are lower bounds: pass --max-request with the real longest request",
+            trim(latency.overflow * 100.0)
+        ));
+    }
+    let mean = latency.mean().as_secs_f64().max(1e-3);
+    let capacity = f64::from(current.replicas) * f64::from(current.pod.concurrency) / mean;
+    let rate = match &req.rate {
+        Some(r) => r.clone(),
+        None => {
+            let r = capacity * DEFAULT_UTILIZATION;
+            notes.push(format!(
+                "rate {}/s: {}% of the fleet's capacity ({} replicas × {} requests each / mean {}s); pass --rate with your traffic",
+                trim(r),
+                DEFAULT_UTILIZATION * 100.0,
+                current.replicas,
+                current.pod.concurrency,
+                trim(mean)
+            ));
+            Rate::Constant(r)
+        }
+    };
+    if rate.mean() > capacity {
+        notes.push(format!(
+            "the rate ({}/s) is above what {} replicas × {} concurrent requests can serve ({}/s): queues grow without bound",
+            trim(rate.mean()),
+            current.replicas,
+            current.pod.concurrency,
+            trim(capacity)
+        ));
+    }
+    let spot = req
+        .spot
+        .or_else(|| workload.as_ref().and_then(|w| facts::spot(w)));
+    let the_plan = plan(
+        &current,
+        &Inputs {
+            latency: &latency,
+            percentile: req.percentile,
+            rate: rate.mean(),
+            spot,
+        },
+    );
+    let scenarios = if req.scenarios.is_empty() {
+        let mut s = vec![Scenario::Drain, Scenario::Rollout, Scenario::ScaleDown];
+        s.extend(spot.map(|sp| match sp {
+            Spot::Aws => Scenario::SpotAws,
+            Spot::Gcp => Scenario::SpotGcp,
+            Spot::Azure => Scenario::SpotAzure,
+        }));
+        s
+    } else {
+        req.scenarios.clone()
+    };
+    // Warm up until requests in flight are at their steady state.
+    let start = latency
+        .max()
+        .min(Duration::from_secs(600))
+        .max(Duration::from_secs(60));
+    let horizon = match (req.duration, req.every) {
+        (Some(d), _) => Some(d),
+        (None, Some(_)) => Some(Duration::from_secs(24 * 3600)),
+        (None, None) => None,
+    };
+    if let Some(h) = horizon
+        && h <= start
+    {
+        return Err(RunError::Input(format!(
+            "--duration {}s ends before the first disruption at {}s (after warming up for the longest request): make it longer",
+            h.as_secs(),
+            start.as_secs()
+        )));
+    }
+    let config = |scenario| SimConfig {
+        scenario,
+        seed: req.seed,
+        start,
+        every: req.every,
+        horizon,
+        sample_every: Duration::from_secs(1),
+    };
+    let mut runs = Vec::new();
+    for &scenario in &scenarios {
+        let mut specs = vec![("current", &current)];
+        if req.compare {
+            specs.push(("recommended", &the_plan.fleet));
+        }
+        let simulate =
+            |spec: &FleetSpec, cfg: SimConfig| Sim::new(spec, &latency, rate.clone(), cfg).run();
+        let mut reports: Vec<SimReport> = specs
+            .iter()
+            .map(|(_, s)| simulate(s, config(scenario)))
+            .collect();
+        // Compared specs see the same arrivals: send requests for as long as the slower one
+        // needed, to both.
+        if reports.len() > 1 && horizon.is_none() {
+            let until = reports.iter().map(|r| r.arrivals_until).fold(0.0, f64::max);
+            let cfg = SimConfig {
+                horizon: Some(Duration::from_secs_f64(until)),
+                ..config(scenario)
+            };
+            reports = specs
+                .iter()
+                .map(|(_, s)| simulate(s, cfg.clone()))
+                .collect();
+        }
+        for ((label, _), report) in specs.iter().zip(reports) {
+            runs.push(RunOut {
+                spec: label,
+                report,
+            });
+        }
+    }
+    Ok(Output {
+        workload: current.name.clone(),
+        latency: LatencySummary {
+            source: latency.source.clone(),
+            p50: latency.percentile(50.0).as_secs_f64(),
+            p99: latency.percentile(99.0).as_secs_f64(),
+            p999: latency.percentile(99.9).as_secs_f64(),
+            max: latency.max().as_secs_f64(),
+            mean,
+        },
+        rate: rate.mean(),
+        notes,
+        plan: the_plan,
+        current,
+        runs,
+    })
+}
+
+fn resolve(req: &Request) -> Result<(FleetSpec, Vec<String>, Option<Workload<'_>>), RunError> {
+    let workloads: Vec<Workload<'_>> = req
+        .objects
+        .iter()
+        .filter_map(Workload::from_object)
+        .filter_map(Result::ok)
+        .filter(|w| w.kind.has_replicas())
+        .collect();
+    if req.objects.is_empty() {
+        let (spec, notes) = FleetSpec::from_flags(&req.overrides);
+        return Ok((spec, notes, None));
+    }
+    let names = || {
+        workloads
+            .iter()
+            .map(|w| format!("{}/{}", w.object.kind, w.object.name))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let chosen = match &req.workload {
+        Some(n) => workloads
+            .iter()
+            .position(|w| {
+                w.object.name == *n || format!("{}/{}", w.object.kind, w.object.name) == *n
+            })
+            .ok_or_else(|| {
+                RunError::Input(format!(
+                    "no workload named `{n}` in the input; it has: {}",
+                    names()
+                ))
+            })?,
+        None if workloads.len() == 1 => 0,
+        None if workloads.is_empty() => {
+            return Err(RunError::Input(
+                "the input has no Deployment, StatefulSet or ReplicaSet to plan for".into(),
+            ));
+        }
+        None => {
+            return Err(RunError::Input(format!(
+                "the input has several workloads ({}): pick one with --workload NAME",
+                names()
+            )));
+        }
+    };
+    let w = workloads
+        .into_iter()
+        .nth(chosen)
+        .ok_or_else(|| RunError::Input("no workload".into()))?;
+    let (spec, notes) = FleetSpec::from_workload(&w, &req.objects, &req.overrides);
+    Ok((spec, notes, Some(w)))
+}
+
+fn read_latency(
+    req: &Request,
+    w: Option<&Workload<'_>>,
+    notes: &mut Vec<String>,
+) -> Result<Latency, RunError> {
+    match &req.latency {
+        LatencySource::Text { name, text } => {
+            Latency::parse(text, req.metric.as_deref(), req.column.as_deref()).map_err(|source| {
+                RunError::Latency {
+                    name: name.clone(),
+                    source,
+                }
+            })
+        }
+        LatencySource::Max(d) => Ok(Latency::from_max(*d)),
+        LatencySource::FromWorkload => {
+            let found = w.and_then(|w| facts::max_request(w, None));
+            match found {
+                Some((d, source)) => {
+                    notes.push(format!(
+                        "longest request {}s from {}; --latency FILE sizes the budget from real data",
+                        d.as_secs(),
+                        match source {
+                            facts::MaxRequestSource::Annotation => {
+                                format!("the {} annotation", facts::MAX_REQUEST_ANNOTATION)
+                            }
+                            facts::MaxRequestSource::Flag => "--max-request".to_owned(),
+                            facts::MaxRequestSource::Assumed => {
+                                "the assumption for an inference server".to_owned()
+                            }
+                        }
+                    ));
+                    Ok(Latency::from_max(d))
+                }
+                None => Err(RunError::Input(
+                    "no request durations: pass --latency FILE (durations, CSV or a Prometheus histogram) or --max-request DURATION".into(),
+                )),
+            }
+        }
+    }
+}
+
+/// Reads a `--rate-profile` file: lines of `HH:MM RATE` (or `H RATE`), each rate holding
+/// until the next line's time, wrapping at midnight.
+pub fn parse_rate_profile(name: &str, text: &str) -> Result<Rate, RunError> {
+    let mut steps = Vec::new();
+    for (i, l) in text.lines().enumerate() {
+        let l = l.trim();
+        if l.is_empty() || l.starts_with('#') {
+            continue;
+        }
+        let bad = || {
+            RunError::Input(format!(
+                "{name}:{}: `{l}` is not `HH:MM RATE` (e.g. `09:30 45`)",
+                i + 1
+            ))
+        };
+        let mut parts = l.split([' ', '\t', ',']).filter(|p| !p.is_empty());
+        let (Some(at), Some(rate)) = (parts.next(), parts.next()) else {
+            return Err(bad());
+        };
+        let (h, m) = at.split_once(':').unwrap_or((at, "0"));
+        let (Ok(h), Ok(m), Ok(r)) = (h.parse::<u32>(), m.parse::<u32>(), rate.parse::<f64>())
+        else {
+            return Err(bad());
+        };
+        if h > 23 || m > 59 || !r.is_finite() || r < 0.0 {
+            return Err(bad());
+        }
+        steps.push((f64::from(h * 3600 + m * 60), r));
+    }
+    if steps.is_empty() {
+        return Err(RunError::Input(format!("{name}: no `HH:MM RATE` lines")));
+    }
+    steps.sort_by(|a, b| a.0.total_cmp(&b.0));
+    Ok(Rate::Daily(steps))
+}
+
+/// Reads the latency file (`-`: stdin).
+pub fn read_text(path: &PathBuf) -> Result<(String, String), RunError> {
+    let is_stdin = path.as_os_str() == "-";
+    let name = if is_stdin {
+        "stdin".to_owned()
+    } else {
+        path.display().to_string()
+    };
+    let text = if is_stdin {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
+            .map_err(|e| RunError::Input(format!("stdin: cannot read: {e}")))?;
+        s
+    } else {
+        std::fs::read_to_string(path)
+            .map_err(|e| RunError::Input(format!("{name}: cannot read: {e}")))?
+    };
+    Ok((name, text))
+}
+
+/// The terminal report: the latency data, the recommendations with their arithmetic, notes,
+/// and the table of simulations.
+pub fn render_text(o: &Output) -> String {
+    use std::fmt::Write as _;
+    let mut t = String::new();
+    let _ = writeln!(t, "lameduck plan: {}", o.workload);
+    let l = &o.latency;
+    let _ = writeln!(
+        t,
+        "  requests: {}; p50 {}s, p99 {}s, p99.9 {}s, max {}s; {}/s simulated",
+        l.source,
+        trim(l.p50),
+        trim(l.p99),
+        trim(l.p999),
+        trim(l.max),
+        trim(o.rate)
+    );
+    let _ = writeln!(t, "\nRecommendations");
+    for r in &o.plan.recommendations {
+        let now = r
+            .current
+            .as_deref()
+            .map(|c| format!("   (now: {c})"))
+            .unwrap_or_default();
+        let _ = writeln!(t, "  {}: {}{now}", r.setting, r.value);
+        let _ = writeln!(t, "      {}", r.arithmetic);
+    }
+    if !o.notes.is_empty() {
+        let _ = writeln!(t, "\nAssumptions");
+        for n in &o.notes {
+            let _ = writeln!(t, "  - {n}");
+        }
+    }
+    if !o.runs.is_empty() {
+        let _ = writeln!(
+            t,
+            "\nSimulation (seed {}; times in seconds; refused = never served, killed = cut dead, truncated = ended cleanly by the gate's deadline)",
+            o.runs[0].report.seed
+        );
+        let rows: Vec<crate::report::Row<'_>> =
+            o.runs.iter().map(|r| (r.spec, &r.report)).collect();
+        t.push_str(&crate::report::table(&rows));
+    }
+    t
+}

@@ -1,0 +1,1113 @@
+//! The fleet simulator: a discrete-event simulation on virtual time.
+//!
+//! One event queue ordered by (time, sequence) drives everything: Poisson arrivals, request
+//! completions, each pod's start-up (cold start, readiness, endpoint propagation) and
+//! termination (the kubelet's preStop → SIGTERM → SIGKILL from [`lameduck_timeline::Termination`],
+//! or the gate's drain run by the real [`DrainMachine`]), the Deployment and ReplicaSet
+//! controllers, kubectl-style node drains through the Eviction API with the PDB, spot notices
+//! and scale-downs. Randomness comes from one seeded PCG generator, so a seed fixes the run.
+//!
+//! Requests are not stored one by one: a completion event carries its pod, and a pod that was
+//! cut (killed, or its streams ended by the gate's deadline) counts every request it held at
+//! that instant; their completion events are skipped when they come due.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
+use std::time::Duration;
+
+use lameduck_timeline::{
+    Action, Admission, DrainConfig, DrainMachine, DrainRequest, Outcome, Time, Trigger,
+};
+use rand::{Rng, SeedableRng};
+use rand_distr::{Distribution, Exp};
+use rand_pcg::Pcg64Mcg;
+use serde::Serialize;
+
+use crate::latency::Latency;
+use crate::report::{Counts, EventSpan, Percentiles, Series, SimReport};
+use crate::spec::{FleetSpec, OnSigterm, Shutdown};
+
+/// What disrupts the fleet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scenario {
+    /// Nothing: steady state.
+    #[value(skip)]
+    None,
+    /// `kubectl drain` of the node holding the most pods: evictions through the PDB, retried
+    /// every 5 s.
+    Drain,
+    /// A rolling update of the Deployment.
+    Rollout,
+    /// An autoscaler scale-down by a quarter of the replicas (at least one).
+    ScaleDown,
+    /// An AWS spot interruption: 2 minutes' notice; the termination handler drains the node.
+    SpotAws,
+    /// A GCP spot preemption: 30 s; the kubelet's graceful node shutdown gives pods 15 s.
+    SpotGcp,
+    /// An Azure spot eviction: 30 s (Scheduled Events `Preempt`); AKS drains the node.
+    SpotAzure,
+}
+
+impl Scenario {
+    /// Every scenario with a name on the command line.
+    pub const ALL: [Scenario; 6] = [
+        Scenario::Drain,
+        Scenario::Rollout,
+        Scenario::ScaleDown,
+        Scenario::SpotAws,
+        Scenario::SpotGcp,
+        Scenario::SpotAzure,
+    ];
+
+    /// The command-line name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::None => "none",
+            Scenario::Drain => "drain",
+            Scenario::Rollout => "rollout",
+            Scenario::ScaleDown => "scale-down",
+            Scenario::SpotAws => "spot-aws",
+            Scenario::SpotGcp => "spot-gcp",
+            Scenario::SpotAzure => "spot-azure",
+        }
+    }
+
+    /// The spot notice and the grace the node's pods really get (`None`: their own).
+    fn spot(self) -> Option<(Duration, Option<Duration>)> {
+        match self {
+            Scenario::SpotAws => Some((Duration::from_secs(120), None)),
+            Scenario::SpotGcp => Some((SPOT_GCP_NOTICE, Some(GCP_POD_SHUTDOWN))),
+            Scenario::SpotAzure => Some((Duration::from_secs(30), None)),
+            _ => None,
+        }
+    }
+}
+
+/// GCP's preemption notice (ACPI soft off, then hard off 30 s later).
+pub const SPOT_GCP_NOTICE: Duration = Duration::from_secs(30);
+/// What GKE's graceful node shutdown gives regular pods of the 30 s (the rest is for
+/// system-critical pods).
+pub const GCP_POD_SHUTDOWN: Duration = Duration::from_secs(15);
+/// kubectl drain (and the termination handlers built on it) retry a refused eviction this often.
+pub const EVICTION_RETRY: Duration = Duration::from_secs(5);
+/// A pod on a node that vanished keeps its endpoint until the node controller notices
+/// (node-monitor-grace-period).
+pub const NODE_MONITOR_GRACE: Duration = Duration::from_secs(40);
+
+/// A single disruption still under way this long after it started is reported as stuck.
+pub const STUCK_AFTER: Duration = Duration::from_secs(2 * 3600);
+
+/// How requests arrive.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Rate {
+    /// Poisson at this many requests per second.
+    Constant(f64),
+    /// Poisson whose rate follows the time of day: `(seconds since midnight, rate)` steps,
+    /// sorted; each holds until the next, wrapping at midnight.
+    Daily(Vec<(f64, f64)>),
+}
+
+impl Rate {
+    fn at(&self, t: Duration) -> f64 {
+        match self {
+            Rate::Constant(r) => *r,
+            Rate::Daily(steps) => {
+                let day = t.as_secs_f64() % 86_400.0;
+                let i = steps.partition_point(|(s, _)| *s <= day);
+                let idx = if i == 0 { steps.len() - 1 } else { i - 1 };
+                steps.get(idx).map_or(0.0, |s| s.1)
+            }
+        }
+    }
+
+    /// The highest rate (for thinning).
+    pub fn peak(&self) -> f64 {
+        match self {
+            Rate::Constant(r) => *r,
+            Rate::Daily(steps) => steps.iter().map(|s| s.1).fold(0.0, f64::max),
+        }
+    }
+
+    /// The mean rate over a day.
+    pub fn mean(&self) -> f64 {
+        match self {
+            Rate::Constant(r) => *r,
+            Rate::Daily(steps) => {
+                let mut total = 0.0;
+                for (i, (s, r)) in steps.iter().enumerate() {
+                    let end = steps.get(i + 1).map_or(86_400.0, |n| n.0);
+                    total += (end - s) * r;
+                }
+                // The wrap: before the first step the last one holds.
+                if let (Some(first), Some(last)) = (steps.first(), steps.last()) {
+                    total += first.0 * last.1;
+                }
+                total / 86_400.0
+            }
+        }
+    }
+}
+
+/// One simulation's settings.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    /// The disruption.
+    pub scenario: Scenario,
+    /// Seed of the random generator.
+    pub seed: u64,
+    /// When the first disruption starts (the fleet warms up before it).
+    pub start: Duration,
+    /// Repeat the disruption this often (a rollout every hour); `None`: once.
+    pub every: Option<Duration>,
+    /// Stop sending requests at this time; `None`: once the disruption is over and the fleet
+    /// has settled.
+    pub horizon: Option<Duration>,
+    /// How often the time series is sampled.
+    pub sample_every: Duration,
+}
+
+/// What happens to a pod's requests when it is cut.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fate {
+    Killed,
+    Truncated,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Ev {
+    Arrival,
+    Done { pod: u32 },
+    Serving { pod: u32 },
+    Ready { pod: u32 },
+    Routable { pod: u32 },
+    Unroutable { pod: u32 },
+    Sigterm { pod: u32 },
+    EngineLimit { pod: u32 },
+    Sigkill { pod: u32 },
+    GateTimer { pod: u32 },
+    NodeGone { node: u32 },
+    Evict { pod: u32 },
+    Disrupt,
+    Sample,
+}
+
+#[derive(Debug)]
+struct Pod {
+    node: u32,
+    revision: u32,
+    serving: bool,
+    ready: bool,
+    routable: Option<usize>,
+    deleted_at: Option<Time>,
+    grace: Duration,
+    accepting: bool,
+    exiting_when_idle: bool,
+    cut: bool,
+    exited: bool,
+    in_flight: u32,
+    queue: VecDeque<(Time, Duration)>,
+    gate: Option<DrainMachine>,
+    gate_timer: Option<Time>,
+    held_at_delete: u32,
+    lost: u32,
+}
+
+impl Pod {
+    fn load(&self) -> u32 {
+        self.in_flight + self.queue.len() as u32
+    }
+    fn alive(&self) -> bool {
+        self.deleted_at.is_none() && !self.exited
+    }
+}
+
+/// An active disruption and how to tell it is over.
+#[derive(Debug, Clone, Copy)]
+struct Active {
+    scenario: Scenario,
+    started: Time,
+    node: Option<u32>,
+    scaled_down: bool,
+}
+
+/// The simulator. Build with [`Sim::new`], run with [`Sim::run`].
+pub struct Sim<'a> {
+    spec: &'a FleetSpec,
+    latency: &'a Latency,
+    rate: Rate,
+    cfg: SimConfig,
+    /// Arrivals and durations: the same for every spec under one seed.
+    rng: Pcg64Mcg,
+    /// The balancer's choices.
+    lb_rng: Pcg64Mcg,
+    exp: Exp<f64>,
+    arrivals_until: Option<Time>,
+    now: Time,
+    seq: u64,
+    heap: BinaryHeap<Reverse<(Time, u64, EvSlot)>>,
+    pods: Vec<Pod>,
+    routable: Vec<u32>,
+    node_load: Vec<u32>,
+    cordoned: Vec<bool>,
+    desired: u32,
+    revision: u32,
+    active: Option<Active>,
+    disruptions: u32,
+    arrivals_open: bool,
+    counts: Counts,
+    delays: Vec<f32>,
+    zero_delays: u64,
+    in_flight: u64,
+    terminating: u32,
+    peak_pods: u32,
+    peak_since: Time,
+    time_at_peak: Duration,
+    peak_terminating: u32,
+    min_ready: u32,
+    drain_times: Vec<f64>,
+    spans: Vec<EventSpan>,
+    series: Series,
+    drained_pods: u32,
+    drained_pods_losing: u32,
+}
+
+/// Heap payload; ordering is by (time, seq) only.
+#[derive(Debug, Clone, Copy)]
+struct EvSlot(Ev);
+impl PartialEq for EvSlot {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+impl Eq for EvSlot {}
+impl PartialOrd for EvSlot {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for EvSlot {
+    fn cmp(&self, _: &Self) -> std::cmp::Ordering {
+        std::cmp::Ordering::Equal
+    }
+}
+
+impl<'a> Sim<'a> {
+    /// A fleet of `spec.replicas` warm pods at time zero.
+    pub fn new(spec: &'a FleetSpec, latency: &'a Latency, rate: Rate, cfg: SimConfig) -> Self {
+        let peak = rate.peak().max(1e-9);
+        let mut sim = Sim {
+            spec,
+            latency,
+            exp: Exp::new(peak).unwrap_or_else(|_| Exp::new(1.0).expect("1 is a valid rate")),
+            rate,
+            rng: Pcg64Mcg::seed_from_u64(cfg.seed),
+            lb_rng: Pcg64Mcg::seed_from_u64(cfg.seed ^ 0x9e37_79b9_7f4a_7c15),
+            arrivals_until: None,
+            cfg,
+            now: Duration::ZERO,
+            seq: 0,
+            heap: BinaryHeap::new(),
+            pods: Vec::new(),
+            routable: Vec::new(),
+            node_load: Vec::new(),
+            cordoned: Vec::new(),
+            desired: spec.replicas,
+            revision: 0,
+            active: None,
+            disruptions: 0,
+            arrivals_open: true,
+            counts: Counts::default(),
+            delays: Vec::new(),
+            zero_delays: 0,
+            in_flight: 0,
+            terminating: 0,
+            peak_pods: 0,
+            peak_since: Duration::ZERO,
+            time_at_peak: Duration::ZERO,
+            peak_terminating: 0,
+            min_ready: u32::MAX,
+            drain_times: Vec::new(),
+            spans: Vec::new(),
+            series: Series::default(),
+            drained_pods: 0,
+            drained_pods_losing: 0,
+        };
+        for _ in 0..spec.replicas {
+            let p = sim.create_pod();
+            // The initial fleet is warm: serving, ready and in the balancer from the start.
+            sim.serving(p);
+            sim.pods[p as usize].ready = true;
+            sim.routable(p);
+        }
+        sim
+    }
+
+    fn push(&mut self, at: Time, ev: Ev) {
+        self.seq += 1;
+        self.heap.push(Reverse((at, self.seq, EvSlot(ev))));
+    }
+
+    /// Runs to the end and reports.
+    pub fn run(mut self) -> SimReport {
+        if self.rate.peak() > 0.0 {
+            self.next_arrival();
+        }
+        let start = self.cfg.start;
+        self.push(start, Ev::Disrupt);
+        self.push(Duration::ZERO, Ev::Sample);
+        while let Some(Reverse((at, _, EvSlot(ev)))) = self.heap.pop() {
+            self.now = at;
+            self.handle(ev);
+        }
+        self.finish()
+    }
+
+    fn handle(&mut self, ev: Ev) {
+        match ev {
+            Ev::Arrival => self.arrival(),
+            Ev::Done { pod } => self.done(pod),
+            Ev::Serving { pod } => self.serving(pod),
+            Ev::Ready { pod } => {
+                self.ready(pod);
+                self.reconcile();
+                self.check_active();
+            }
+            Ev::Routable { pod } => self.routable(pod),
+            Ev::Unroutable { pod } => self.unroutable(pod),
+            Ev::Sigterm { pod } => self.sigterm(pod),
+            Ev::EngineLimit { pod } => {
+                if !self.pods[pod as usize].exited {
+                    self.cut(pod, Fate::Killed);
+                    self.exit(pod);
+                }
+            }
+            Ev::Sigkill { pod } => {
+                if !self.pods[pod as usize].exited {
+                    self.cut(pod, Fate::Killed);
+                    self.exit(pod);
+                }
+            }
+            Ev::GateTimer { pod } => {
+                let p = &mut self.pods[pod as usize];
+                if p.gate_timer == Some(self.now) {
+                    p.gate_timer = None;
+                    if let Some(g) = p.gate.as_mut() {
+                        g.handle_timeout(self.now);
+                    }
+                    self.drive_gate(pod);
+                }
+            }
+            Ev::NodeGone { node } => self.node_gone(node),
+            Ev::Evict { pod } => self.evict(pod),
+            Ev::Disrupt => self.disrupt(),
+            Ev::Sample => self.sample(),
+        }
+    }
+
+    // ---- arrivals and requests -------------------------------------------------------------
+
+    fn next_arrival(&mut self) {
+        // Thinning: candidates at the peak rate, kept with probability rate(t) / peak.
+        let peak = self.rate.peak();
+        let mut t = self.now;
+        loop {
+            t += Duration::from_secs_f64(self.exp.sample(&mut self.rng));
+            let keep = match self.rate {
+                Rate::Constant(_) => true,
+                Rate::Daily(_) => self.rng.random::<f64>() * peak < self.rate.at(t),
+            };
+            if keep {
+                break;
+            }
+        }
+        self.push(t, Ev::Arrival);
+    }
+
+    fn arrival(&mut self) {
+        if !self.arrivals_open {
+            return;
+        }
+        self.next_arrival();
+        let dur = self.latency.sample(self.rng.random::<f64>());
+        self.counts.total += 1;
+        let Some(pod) = self.pick() else {
+            self.counts.refused += 1;
+            return;
+        };
+        let now = self.now;
+        let p = &mut self.pods[pod as usize];
+        if p.exited || p.cut || !p.serving || !p.accepting {
+            self.counts.refused += 1;
+            return;
+        }
+        if let Some(g) = p.gate.as_mut()
+            && g.request_started(now) == Admission::Refuse
+        {
+            self.counts.refused += 1;
+            return;
+        }
+        self.in_flight += 1;
+        if p.in_flight < self.spec.pod.concurrency {
+            p.in_flight += 1;
+            self.zero_delays += 1;
+            self.push(now + dur, Ev::Done { pod });
+        } else {
+            p.queue.push_back((now, dur));
+        }
+    }
+
+    /// The balancer: power of two choices on outstanding requests (Envoy's least-request).
+    fn pick(&mut self) -> Option<u32> {
+        match self.routable.len() {
+            0 => None,
+            1 => Some(self.routable[0]),
+            n => {
+                let a = self.routable[self.lb_rng.random_range(0..n)];
+                let b = self.routable[self.lb_rng.random_range(0..n)];
+                let (la, lb) = (self.pods[a as usize].load(), self.pods[b as usize].load());
+                Some(if lb < la { b } else { a })
+            }
+        }
+    }
+
+    fn done(&mut self, pod: u32) {
+        let now = self.now;
+        let p = &mut self.pods[pod as usize];
+        if p.cut {
+            return;
+        }
+        p.in_flight -= 1;
+        self.in_flight -= 1;
+        self.counts.ok += 1;
+        if let Some(g) = p.gate.as_mut() {
+            g.request_finished(now, Outcome::Ok);
+        }
+        if let Some((arrived, dur)) = p.queue.pop_front() {
+            p.in_flight += 1;
+            let delay = (now - arrived).as_secs_f32();
+            self.delays.push(delay);
+            self.push(now + dur, Ev::Done { pod });
+        }
+        if self.pods[pod as usize].gate.is_some() {
+            self.drive_gate(pod);
+        }
+        let p = &self.pods[pod as usize];
+        if p.exiting_when_idle && p.load() == 0 && !p.exited {
+            self.exit(pod);
+        }
+    }
+
+    /// Ends everything the pod holds with `fate`; it serves nothing afterwards.
+    fn cut(&mut self, pod: u32, fate: Fate) {
+        let now = self.now;
+        let p = &mut self.pods[pod as usize];
+        if p.cut {
+            return;
+        }
+        p.cut = true;
+        let n = p.load();
+        p.in_flight = 0;
+        p.queue.clear();
+        p.lost += n;
+        if let Some(g) = p.gate.as_mut() {
+            for _ in 0..n {
+                g.request_finished(now, Outcome::Truncated);
+            }
+        }
+        self.in_flight -= u64::from(n);
+        match fate {
+            Fate::Killed => self.counts.killed += u64::from(n),
+            Fate::Truncated => self.counts.truncated += u64::from(n),
+        }
+    }
+
+    // ---- pod life cycle --------------------------------------------------------------------
+
+    fn place(&mut self) -> u32 {
+        let per = self.spec.pods_per_node;
+        let node = (0..self.node_load.len())
+            .find(|&n| !self.cordoned[n] && self.node_load[n] < per)
+            .unwrap_or_else(|| {
+                self.node_load.push(0);
+                self.cordoned.push(false);
+                self.node_load.len() - 1
+            });
+        self.node_load[node] += 1;
+        node as u32
+    }
+
+    fn create_pod(&mut self) -> u32 {
+        let node = self.place();
+        let id = self.pods.len() as u32;
+        let gate = match self.spec.pod.shutdown {
+            Shutdown::Gate {
+                convergence,
+                margin,
+            } => Some(DrainMachine::new(DrainConfig {
+                grace: self.spec.pod.grace,
+                margin,
+                convergence,
+                // Sidecar mode: the engine is stopped by the kubelet, not by the gate.
+                child_timeout: None,
+                deadline_linger: Duration::from_secs(1),
+            })),
+            Shutdown::Plain { .. } => None,
+        };
+        self.pods.push(Pod {
+            node,
+            revision: self.revision,
+            serving: false,
+            ready: false,
+            routable: None,
+            deleted_at: None,
+            grace: self.spec.pod.grace,
+            accepting: true,
+            exiting_when_idle: false,
+            cut: false,
+            exited: false,
+            in_flight: 0,
+            queue: VecDeque::new(),
+            gate,
+            gate_timer: None,
+            held_at_delete: 0,
+            lost: 0,
+        });
+        let now = self.now;
+        let pm = self.spec.pod;
+        self.push(now + pm.cold_start, Ev::Serving { pod: id });
+        self.push(now + pm.ready_after, Ev::Ready { pod: id });
+        self.track_peak();
+        id
+    }
+
+    fn serving(&mut self, pod: u32) {
+        self.pods[pod as usize].serving = true;
+    }
+
+    fn ready(&mut self, pod: u32) {
+        let lag = self.spec.propagation_lag;
+        let p = &mut self.pods[pod as usize];
+        if !p.alive() || p.ready {
+            return;
+        }
+        p.ready = true;
+        let at = self.now + lag;
+        self.push(at, Ev::Routable { pod });
+    }
+
+    fn routable(&mut self, pod: u32) {
+        let p = &mut self.pods[pod as usize];
+        if !p.alive() || p.routable.is_some() {
+            return;
+        }
+        p.routable = Some(self.routable.len());
+        self.routable.push(pod);
+    }
+
+    fn unroutable(&mut self, pod: u32) {
+        let Some(i) = self.pods[pod as usize].routable.take() else {
+            return;
+        };
+        self.routable.swap_remove(i);
+        if let Some(&moved) = self.routable.get(i) {
+            self.pods[moved as usize].routable = Some(i);
+        }
+    }
+
+    /// The API deletes a pod (eviction, scale-down, rollout); `grace` overrides its own
+    /// (GCP's node shutdown).
+    fn delete(&mut self, pod: u32, grace: Option<Duration>) {
+        let now = self.now;
+        let lag = self.spec.propagation_lag;
+        let pm = self.spec.pod;
+        let p = &mut self.pods[pod as usize];
+        if !p.alive() {
+            return;
+        }
+        p.deleted_at = Some(now);
+        p.ready = false;
+        p.held_at_delete = p.load();
+        p.lost = 0;
+        let grace = grace.map_or(p.grace, |g| g.min(p.grace));
+        p.grace = grace;
+        self.terminating += 1;
+        self.peak_terminating = self.peak_terminating.max(self.terminating);
+        self.drained_pods += 1;
+        self.push(now + lag, Ev::Unroutable { pod });
+        let term = pm.termination(grace);
+        match pm.shutdown {
+            Shutdown::Gate { .. } => {
+                if let Some(g) = self.pods[pod as usize].gate.as_mut() {
+                    g.drain(now, DrainRequest::new(Trigger::Endpoint));
+                }
+                self.drive_gate(pod);
+            }
+            Shutdown::Plain { .. } => {
+                self.push(now + term.sigterm_at(), Ev::Sigterm { pod });
+            }
+        }
+        if !self.pods[pod as usize].exited {
+            self.push(now + term.sigkill_at(), Ev::Sigkill { pod });
+        }
+    }
+
+    fn sigterm(&mut self, pod: u32) {
+        let p = &self.pods[pod as usize];
+        if p.exited {
+            return;
+        }
+        let Shutdown::Plain { on_sigterm, .. } = self.spec.pod.shutdown else {
+            return;
+        };
+        match on_sigterm {
+            OnSigterm::Abort => {
+                self.cut(pod, Fate::Killed);
+                self.exit(pod);
+            }
+            OnSigterm::Drain { limit } => {
+                let p = &mut self.pods[pod as usize];
+                p.accepting = false;
+                p.exiting_when_idle = true;
+                if p.load() == 0 {
+                    self.exit(pod);
+                } else if let Some(l) = limit {
+                    let at = self.now + l;
+                    self.push(at, Ev::EngineLimit { pod });
+                }
+            }
+            OnSigterm::Ignore => {}
+        }
+    }
+
+    /// Feeds the gate's actions back into the simulation and arms its next timer.
+    fn drive_gate(&mut self, pod: u32) {
+        while let Some(action) = self.pods[pod as usize]
+            .gate
+            .as_mut()
+            .and_then(DrainMachine::poll_action)
+        {
+            match action {
+                Action::StartRefusing => self.pods[pod as usize].accepting = false,
+                Action::EndStreams => self.cut(pod, Fate::Truncated),
+                // The preStop `/drain` returns: the kubelet sends SIGTERM to an idle engine.
+                Action::Drained => {
+                    if !self.pods[pod as usize].exited {
+                        self.cut(pod, Fate::Truncated);
+                        self.exit(pod);
+                    }
+                }
+                Action::GoUnready
+                | Action::Announce
+                | Action::SignalChild
+                | Action::KillChild
+                | Action::Exit => {}
+            }
+        }
+        let p = &mut self.pods[pod as usize];
+        if p.exited {
+            return;
+        }
+        let next = p.gate.as_ref().and_then(DrainMachine::poll_timeout);
+        if let Some(t) = next
+            && p.gate_timer != Some(t)
+        {
+            p.gate_timer = Some(t);
+            let t = t.max(self.now);
+            self.push(t, Ev::GateTimer { pod });
+        }
+    }
+
+    fn exit(&mut self, pod: u32) {
+        let now = self.now;
+        let p = &mut self.pods[pod as usize];
+        if p.exited {
+            return;
+        }
+        p.exited = true;
+        let node = p.node as usize;
+        if let Some(d) = p.deleted_at {
+            self.terminating -= 1;
+            self.drain_times.push((now - d).as_secs_f64());
+            if p.held_at_delete > 0 && p.lost > 0 {
+                self.drained_pods_losing += 1;
+            }
+        }
+        self.node_load[node] = self.node_load[node].saturating_sub(1);
+        self.track_peak();
+        self.check_active();
+    }
+
+    fn track_peak(&mut self) {
+        let pods = self.pods_now();
+        if pods > self.peak_pods {
+            self.peak_pods = pods;
+            self.peak_since = self.now;
+            self.time_at_peak = Duration::ZERO;
+        } else if pods < self.peak_pods && self.peak_since != Duration::MAX {
+            // Leaving the peak: count the time spent there.
+            self.time_at_peak += self.now - self.peak_since;
+            self.peak_since = Duration::MAX;
+        } else if pods == self.peak_pods && self.peak_since == Duration::MAX {
+            self.peak_since = self.now;
+        }
+    }
+
+    fn pods_now(&self) -> u32 {
+        self.node_load.iter().sum()
+    }
+
+    // ---- controllers -----------------------------------------------------------------------
+
+    /// The Deployment and ReplicaSet controllers: keep `desired` pods of the current revision,
+    /// replacing old ones within maxSurge / maxUnavailable.
+    fn reconcile(&mut self) {
+        // The controllers sync again on every pod they create or delete; a few rounds settle.
+        for _ in 0..4 {
+            if !self.reconcile_once() {
+                break;
+            }
+        }
+    }
+
+    /// One sync of the controllers; whether it created or deleted any pod.
+    fn reconcile_once(&mut self) -> bool {
+        let rev = self.revision;
+        let (mut new, mut new_ready, mut old) = (0u32, 0u32, 0u32);
+        for p in self.pods.iter().filter(|p| p.alive()) {
+            if p.revision == rev {
+                new += 1;
+                new_ready += u32::from(p.ready);
+            } else {
+                old += 1;
+            }
+        }
+        let r = self.desired;
+        if old == 0 {
+            for _ in new..r {
+                self.create_pod();
+            }
+            if new > r {
+                let surplus = self.pick_victims(new - r, |p| p.revision == rev);
+                for v in surplus {
+                    self.delete(v, None);
+                }
+            }
+            return new != r;
+        }
+        let mut changed = false;
+        // Rolling update, as the Deployment controller computes it.
+        let max_total = r + self.spec.max_surge;
+        let all = new + old;
+        if new < r {
+            let up = max_total.saturating_sub(all).min(r - new);
+            for _ in 0..up {
+                self.create_pod();
+            }
+            new += up;
+            changed |= up > 0;
+        }
+        let all = new + old;
+        let min_available = r.saturating_sub(self.spec.max_unavailable);
+        let new_unavailable = new - new_ready;
+        let mut max_down = all as i64 - min_available as i64 - new_unavailable as i64;
+        if max_down <= 0 {
+            return changed;
+        }
+        // Old pods that are not ready go first.
+        let unhealthy = self.pick_victims(max_down as u32, |p| p.revision != rev && !p.ready);
+        max_down -= unhealthy.len() as i64;
+        changed |= !unhealthy.is_empty();
+        for v in unhealthy {
+            self.delete(v, None);
+        }
+        if max_down <= 0 {
+            return changed;
+        }
+        let available = self.pods.iter().filter(|p| p.alive() && p.ready).count() as i64;
+        let down = (available - min_available as i64).min(max_down);
+        if down > 0 {
+            let victims = self.pick_victims(down as u32, |p| p.revision != rev);
+            changed |= !victims.is_empty();
+            for v in victims {
+                self.delete(v, None);
+            }
+        }
+        changed
+    }
+
+    /// Pods the ReplicaSet deletes first: not ready before ready, then the newest.
+    fn pick_victims(&self, n: u32, filter: impl Fn(&Pod) -> bool) -> Vec<u32> {
+        let mut c: Vec<u32> = (0..self.pods.len() as u32)
+            .filter(|&i| {
+                let p = &self.pods[i as usize];
+                p.alive() && filter(p)
+            })
+            .collect();
+        c.sort_by_key(|&i| (self.pods[i as usize].ready, Reverse(i)));
+        c.truncate(n as usize);
+        c
+    }
+
+    // ---- disruptions -----------------------------------------------------------------------
+
+    fn disrupt(&mut self) {
+        if let Some(every) = self.cfg.every {
+            let next = self.now + every;
+            if self.cfg.horizon.is_none_or(|h| next < h) {
+                self.push(next, Ev::Disrupt);
+            }
+        }
+        if self.active.is_some() {
+            // The previous one is still running; this one is skipped.
+            return;
+        }
+        self.disruptions += 1;
+        let scenario = self.cfg.scenario;
+        let mut active = Active {
+            scenario,
+            started: self.now,
+            node: None,
+            scaled_down: false,
+        };
+        match scenario {
+            Scenario::None => return,
+            Scenario::Rollout => {
+                self.revision += 1;
+                self.reconcile();
+            }
+            Scenario::ScaleDown => {
+                if self.desired < self.spec.replicas {
+                    self.desired = self.spec.replicas;
+                } else {
+                    let by = (self.spec.replicas / 4).max(1).min(self.desired - 1);
+                    self.desired -= by;
+                    active.scaled_down = true;
+                }
+                self.reconcile();
+            }
+            Scenario::Drain | Scenario::SpotAws | Scenario::SpotGcp | Scenario::SpotAzure => {
+                let Some(node) = self.busiest_node() else {
+                    return;
+                };
+                active.node = Some(node);
+                self.cordoned[node as usize] = true;
+                let victims: Vec<u32> = (0..self.pods.len() as u32)
+                    .filter(|&i| {
+                        let p = &self.pods[i as usize];
+                        p.alive() && p.node == node
+                    })
+                    .collect();
+                match scenario.spot() {
+                    Some((notice, Some(grace))) => {
+                        // The kubelet's graceful node shutdown: no evictions, no PDB.
+                        for v in victims {
+                            self.delete(v, Some(grace));
+                        }
+                        self.reconcile();
+                        self.push(self.now + notice, Ev::NodeGone { node });
+                    }
+                    Some((notice, None)) => {
+                        for v in victims {
+                            self.evict(v);
+                        }
+                        self.push(self.now + notice, Ev::NodeGone { node });
+                    }
+                    None => {
+                        for v in victims {
+                            self.evict(v);
+                        }
+                    }
+                }
+            }
+        }
+        self.active = Some(active);
+        self.check_active();
+    }
+
+    fn busiest_node(&self) -> Option<u32> {
+        (0..self.node_load.len())
+            .filter(|&n| !self.cordoned[n])
+            .max_by_key(|&n| (self.node_load[n], Reverse(n)))
+            .filter(|&n| self.node_load[n] > 0)
+            .map(|n| n as u32)
+    }
+
+    /// The Eviction API: allowed while the PDB keeps its floor of healthy pods; refused
+    /// evictions are retried like kubectl drain does.
+    fn evict(&mut self, pod: u32) {
+        let p = &self.pods[pod as usize];
+        if !p.alive() || !self.arrivals_open {
+            return;
+        }
+        if let Some(floor) = self.spec.pdb_min_available {
+            let healthy = self.pods.iter().filter(|p| p.alive() && p.ready).count() as u32;
+            let this = u32::from(p.ready);
+            if healthy.saturating_sub(this) < floor && p.ready {
+                let at = self.now + EVICTION_RETRY;
+                self.push(at, Ev::Evict { pod });
+                return;
+            }
+        }
+        self.delete(pod, None);
+        self.reconcile();
+    }
+
+    fn node_gone(&mut self, node: u32) {
+        let now = self.now;
+        let on: Vec<u32> = (0..self.pods.len() as u32)
+            .filter(|&i| {
+                let p = &self.pods[i as usize];
+                p.node == node && !p.exited
+            })
+            .collect();
+        for pod in on {
+            let never_deleted = self.pods[pod as usize].deleted_at.is_none();
+            if never_deleted {
+                // Its endpoint stays until the node controller notices the node is gone.
+                self.pods[pod as usize].deleted_at = Some(now);
+                self.pods[pod as usize].held_at_delete = self.pods[pod as usize].load();
+                self.terminating += 1;
+                self.drained_pods += 1;
+                self.push(
+                    now + NODE_MONITOR_GRACE + self.spec.propagation_lag,
+                    Ev::Unroutable { pod },
+                );
+            }
+            self.cut(pod, Fate::Killed);
+            self.exit(pod);
+            if never_deleted {
+                self.reconcile();
+            }
+        }
+    }
+
+    /// Ends the active disruption once it has nothing left to do.
+    fn check_active(&mut self) {
+        let Some(a) = self.active else {
+            return;
+        };
+        let done = match a.scenario {
+            Scenario::None => true,
+            Scenario::Rollout => self
+                .pods
+                .iter()
+                .all(|p| p.exited || (p.revision == self.revision && p.ready && p.alive())),
+            Scenario::ScaleDown => self.pods.iter().all(|p| p.exited || p.alive()),
+            _ => {
+                let node = a.node.unwrap_or(u32::MAX);
+                let node_clear = self.pods.iter().all(|p| p.exited || p.node != node);
+                let replaced = self.pods.iter().filter(|p| p.alive() && p.ready).count() as u32
+                    >= self.desired;
+                node_clear && replaced
+            }
+        };
+        if done {
+            self.spans.push(EventSpan {
+                scenario: a.scenario.name(),
+                start: a.started.as_secs_f64(),
+                end: Some(self.now.as_secs_f64()),
+            });
+            self.active = None;
+            if self.cfg.every.is_none() && self.cfg.horizon.is_none() {
+                // Let the fleet run a little longer, then stop sending requests.
+                let settle = self.spec.propagation_lag + Duration::from_secs(30);
+                self.cfg.horizon = Some(self.now + settle);
+            }
+        }
+    }
+
+    // ---- measurement -----------------------------------------------------------------------
+
+    fn sample(&mut self) {
+        let ready = self.routable.len() as u32;
+        if self.now >= self.cfg.start {
+            self.min_ready = self.min_ready.min(ready);
+        }
+        self.series.t.push(self.now.as_secs_f64() as f32);
+        self.series.ready.push(ready);
+        self.series.terminating.push(self.terminating);
+        self.series
+            .in_flight
+            .push(self.in_flight.min(u64::from(u32::MAX)) as u32);
+        let stuck = self.cfg.horizon.is_none() && self.now >= self.cfg.start + STUCK_AFTER;
+        if stuck && let Some(a) = self.active.take() {
+            // A disruption that never ends (a PDB that allows no eviction): report it open.
+            self.spans.push(EventSpan {
+                scenario: a.scenario.name(),
+                start: a.started.as_secs_f64(),
+                end: None,
+            });
+        }
+        let stop = stuck || self.cfg.horizon.is_some_and(|h| self.now >= h);
+        if stop {
+            self.arrivals_open = false;
+            self.arrivals_until = Some(self.now);
+        } else {
+            let at = self.now + self.cfg.sample_every;
+            self.push(at, Ev::Sample);
+        }
+    }
+
+    fn finish(mut self) -> SimReport {
+        if self.peak_since != Duration::MAX {
+            self.time_at_peak += self.now - self.peak_since;
+        }
+        let zero = self.zero_delays;
+        let mut delays = std::mem::take(&mut self.delays);
+        delays.sort_by(f32::total_cmp);
+        let served = zero + delays.len() as u64;
+        let pct = |p: f64| -> f64 {
+            if served == 0 {
+                return 0.0;
+            }
+            let rank = ((p / 100.0) * served as f64).ceil() as u64;
+            let rank = rank.clamp(1, served);
+            if rank <= zero {
+                0.0
+            } else {
+                f64::from(delays[(rank - zero - 1) as usize])
+            }
+        };
+        let mut drains = std::mem::take(&mut self.drain_times);
+        drains.sort_by(f64::total_cmp);
+        let drain_pct = |p: f64| -> f64 {
+            if drains.is_empty() {
+                return 0.0;
+            }
+            let rank = ((p / 100.0) * drains.len() as f64).ceil() as usize;
+            drains[rank.clamp(1, drains.len()) - 1]
+        };
+        SimReport {
+            scenario: self.cfg.scenario.name(),
+            seed: self.cfg.seed,
+            requests: self.counts,
+            queue_delay: Percentiles {
+                p50: pct(50.0),
+                p99: pct(99.0),
+                p999: pct(99.9),
+                max: pct(100.0),
+            },
+            min_ready: if self.min_ready == u32::MAX {
+                self.routable.len() as u32
+            } else {
+                self.min_ready
+            },
+            peak_pods: self.peak_pods,
+            peak_terminating: self.peak_terminating,
+            time_at_peak: self.time_at_peak.as_secs_f64(),
+            pods_deleted: self.drained_pods,
+            pods_losing_work: self.drained_pods_losing,
+            pod_drain: Percentiles {
+                p50: drain_pct(50.0),
+                p99: drain_pct(99.0),
+                p999: drain_pct(99.9),
+                max: drain_pct(100.0),
+            },
+            disruptions: self.spans,
+            simulated: self.now.as_secs_f64(),
+            arrivals_until: self.arrivals_until.unwrap_or(self.now).as_secs_f64(),
+            series: self.series,
+        }
+    }
+}

@@ -1,0 +1,175 @@
+//! `lameduck plan` as a user runs it: a manifest and a vLLM histogram in, recommendations,
+//! the simulated comparison as JSON, the chart, determinism, errors.
+
+use serde_json::Value;
+
+use crate::support::run_with_stdin;
+
+fn fixture(name: &str) -> String {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../lameduck-lint/tests/fixtures")
+        .join(name)
+        .display()
+        .to_string()
+}
+
+/// A vLLM end-to-end latency histogram as `/metrics` exposes it: 1,000 requests, the longest
+/// bucket at 120 s.
+const HISTOGRAM: &str = r#"# HELP vllm:e2e_request_latency_seconds Histogram of end to end request latency in seconds.
+# TYPE vllm:e2e_request_latency_seconds histogram
+vllm:e2e_request_latency_seconds_bucket{le="1.0",model_name="llama"} 10.0
+vllm:e2e_request_latency_seconds_bucket{le="10.0",model_name="llama"} 200.0
+vllm:e2e_request_latency_seconds_bucket{le="30.0",model_name="llama"} 600.0
+vllm:e2e_request_latency_seconds_bucket{le="60.0",model_name="llama"} 900.0
+vllm:e2e_request_latency_seconds_bucket{le="120.0",model_name="llama"} 1000.0
+vllm:e2e_request_latency_seconds_bucket{le="+Inf",model_name="llama"} 1000.0
+vllm:e2e_request_latency_seconds_sum{model_name="llama"} 31000.0
+vllm:e2e_request_latency_seconds_count{model_name="llama"} 1000.0
+vllm:num_requests_running{model_name="llama"} 3.0
+"#;
+
+fn plan_json(extra: &[&str]) -> Value {
+    let naive = fixture("seed-naive.yaml");
+    let mut args = vec![
+        "plan",
+        "-f",
+        &naive,
+        "--latency",
+        "-",
+        "--json",
+        "--compare",
+    ];
+    args.extend_from_slice(extra);
+    let out = run_with_stdin(&args, Some(HISTOGRAM));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON")
+}
+
+#[test]
+fn histogram_in_recommendations_and_comparison_out() {
+    let v = plan_json(&["--scenario", "drain,rollout"]);
+    // p99.9 of the histogram: 99.9% lies 99% of the way through the 60–120 s bucket.
+    let p999 = v["latency"]["p999"].as_f64().expect("p999");
+    assert!((p999 - 119.4).abs() < 1e-6, "{p999}");
+    let grace = v["plan"]["recommendations"]
+        .as_array()
+        .expect("recommendations")
+        .iter()
+        .find(|r| r["setting"] == "terminationGracePeriodSeconds")
+        .expect("grace recommended");
+    // 30 s convergence + 119.4 s + 5 s margin, rounded up.
+    assert_eq!(grace["value"], "155", "{grace}");
+    assert_eq!(grace["current"], "30");
+    assert!(
+        grace["arithmetic"]
+            .as_str()
+            .is_some_and(|a| a.contains("p99.9 request 119.4s")),
+        "{grace}"
+    );
+    let runs = v["runs"].as_array().expect("runs");
+    assert_eq!(runs.len(), 4);
+    for pair in runs.chunks(2) {
+        let (cur, rec) = (&pair[0], &pair[1]);
+        assert_eq!(cur["spec"], "current");
+        assert_eq!(rec["spec"], "recommended");
+        assert_eq!(cur["scenario"], rec["scenario"]);
+        // Same seed, same arrivals for both.
+        assert_eq!(cur["requests"]["total"], rec["requests"]["total"]);
+        let lost = |r: &Value| {
+            ["refused", "killed", "truncated"]
+                .iter()
+                .map(|k| r["requests"][k].as_u64().expect("count"))
+                .sum::<u64>()
+        };
+        assert!(lost(cur) > 0, "the naive spec loses requests: {cur}");
+        assert_eq!(lost(rec), 0, "the recommended one does not: {rec}");
+    }
+}
+
+#[test]
+fn same_seed_same_numbers() {
+    let a = plan_json(&["--scenario", "rollout", "--seed", "9"]);
+    let b = plan_json(&["--scenario", "rollout", "--seed", "9"]);
+    assert_eq!(a["runs"], b["runs"]);
+}
+
+#[test]
+fn table_and_chart() {
+    let complete = fixture("seed-complete.yaml");
+    let dir = std::env::temp_dir().join(format!("lameduck-plan-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let chart = dir.join("plan.svg");
+    let out = run_with_stdin(
+        &[
+            "plan",
+            "-f",
+            &complete,
+            "--max-request",
+            "150s",
+            "--scenario",
+            "spot-aws",
+            "--chart",
+            chart.to_str().expect("utf-8 path"),
+        ],
+        None,
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains("terminationGracePeriodSeconds: 185   (now: 180)"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "engine on SIGTERM: aborts in-flight requests (vLLM without --shutdown-timeout"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("spot-aws"), "{text}");
+    let svg = std::fs::read_to_string(&chart).expect("chart written");
+    assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+    assert_eq!(
+        svg.matches("<polyline").count(),
+        3,
+        "three panels for one run"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn errors_name_what_to_fix() {
+    let out = run_with_stdin(&["plan"], None);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("-f deployment.yaml, or --replicas N"));
+    let naive = fixture("seed-naive.yaml");
+    let out = run_with_stdin(
+        &["plan", "-f", &naive, "--latency", "-"],
+        Some("12\n15\nslow\n"),
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("stdin: line 3: `slow` is not a duration"),
+        "{err}"
+    );
+    let out = run_with_stdin(
+        &[
+            "plan",
+            "--replicas",
+            "4",
+            "--latency",
+            "-",
+            "--metric",
+            "nope",
+        ],
+        Some(HISTOGRAM),
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("vllm:e2e_request_latency_seconds"), "{err}");
+}
