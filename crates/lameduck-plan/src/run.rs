@@ -155,10 +155,11 @@ pub fn execute(req: &Request) -> Result<Output, RunError> {
             Rate::Constant(r)
         }
     };
-    if rate.mean() > capacity {
+    if rate.peak() > capacity {
         notes.push(format!(
-            "the rate ({}/s) is above what {} replicas × {} concurrent requests can serve ({}/s): queues grow without bound",
-            trim(rate.mean()),
+            "the {}rate ({}/s) is above what {} replicas × {} concurrent requests can serve ({}/s): queues grow while it lasts",
+            if matches!(rate, Rate::Daily(_)) { "peak " } else { "" },
+            trim(rate.peak()),
             current.replicas,
             current.pod.concurrency,
             trim(capacity)
