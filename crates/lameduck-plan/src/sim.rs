@@ -709,11 +709,11 @@ impl<'a> Sim<'a> {
             return;
         }
         let next = p.gate.as_ref().and_then(DrainMachine::poll_timeout);
-        if let Some(t) = next
+        // A timeout already due fires now; the timer remembers the instant it was armed for.
+        if let Some(t) = next.map(|t| t.max(self.now))
             && p.gate_timer != Some(t)
         {
             p.gate_timer = Some(t);
-            let t = t.max(self.now);
             self.push(t, Ev::GateTimer { pod });
         }
     }
