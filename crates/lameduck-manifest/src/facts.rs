@@ -44,6 +44,22 @@ impl Spot {
         }
     }
 
+    /// The time the node's pods get to terminate: the notice, except on GCP, where GKE's
+    /// graceful node shutdown gives regular pods 15 s of the 30 s (the rest is for
+    /// system-critical pods).
+    pub fn pod_window(self) -> Duration {
+        match self {
+            Spot::Gcp => Duration::from_secs(15),
+            Spot::Aws | Spot::Azure => self.notice(),
+        }
+    }
+
+    /// Whether the node is drained through the Eviction API (AWS's termination handler, AKS),
+    /// rather than by the kubelet's own node shutdown (GKE), which ignores the PDB.
+    pub fn evicts(self) -> bool {
+        !matches!(self, Spot::Gcp)
+    }
+
     /// The provider's name.
     pub fn name(self) -> &'static str {
         match self {

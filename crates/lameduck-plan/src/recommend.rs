@@ -260,11 +260,7 @@ pub fn plan(current: &FleetSpec, i: &Inputs<'_>) -> Plan {
         },
     });
     let spot_cap = i.spot.map(|sp| {
-        let window = match sp {
-            // GKE's graceful node shutdown gives regular pods 15 s of the 30 s.
-            Spot::Gcp => crate::sim::GCP_POD_SHUTDOWN,
-            _ => sp.notice(),
-        };
+        let window = sp.pod_window();
         let cap = Budget::request_cap(window, conv.max, margin);
         let share = i.latency.share_above(cap);
         recs.push(Recommendation {

@@ -179,11 +179,7 @@ pub fn execute(req: &Request) -> Result<Output, RunError> {
     );
     let scenarios = if req.scenarios.is_empty() {
         let mut s = vec![Scenario::Drain, Scenario::Rollout, Scenario::ScaleDown];
-        s.extend(spot.map(|sp| match sp {
-            Spot::Aws => Scenario::SpotAws,
-            Spot::Gcp => Scenario::SpotGcp,
-            Spot::Azure => Scenario::SpotAzure,
-        }));
+        s.extend(spot.map(Scenario::of));
         s
     } else {
         req.scenarios.clone()

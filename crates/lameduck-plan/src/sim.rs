@@ -15,6 +15,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 use std::time::Duration;
 
+use lameduck_manifest::facts::Spot;
 use lameduck_timeline::{
     Action, Admission, DrainConfig, DrainMachine, DrainRequest, Outcome, Time, Trigger,
 };
@@ -73,22 +74,25 @@ impl Scenario {
         }
     }
 
-    /// The spot notice and the grace the node's pods really get (`None`: their own).
-    fn spot(self) -> Option<(Duration, Option<Duration>)> {
+    /// The spot provider a scenario preempts.
+    pub fn provider(self) -> Option<Spot> {
         match self {
-            Scenario::SpotAws => Some((Duration::from_secs(120), None)),
-            Scenario::SpotGcp => Some((SPOT_GCP_NOTICE, Some(GCP_POD_SHUTDOWN))),
-            Scenario::SpotAzure => Some((Duration::from_secs(30), None)),
+            Scenario::SpotAws => Some(Spot::Aws),
+            Scenario::SpotGcp => Some(Spot::Gcp),
+            Scenario::SpotAzure => Some(Spot::Azure),
             _ => None,
         }
     }
-}
 
-/// GCP's preemption notice (ACPI soft off, then hard off 30 s later).
-pub const SPOT_GCP_NOTICE: Duration = Duration::from_secs(30);
-/// What GKE's graceful node shutdown gives regular pods of the 30 s (the rest is for
-/// system-critical pods).
-pub const GCP_POD_SHUTDOWN: Duration = Duration::from_secs(15);
+    /// The spot scenario of a provider.
+    pub fn of(spot: Spot) -> Scenario {
+        match spot {
+            Spot::Aws => Scenario::SpotAws,
+            Spot::Gcp => Scenario::SpotGcp,
+            Spot::Azure => Scenario::SpotAzure,
+        }
+    }
+}
 /// kubectl drain (and the termination handlers built on it) retry a refused eviction this often.
 pub const EVICTION_RETRY: Duration = Duration::from_secs(5);
 /// A pod on a node that vanished keeps its endpoint until the node controller notices
@@ -898,20 +902,20 @@ impl<'a> Sim<'a> {
                         p.alive() && p.node == node
                     })
                     .collect();
-                match scenario.spot() {
-                    Some((notice, Some(grace))) => {
+                match scenario.provider() {
+                    Some(spot) if !spot.evicts() => {
                         // The kubelet's graceful node shutdown: no evictions, no PDB.
                         for v in victims {
-                            self.delete(v, Some(grace));
+                            self.delete(v, Some(spot.pod_window()));
                         }
                         self.reconcile();
-                        self.push(self.now + notice, Ev::NodeGone { node });
+                        self.push(self.now + spot.notice(), Ev::NodeGone { node });
                     }
-                    Some((notice, None)) => {
+                    Some(spot) => {
                         for v in victims {
                             self.evict(v);
                         }
-                        self.push(self.now + notice, Ev::NodeGone { node });
+                        self.push(self.now + spot.notice(), Ev::NodeGone { node });
                     }
                     None => {
                         for v in victims {
