@@ -179,34 +179,66 @@ def short_requests(work, rounds, seconds, conns):
         px.close()
 
 
-def streaming(work, streams, tokens, rate):
+def ctx_switches(pids):
+    """Voluntary context switches summed over pids: how often the proxy went to sleep."""
+    total = 0
+    for pid in pids:
+        try:
+            m = re.search(r"^voluntary_ctxt_switches:\s+(\d+)", Path(f"/proc/{pid}/status").read_text(), re.M)
+            total += int(m.group(1)) if m else 0
+        except FileNotFoundError:
+            pass
+    return total
+
+
+def streaming(work, streams, tokens, rate, rounds, ramp=2.0):
+    """`rounds` interleaved rounds over the targets; the median round of each target is kept.
+
+    Besides the whole run, CPU is also read over a steady window in which every stream is
+    open (from ramp + 0.5 s until the first stream could end), where the event rate is known:
+    streams × rate. That figure leaves connection set-up and teardown out."""
     px = Proxies(work, ["--tokens-per-second", str(rate), "--ttft", "100ms"])
+    window = (ramp + 0.5, tokens / rate - 0.2)
     try:
-        results = {}
-        for name, (port, pids) in px.targets().items():
-            cpu0 = cpu_seconds(pids)
-            load = subprocess.Popen(["taskset", "-c", LOAD_CPU, SSE_LOAD, f"http://127.0.0.1:{port}/v1/chat/completions",
-                                     str(streams), str(tokens), str(rate), "2"],
-                                    stdout=subprocess.PIPE, text=True)
-            # Peak memory: sample while every stream is open.
-            rss = 0.0
-            duration = tokens / rate + 2
-            t_end = time.time() + duration
-            while load.poll() is None and time.time() < t_end + 30:
-                if pids:
-                    rss = max(rss, rss_mib(pids))
-                time.sleep(0.5)
-            out, _ = load.communicate(timeout=120)
-            cpu = cpu_seconds(pids) - cpu0
-            r = json.loads(out)
-            r["cpu_ms"] = cpu * 1000
-            r["cpu_us_per_1000_events"] = cpu / r["events"] * 1e9 if pids and r["events"] else 0.0
-            r["rss_mib"] = rss
-            results[name] = r
-            print(f"  stream {name}: {r['streams_ok']}/{streams} ok, {r['events']} events, cpu {cpu:.2f}s, "
-                  f"rss {rss:.1f} MiB, lateness p99 {r['lateness_us']['p99']} µs", file=sys.stderr)
-            time.sleep(1)
-        return results
+        runs = {name: [] for name in px.targets()}
+        for rnd in range(rounds):
+            for name, (port, pids) in px.targets().items():
+                cpu0 = cpu_seconds(pids)
+                load = subprocess.Popen(["taskset", "-c", LOAD_CPU, SSE_LOAD,
+                                         f"http://127.0.0.1:{port}/v1/chat/completions",
+                                         str(streams), str(tokens), str(rate), str(ramp)],
+                                        stdout=subprocess.PIPE, text=True)
+                t0 = time.time()
+                rss, marks = 0.0, []
+                # Peak memory: sample while every stream is open; CPU at the window's edges.
+                while load.poll() is None and time.time() < t0 + tokens / rate + ramp + 60:
+                    if pids:
+                        rss = max(rss, rss_mib(pids))
+                    el = time.time() - t0
+                    if len(marks) < 2 and el >= window[len(marks)]:
+                        marks.append((time.time(), cpu_seconds(pids), ctx_switches(pids)))
+                    time.sleep(0.1)
+                out, _ = load.communicate(timeout=120)
+                cpu = cpu_seconds(pids) - cpu0
+                r = json.loads(out)
+                r["cpu_ms"] = cpu * 1000
+                r["cpu_us_per_1000_events"] = cpu / r["events"] * 1e9 if pids and r["events"] else 0.0
+                r["steady_us_per_1000_events"] = 0.0
+                r["sleeps_per_1000_events"] = 0.0
+                if pids and len(marks) == 2 and marks[1][0] > marks[0][0]:
+                    events = streams * rate * (marks[1][0] - marks[0][0])
+                    r["steady_us_per_1000_events"] = (marks[1][1] - marks[0][1]) / events * 1e9
+                    r["sleeps_per_1000_events"] = (marks[1][2] - marks[0][2]) / events * 1000
+                r["rss_mib"] = rss
+                runs[name].append(r)
+                print(f"  stream round {rnd + 1} {name}: {r['streams_ok']}/{streams} ok, {r['events']} events, "
+                      f"cpu {cpu:.2f}s ({r['cpu_us_per_1000_events']:.0f} µs/1000 events, steady "
+                      f"{r['steady_us_per_1000_events']:.0f}), rss {rss:.1f} MiB, "
+                      f"lateness p99 {r['lateness_us']['p99']} µs", file=sys.stderr)
+                time.sleep(1)
+        # The median round by whole-run CPU (by lateness for direct, which has no proxy CPU).
+        key = lambda r: (r["cpu_us_per_1000_events"], r["lateness_us"]["p99"])
+        return {name: sorted(rs, key=key)[len(rs) // 2] | {"rounds": len(rs)} for name, rs in runs.items()}
     finally:
         px.close()
 
@@ -273,6 +305,7 @@ def main():
     only = set(args.only.split(","))
     ensure_tools()
     rounds, secs, streams, tokens = (1, 3, 200, 40) if args.quick else (3, 10, 1000, 150)
+    stream_rounds = 1 if args.quick else 3
     info = {
         "cpu": re.search(r"model name\s*:\s*(.*)", Path("/proc/cpuinfo").read_text()).group(1),
         "cores": os.cpu_count(),
@@ -325,8 +358,9 @@ def main():
                   f"{g['cpu_us_per_req'] / s['haproxy']['cpu_us_per_req']:.2f}", flush=True)
         if "stream" in only:
             rate = 10
-            print(f"\n## Streaming: {streams} concurrent SSE streams, {tokens} tokens each at {rate} tokens/s\n", flush=True)
-            st = streaming(work, streams, tokens, rate)
+            print(f"\n## Streaming: {streams} concurrent SSE streams, {tokens} tokens each at {rate} tokens/s, "
+                  f"{stream_rounds} rounds (median)\n", flush=True)
+            st = streaming(work, streams, tokens, rate, stream_rounds)
             d = st["direct"]
             print(table([{**v, "name": k} for k, v in st.items()], [
                 ("target", lambda r: r["name"]),
@@ -334,14 +368,19 @@ def main():
                 ("events", lambda r: str(r["events"])),
                 ("proxy CPU ms", lambda r: f"{r['cpu_ms']:.0f}" if r["name"] != "direct" else "—"),
                 ("CPU µs / 1000 events", lambda r: f"{r['cpu_us_per_1000_events']:.0f}" if r["name"] != "direct" else "—"),
+                ("steady CPU µs / 1000 events", lambda r: f"{r['steady_us_per_1000_events']:.0f}" if r["name"] != "direct" else "—"),
+                ("sleeps / 1000 events", lambda r: f"{r['sleeps_per_1000_events']:.0f}" if r["name"] != "direct" else "—"),
                 ("RSS MiB", lambda r: f"{r['rss_mib']:.1f}" if r["name"] != "direct" else "—"),
                 ("lateness p50 µs", lambda r: str(r["lateness_us"]["p50"])),
                 ("lateness p99 µs", lambda r: str(r["lateness_us"]["p99"])),
                 ("added p99 µs", lambda r: str(r["lateness_us"]["p99"] - d["lateness_us"]["p99"]) if r["name"] != "direct" else "—"),
             ]))
             g = st["gate"]
-            print(f"\nRatios: CPU per event gate/nginx {g['cpu_us_per_1000_events'] / st['nginx']['cpu_us_per_1000_events']:.2f}, "
-                  f"gate/HAProxy {g['cpu_us_per_1000_events'] / st['haproxy']['cpu_us_per_1000_events']:.2f}", flush=True)
+            ratio = lambda k, o: g[k] / st[o][k] if st[o][k] else float("nan")
+            print(f"\nRatios: CPU per event gate/nginx {ratio('cpu_us_per_1000_events', 'nginx'):.2f}, "
+                  f"gate/HAProxy {ratio('cpu_us_per_1000_events', 'haproxy'):.2f}; steady gate/nginx "
+                  f"{ratio('steady_us_per_1000_events', 'nginx'):.2f}, gate/HAProxy "
+                  f"{ratio('steady_us_per_1000_events', 'haproxy'):.2f}", flush=True)
         if "drain" in only:
             n, rate, longest = (20, 20, 4) if args.quick else (100, 20, 10)
             print(f"\n## Drain under load: SIGTERM with {n} streams in flight, remaining 1–{longest} s\n", flush=True)

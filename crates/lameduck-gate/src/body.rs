@@ -15,6 +15,7 @@ use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::metrics::Kind;
+use crate::quiet::Quiet;
 use crate::state::Shared;
 
 /// The error type of gate bodies.
@@ -236,7 +237,7 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: Incoming,
         #[pin]
-        deadline: WaitForCancellationFutureOwned,
+        deadline: Quiet<WaitForCancellationFutureOwned>,
         #[pin]
         idle: Option<tokio::time::Sleep>,
         idle_timeout: Option<Duration>,
@@ -259,7 +260,7 @@ impl TrackedBody {
         }
         TrackedBody {
             inner,
-            deadline: deadline.cancelled_owned(),
+            deadline: Quiet::new(deadline.cancelled_owned()),
             idle: idle_timeout.map(tokio::time::sleep),
             idle_timeout,
             last_data: Instant::now(),

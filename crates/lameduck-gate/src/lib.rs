@@ -18,6 +18,7 @@ pub mod body;
 pub mod config;
 pub mod metrics;
 pub mod proxy;
+pub mod quiet;
 pub mod server;
 pub mod state;
 pub mod supervisor;

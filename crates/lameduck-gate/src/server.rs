@@ -17,6 +17,7 @@ use tracing::Instrument;
 
 use crate::body::GateBody;
 use crate::proxy::{self, ConnCtl, Proxy, text};
+use crate::quiet::Quiet;
 use crate::state::Shared;
 
 /// Accepts client connections until the process exits.
@@ -45,8 +46,14 @@ pub async fn serve_proxy(listener: TcpListener, proxy: Arc<Proxy>) {
             _ = exit.cancelled() => return,
         };
         let _ = stream.set_nodelay(true);
+        let conn = serve_conn(builder.clone(), stream, peer, proxy.clone());
+        // A disabled span still costs a check on every poll of every event.
         let span = tracing::debug_span!("conn", client.addr = %peer);
-        tokio::spawn(serve_conn(builder.clone(), stream, peer, proxy.clone()).instrument(span));
+        if span.is_disabled() {
+            tokio::spawn(conn);
+        } else {
+            tokio::spawn(conn.instrument(span));
+        }
     }
 }
 
@@ -70,7 +77,8 @@ async fn serve_conn(
     // or sent GOAWAY (HTTP/2). A connection that has not carried a request yet is left
     // alone, since its first request may be in transit and closing it would lose that
     // request; that request is answered with Connection: close (or followed by GOAWAY).
-    let shutdown = async {
+    // Quiet: polled again only when one of its signals fired, not for every streamed event.
+    let shutdown = Quiet::new(async {
         if !announce.is_cancelled() {
             tokio::select! {
                 _ = announce.cancelled() => {
@@ -82,7 +90,7 @@ async fn serve_conn(
             }
         }
         ctl.close.notified().await;
-    };
+    });
     let result = tokio::select! {
         r = conn.as_mut() => r,
         _ = shutdown => {
