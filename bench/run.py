@@ -1,12 +1,16 @@
 #!/usr/bin/env python3
 """Measures the same workloads directly, through `lameduck gate`, nginx and HAProxy, in one run.
 
-Usage: bench/run.py [--quick] [--only short,stream,drain]
+Usage: bench/run.py [--quick] [--only short,stream,drain] [--compare OTHER_LAMEDUCK]
 
 Everything listens on 127.0.0.1. The proxy under test runs pinned to CPU 1; the engine
 (engine-sim) and the load generator share CPU 0, so every proxy gets the same single core.
 Installs nginx, HAProxy and wrk from Debian's packages when missing; builds lameduck and the
 SSE load client in release mode. Prints Markdown tables (the ones in docs/benchmarks.md).
+
+`--compare BIN` adds a second gate, `gate-b`, run from another lameduck binary (a build of an
+earlier commit, say) in the same interleaved rounds: the way to tell whether a change helped
+on a machine whose run-to-run noise is larger than most changes.
 """
 
 import argparse
@@ -27,6 +31,8 @@ BENCH = ROOT / "bench"
 LAMEDUCK = ROOT / "target/release/lameduck"
 SSE_LOAD = ROOT / "target/release/examples/sse_load"
 UP_PORT, GATE_PORT, ADMIN_PORT, NGINX_PORT, HAPROXY_PORT = 28001, 28010, 28011, 28020, 28030
+GATE_B_PORT, ADMIN_B_PORT = 28012, 28013
+COMPARE = None  # another lameduck binary, measured as `gate-b` (--compare)
 PROXY_CPU, LOAD_CPU = "1", "0"
 CONVERGENCE_MIN = 5  # seconds; the gate's default --convergence-min, passed explicitly
 
@@ -116,6 +122,12 @@ class Proxies:
         self.gate = self.spawn([LAMEDUCK, "gate", "--listen", f"127.0.0.1:{GATE_PORT}",
                                 "--admin", f"127.0.0.1:{ADMIN_PORT}", "--upstream", f"http://127.0.0.1:{UP_PORT}",
                                 "--grace-period", "120"], PROXY_CPU, "gate.log")
+        self.gate_b = None
+        if COMPARE:
+            self.gate_b = self.spawn([COMPARE, "gate", "--listen", f"127.0.0.1:{GATE_B_PORT}",
+                                      "--admin", f"127.0.0.1:{ADMIN_B_PORT}",
+                                      "--upstream", f"http://127.0.0.1:{UP_PORT}", "--grace-period", "120"],
+                                     PROXY_CPU, "gate-b.log")
         for name, port in [("nginx", NGINX_PORT), ("haproxy", HAPROXY_PORT)]:
             src = (BENCH / f"{name}.conf.in" if name == "nginx" else BENCH / "haproxy.cfg.in").read_text()
             cfg = Path(work) / f"{name}.conf"
@@ -125,7 +137,7 @@ class Proxies:
         (Path(work) / "nginx-proxy").mkdir(exist_ok=True)
         self.nginx = self.spawn(["nginx", "-c", Path(work) / "nginx.conf"], PROXY_CPU, "nginx.log")
         self.haproxy = self.spawn(["haproxy", "-db", "-f", Path(work) / "haproxy.conf"], PROXY_CPU, "haproxy.log")
-        for port in (GATE_PORT, NGINX_PORT, HAPROXY_PORT):
+        for port in (GATE_PORT, NGINX_PORT, HAPROXY_PORT, *([GATE_B_PORT] if COMPARE else [])):
             wait_port(port)
         time.sleep(0.5)
         for p in self.procs:
@@ -139,12 +151,15 @@ class Proxies:
         return p
 
     def targets(self):
-        return {
+        t = {
             "direct": (UP_PORT, []),
             "gate": (GATE_PORT, proc_tree(self.gate.pid)),
             "nginx": (NGINX_PORT, proc_tree(self.nginx.pid)),
             "haproxy": (HAPROXY_PORT, proc_tree(self.haproxy.pid)),
         }
+        if self.gate_b:
+            t["gate-b"] = (GATE_B_PORT, proc_tree(self.gate_b.pid))
+        return t
 
     def close(self):
         for p in self.procs:
@@ -305,7 +320,13 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="1 round, short runs, 200 streams")
     ap.add_argument("--only", default="short,stream,drain")
+    ap.add_argument("--compare", metavar="LAMEDUCK", help="another lameduck binary, measured as gate-b")
     args = ap.parse_args()
+    global COMPARE
+    if args.compare:
+        COMPARE = str(Path(args.compare).resolve())
+        if not os.access(COMPARE, os.X_OK):
+            sys.exit(f"--compare {args.compare}: not an executable file; give the path of a lameduck binary")
     only = set(args.only.split(","))
     ensure_tools()
     rounds, secs, streams, tokens = (1, 3, 200, 40) if args.quick else (3, 10, 1000, 150)
@@ -318,6 +339,7 @@ def main():
         "haproxy": sh(["haproxy", "-v"]).stdout.splitlines()[0],
         "wrk": subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.splitlines()[0],
         "lameduck": sh([LAMEDUCK, "--version"]).stdout.strip(),
+        **({"gate-b": f"{COMPARE} ({sh([COMPARE, '--version']).stdout.strip()})"} if COMPARE else {}),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
     print("## Machine\n")
@@ -359,7 +381,9 @@ def main():
             print(f"\nRatios: throughput gate/direct {g['rps'] / d['rps']:.2f}, gate/nginx {g['rps'] / s['nginx']['rps']:.2f}, "
                   f"gate/HAProxy {g['rps'] / s['haproxy']['rps']:.2f}; proxy CPU per request gate/nginx "
                   f"{g['cpu_us_per_req'] / s['nginx']['cpu_us_per_req']:.2f}, gate/HAProxy "
-                  f"{g['cpu_us_per_req'] / s['haproxy']['cpu_us_per_req']:.2f}", flush=True)
+                  f"{g['cpu_us_per_req'] / s['haproxy']['cpu_us_per_req']:.2f}"
+                  + (f"; gate/gate-b throughput {g['rps'] / s['gate-b']['rps']:.2f}, CPU per request "
+                     f"{g['cpu_us_per_req'] / s['gate-b']['cpu_us_per_req']:.2f}" if COMPARE else ""), flush=True)
         if "stream" in only:
             rate = 10
             print(f"\n## Streaming: {streams} concurrent SSE streams, {tokens} tokens each at {rate} tokens/s, "
@@ -384,7 +408,10 @@ def main():
             print(f"\nRatios: CPU per event gate/nginx {ratio('cpu_us_per_1000_events', 'nginx'):.2f}, "
                   f"gate/HAProxy {ratio('cpu_us_per_1000_events', 'haproxy'):.2f}; steady gate/nginx "
                   f"{ratio('steady_us_per_1000_events', 'nginx'):.2f}, gate/HAProxy "
-                  f"{ratio('steady_us_per_1000_events', 'haproxy'):.2f}", flush=True)
+                  f"{ratio('steady_us_per_1000_events', 'haproxy'):.2f}"
+                  + (f"; gate/gate-b CPU per event {ratio('cpu_us_per_1000_events', 'gate-b'):.2f}, steady "
+                     f"{ratio('steady_us_per_1000_events', 'gate-b'):.2f}, RSS {ratio('rss_mib', 'gate-b'):.2f}"
+                     if COMPARE else ""), flush=True)
         if "drain" in only:
             n, rate, longest = (20, 20, 7) if args.quick else (100, 20, 10)
             print(f"\n## Drain under load: SIGTERM with {n} streams in flight, remaining 1–{longest} s\n", flush=True)

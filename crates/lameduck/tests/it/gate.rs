@@ -1,5 +1,6 @@
 //! `lameduck gate` over real sockets, real child processes and real signals.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -540,6 +541,124 @@ async fn hop_by_hop_headers_are_not_forwarded() {
     assert!(names.contains(&"x-kept"));
     assert_eq!(v["host"], "example.test");
     assert_eq!(v["xff"], "127.0.0.1");
+}
+
+/// Sends `GET path` on `sender` (one client connection) and returns the status and the body.
+async fn get_on(
+    sender: &mut hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    addr: SocketAddr,
+    path: &str,
+) -> (StatusCode, String) {
+    sender.ready().await.expect("client connection ready");
+    let req = Request::get(path)
+        .header(header::HOST, addr.to_string())
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    let resp = sender.send_request(req).await.expect("response");
+    let status = resp.status();
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// Opens one keep-alive client connection to `addr`.
+async fn client_conn(addr: SocketAddr) -> hyper::client::conn::http1::SendRequest<Full<Bytes>> {
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .expect("handshake");
+    tokio::spawn(conn);
+    sender
+}
+
+/// Each client connection gets an engine connection of its own: its requests reuse it, an
+/// engine that closes it is reconnected to without the client noticing, and it is closed
+/// when the client's connection closes (nothing idle is left behind).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engine_connection_follows_the_client_connection() {
+    let up = upstream::start().await;
+    let gate = Gate::sidecar(up, &[]).await;
+    // The engine connection that carried the request, and all that are open (the gate's
+    // health check keeps one of its own).
+    let conn_of = |body: &str| -> (String, Vec<String>) {
+        let v: Value = serde_json::from_str(body).expect("json");
+        let open = v["open"].as_array().expect("open").iter();
+        (
+            v["peer"].as_str().expect("peer").to_owned(),
+            open.filter_map(|p| p.as_str().map(str::to_owned)).collect(),
+        )
+    };
+
+    let mut a = client_conn(gate.proxy).await;
+    let mut peers = Vec::new();
+    for _ in 0..3 {
+        let (status, body) = get_on(&mut a, gate.proxy, "/conn").await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        peers.push(conn_of(&body).0);
+    }
+    assert!(
+        peers.iter().all(|p| *p == peers[0]),
+        "one client connection, one engine connection: {peers:?}"
+    );
+
+    // The engine closes the connection after this answer; the next request goes out on a new
+    // engine connection, and the client's connection stays open.
+    let (status, body) = get_on(&mut a, gate.proxy, "/close").await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "closing"));
+    let (status, body) = get_on(&mut a, gate.proxy, "/conn").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let after_close = conn_of(&body).0;
+    assert_ne!(
+        after_close, peers[0],
+        "a closed engine connection was reused"
+    );
+
+    let mut b = client_conn(gate.proxy).await;
+    let (status, body) = get_on(&mut b, gate.proxy, "/conn").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (b_peer, open) = conn_of(&body);
+    assert_ne!(
+        b_peer, after_close,
+        "two client connections shared one engine connection"
+    );
+    assert!(
+        open.contains(&after_close) && open.contains(&b_peer),
+        "both clients' engine connections are open: {open:?}"
+    );
+
+    // Client `a` goes away: its engine connection closes too, and `b`'s stays.
+    drop(a);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body) = get_on(&mut b, gate.proxy, "/conn").await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let (peer, open) = conn_of(&body);
+        assert_eq!(peer, b_peer, "b's engine connection changed");
+        if !open.contains(&after_close) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the engine connection of a closed client is still open: {open:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// An HTTP/1.0 request without a Host header reaches the engine with one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_without_host_gets_the_engine_authority() {
+    let up = upstream::start().await;
+    let gate = Gate::sidecar(up, &[]).await;
+    let mut tcp = TcpStream::connect(gate.proxy).await.expect("connect");
+    tcp.write_all(b"GET /headers HTTP/1.0\r\n\r\n")
+        .await
+        .expect("write");
+    let mut text = String::new();
+    tcp.read_to_string(&mut text).await.expect("read");
+    assert_eq!(text.split_whitespace().nth(1), Some("200"), "{text}");
+    let json = &text[text.find('{').expect("json body")..];
+    let v: Value = serde_json::from_str(json.trim()).expect("json");
+    assert_eq!(v["host"], up.to_string(), "{v}");
 }
 
 /// A malformed request fails alone with 400 while a stream on another connection goes on;
