@@ -3,138 +3,42 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::uri::PathAndQuery;
-use http::{Request, Response, StatusCode, Uri, Version};
+use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
-use hyper::client::conn::http1 as client_h1;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use lameduck_timeline::{Admission, Outcome};
-use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
 use crate::body::{GateBody, Guard, TrackedBody};
 use crate::metrics::Kind;
 use crate::state::Shared;
 
-/// How long connecting to the engine may take before the request is answered 502.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// The proxy: shared state plus the clients to the engine.
-///
-/// An HTTP/1.1 client connection gets an engine connection of its own, kept in its
-/// [`ConnCtl`] for its next request and closed with it: no pool to look up or lock per request,
-/// and no idle engine connections (with their buffers) outliving the clients that used them.
-/// Requests from HTTP/2 clients, which multiplex many requests on one connection, share a
-/// keep-alive pool instead.
+/// The proxy: shared state plus the pooled HTTP/1.1 client to the engine.
 #[derive(Debug)]
 pub struct Proxy {
     /// Shared state.
     pub shared: Arc<Shared>,
-    pool: Client<HttpConnector, Incoming>,
+    client: Client<HttpConnector, Incoming>,
 }
 
 impl Proxy {
-    /// A proxy for `shared.config.upstream`.
+    /// A proxy with a keep-alive connection pool to the engine.
     pub fn new(shared: Arc<Shared>) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
-        let pool = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
+        connector.set_connect_timeout(Some(std::time::Duration::from_secs(5)));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(std::time::Duration::from_secs(60))
             .pool_max_idle_per_host(1024)
             .build(connector);
-        Proxy { shared, pool }
+        Proxy { shared, client }
     }
-
-    /// Sends `req` to the engine: on the client connection's own engine connection for an
-    /// HTTP/1.1 client (`ctl` given), through the pool otherwise. `req` is in origin form for
-    /// the former and absolute form for the latter.
-    async fn send(
-        &self,
-        ctl: Option<&ConnCtl>,
-        req: Request<Incoming>,
-    ) -> Result<Response<Incoming>, UpstreamError> {
-        let Some(ctl) = ctl else {
-            return self.pool.request(req).await.map_err(|e| {
-                if e.is_connect() {
-                    UpstreamError::Connect(error_chain(&e))
-                } else {
-                    UpstreamError::Failed(error_chain(&e))
-                }
-            });
-        };
-        let mut req = req;
-        // The engine connection of this client connection's previous request. HTTP/1.1
-        // requests on one connection come one after another, so it is idle or about to be
-        // (its last response body has just been read to the end).
-        let kept = ctl.upstream.lock().ok().and_then(|mut slot| slot.take());
-        if let Some(mut sender) = kept
-            && sender.ready().await.is_ok()
-        {
-            match sender.try_send_request(req).await {
-                Ok(resp) => {
-                    ctl.keep(sender);
-                    return Ok(resp);
-                }
-                Err(mut e) => match e.take_message() {
-                    // The engine closed the idle connection before the request was written:
-                    // nothing reached it, so the request goes out again on a new connection.
-                    Some(unsent) => req = unsent,
-                    None => return Err(UpstreamError::Failed(error_chain(e.error()))),
-                },
-            }
-        }
-        let mut sender = self.connect().await?;
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(|e| UpstreamError::Failed(error_chain(&e)))?;
-        ctl.keep(sender);
-        Ok(resp)
-    }
-
-    /// Opens a new HTTP/1.1 connection to the engine; its I/O runs in a task of its own, which
-    /// ends when the sender is dropped and the connection is idle, or when the engine closes it.
-    async fn connect(&self) -> Result<client_h1::SendRequest<Incoming>, UpstreamError> {
-        let authority = &self.shared.config.upstream.authority;
-        let addr = (authority.host(), authority.port_u16().unwrap_or(80));
-        let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(e)) => return Err(UpstreamError::Connect(e.to_string())),
-            Err(_) => {
-                return Err(UpstreamError::Connect(format!(
-                    "no connection within {}s",
-                    CONNECT_TIMEOUT.as_secs()
-                )));
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        let (sender, conn) = client_h1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| UpstreamError::Connect(error_chain(&e)))?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.with_upgrades().await {
-                tracing::debug!(error = %e, "Engine connection ended with an error");
-            }
-        });
-        Ok(sender)
-    }
-}
-
-/// Why the engine gave no response.
-#[derive(Debug)]
-enum UpstreamError {
-    /// No connection could be made.
-    Connect(String),
-    /// The connection failed or the engine broke the exchange.
-    Failed(String),
 }
 
 /// Per-connection state shared with the handler: the handler asks the connection to close
@@ -148,8 +52,6 @@ pub struct ConnCtl {
     pub used: std::sync::atomic::AtomicBool,
     /// The client's address as an `X-Forwarded-For` value, formatted once per connection.
     forwarded_for: Option<HeaderValue>,
-    /// The engine connection kept for this (HTTP/1.1) client connection's next request.
-    upstream: Mutex<Option<client_h1::SendRequest<Incoming>>>,
 }
 
 impl ConnCtl {
@@ -159,14 +61,6 @@ impl ConnCtl {
             close: Notify::new(),
             used: std::sync::atomic::AtomicBool::new(false),
             forwarded_for: HeaderValue::from_str(&peer.ip().to_string()).ok(),
-            upstream: Mutex::new(None),
-        }
-    }
-
-    /// Keeps `sender` for the next request on this connection.
-    fn keep(&self, sender: client_h1::SendRequest<Incoming>) {
-        if let Ok(mut slot) = self.upstream.lock() {
-            *slot = Some(sender);
         }
     }
 }
@@ -286,17 +180,7 @@ pub async fn handle(
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     let original_authority = parts.uri.authority().cloned();
-    // Origin form on the client connection's own engine connection; absolute form for the
-    // pool, which picks the connection by it.
-    let target = if h1 {
-        let pq = parts.uri.path_and_query().cloned();
-        Uri::builder()
-            .path_and_query(pq.unwrap_or_else(|| PathAndQuery::from_static("/")))
-            .build()
-    } else {
-        shared.config.upstream.uri(parts.uri.path_and_query())
-    };
-    parts.uri = match target {
+    parts.uri = match shared.config.upstream.uri(parts.uri.path_and_query()) {
         Ok(uri) => uri,
         Err(e) => {
             guard.set_outcome(Outcome::Ok);
@@ -323,18 +207,12 @@ pub async fn handle(
     {
         parts.headers.insert(header::HOST, v);
     }
-    if !parts.headers.contains_key(header::HOST)
-        && let Ok(v) = HeaderValue::from_str(shared.config.upstream.authority.as_str())
-    {
-        // An HTTP/1.0 client may send neither; the engine's HTTP/1.1 parser requires one.
-        parts.headers.insert(header::HOST, v);
-    }
     append_forwarded_for(&mut parts.headers, peer, ctl.forwarded_for.as_ref());
     parts.version = Version::HTTP_11;
     let upstream_req = Request::from_parts(parts, body);
 
     let result = tokio::select! {
-        r = proxy.send(h1.then_some(&*ctl), upstream_req) => r,
+        r = proxy.client.request(upstream_req) => r,
         _ = deadline.cancelled() => {
             guard.set_outcome(Outcome::Truncated);
             return Ok(error_response(
@@ -350,16 +228,24 @@ pub async fn handle(
         Ok(resp) => resp,
         Err(e) => {
             guard.set_outcome(Outcome::UpstreamError);
-            let msg = match e {
-                UpstreamError::Connect(why) => format!(
-                    "cannot reach the inference engine at {}: {why}",
-                    shared.config.upstream.authority
-                ),
-                UpstreamError::Failed(why) => format!("the inference engine failed: {why}"),
+            let (status, msg) = if e.is_connect() {
+                (
+                    StatusCode::BAD_GATEWAY,
+                    format!(
+                        "cannot reach the inference engine at {}: {}",
+                        shared.config.upstream.authority,
+                        error_chain(&e)
+                    ),
+                )
+            } else {
+                (
+                    StatusCode::BAD_GATEWAY,
+                    format!("the inference engine failed: {}", error_chain(&e)),
+                )
             };
             tracing::warn!(%peer, error = %msg, "Upstream error");
             return Ok(error_response(
-                StatusCode::BAD_GATEWAY,
+                status,
                 "upstream_error",
                 &msg,
                 None,

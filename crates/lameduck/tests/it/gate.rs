@@ -570,22 +570,17 @@ async fn client_conn(addr: SocketAddr) -> hyper::client::conn::http1::SendReques
     sender
 }
 
-/// Each client connection gets an engine connection of its own: its requests reuse it, an
-/// engine that closes it is reconnected to without the client noticing, and it is closed
-/// when the client's connection closes (nothing idle is left behind).
+/// Requests on one client connection reuse an idle engine connection from the pool, and an
+/// engine that closes its connection after a response (as one does at its keep-alive limit) is
+/// reconnected to without the client noticing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn engine_connection_follows_the_client_connection() {
+async fn engine_connections_are_reused_and_replaced_when_closed() {
     let up = upstream::start().await;
     let gate = Gate::sidecar(up, &[]).await;
-    // The engine connection that carried the request, and all that are open (the gate's
-    // health check keeps one of its own).
-    let conn_of = |body: &str| -> (String, Vec<String>) {
+    // The gate's end of the engine connection that carried the request.
+    let conn_of = |body: &str| -> String {
         let v: Value = serde_json::from_str(body).expect("json");
-        let open = v["open"].as_array().expect("open").iter();
-        (
-            v["peer"].as_str().expect("peer").to_owned(),
-            open.filter_map(|p| p.as_str().map(str::to_owned)).collect(),
-        )
+        v["peer"].as_str().expect("peer").to_owned()
     };
 
     let mut a = client_conn(gate.proxy).await;
@@ -593,54 +588,26 @@ async fn engine_connection_follows_the_client_connection() {
     for _ in 0..3 {
         let (status, body) = get_on(&mut a, gate.proxy, "/conn").await;
         assert_eq!(status, StatusCode::OK, "{body}");
-        peers.push(conn_of(&body).0);
+        peers.push(conn_of(&body));
+        // The pool takes the connection back just after the response ends; a request sent in
+        // that instant may open a new one, which is allowed. A pause leaves no such instant.
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(
         peers.iter().all(|p| *p == peers[0]),
-        "one client connection, one engine connection: {peers:?}"
+        "sequential requests opened new engine connections: {peers:?}"
     );
 
-    // The engine closes the connection after this answer; the next request goes out on a new
-    // engine connection, and the client's connection stays open.
     let (status, body) = get_on(&mut a, gate.proxy, "/close").await;
     assert_eq!((status, body.as_str()), (StatusCode::OK, "closing"));
-    let (status, body) = get_on(&mut a, gate.proxy, "/conn").await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    let after_close = conn_of(&body).0;
-    assert_ne!(
-        after_close, peers[0],
-        "a closed engine connection was reused"
-    );
-
-    let mut b = client_conn(gate.proxy).await;
-    let (status, body) = get_on(&mut b, gate.proxy, "/conn").await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    let (b_peer, open) = conn_of(&body);
-    assert_ne!(
-        b_peer, after_close,
-        "two client connections shared one engine connection"
-    );
-    assert!(
-        open.contains(&after_close) && open.contains(&b_peer),
-        "both clients' engine connections are open: {open:?}"
-    );
-
-    // Client `a` goes away: its engine connection closes too, and `b`'s stays.
-    drop(a);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let (status, body) = get_on(&mut b, gate.proxy, "/conn").await;
+    for _ in 0..3 {
+        let (status, body) = get_on(&mut a, gate.proxy, "/conn").await;
         assert_eq!(status, StatusCode::OK, "{body}");
-        let (peer, open) = conn_of(&body);
-        assert_eq!(peer, b_peer, "b's engine connection changed");
-        if !open.contains(&after_close) {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the engine connection of a closed client is still open: {open:?}"
+        assert_ne!(
+            conn_of(&body),
+            peers[0],
+            "a closed engine connection was reused"
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

@@ -1,11 +1,9 @@
 //! A small in-process upstream on loopback for behaviours engine-sim does not have: a slow
-//! non-SSE body, an upgrade that echoes, an SSE stream that stalls mid-event, and a view of
-//! the connections the gate opened to it.
+//! non-SSE body, an upgrade that echoes, an SSE stream that stalls mid-event, and which of
+//! the gate's connections carried a request.
 
-use std::collections::BTreeSet;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -43,24 +41,13 @@ fn ticking(chunks: Vec<&'static str>, every: Duration, then_stall: bool) -> Body
     StreamBody::new(s).boxed()
 }
 
-/// What one connection from the gate knows about itself and the others.
-#[derive(Clone)]
-struct ConnInfo {
-    /// The gate's end of this connection.
-    peer: SocketAddr,
-    /// The gate's ends of the connections open now.
-    open: Arc<Mutex<BTreeSet<SocketAddr>>>,
-}
-
-async fn route(info: ConnInfo, mut req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+/// `peer`: the gate's end of the connection that carried `req`.
+async fn route(peer: SocketAddr, mut req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     let resp = match req.uri().path() {
         "/health" => Response::new(full("ok")),
-        // Which connection carried this request, and how many are open.
+        // Which connection carried this request.
         "/conn" => {
-            let body = serde_json::json!({
-                "peer": info.peer.to_string(),
-                "open": info.open.lock().expect("lock").iter().map(|p| p.to_string()).collect::<Vec<_>>(),
-            });
+            let body = serde_json::json!({ "peer": peer.to_string() });
             Response::new(Full::new(Bytes::from(body.to_string())).boxed())
         }
         // Answers, then closes the connection (as an engine does at its keep-alive limit).
@@ -139,24 +126,14 @@ async fn route(info: ConnInfo, mut req: Request<Incoming>) -> Result<Response<Bo
 pub async fn start() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let open = Arc::new(Mutex::new(BTreeSet::new()));
     tokio::spawn(async move {
         while let Ok((stream, peer)) = listener.accept().await {
-            let info = ConnInfo {
-                peer,
-                open: open.clone(),
-            };
             tokio::spawn(async move {
-                info.open.lock().expect("lock").insert(peer);
-                let svc = {
-                    let info = info.clone();
-                    service_fn(move |req| route(info.clone(), req))
-                };
+                let svc = service_fn(move |req| route(peer, req));
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), svc)
                     .with_upgrades()
                     .await;
-                info.open.lock().expect("lock").remove(&peer);
             });
         }
     });
