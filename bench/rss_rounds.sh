@@ -15,7 +15,7 @@ streams=${3:-1000}
 tokens=${4:-30}
 load=target/release/examples/sse_load
 for f in "$bin" "$load"; do
-  [ -x "$f" ] || { echo "rss_rounds: $f is missing; build it first (see the header of $0)" >&2; exit 2; }
+  [ -x "$f" ] || { echo "rss_rounds: $f is not an executable; build it (see the header of $0) or give the path of a lameduck binary" >&2; exit 2; }
 done
 up=28201 gate=28210 admin=28211
 
