@@ -114,6 +114,10 @@ struct Cli {
     gate: GateArgs,
 }
 
+fn limits() -> lameduck_gate::state::Limits {
+    lameduck_gate::limits::derive(1 << 20, None, None)
+}
+
 /// The gate's full in-flight accounting for one request: clock, mutex, machine, metrics.
 #[divan::bench]
 fn shared_admit_finish(bencher: Bencher) {
@@ -121,7 +125,7 @@ fn shared_admit_finish(bencher: Bencher) {
         .gate
         .resolve()
         .expect("config");
-    let shared = Shared::new(config);
+    let shared = Shared::new(config, limits());
     bencher.bench_local(|| {
         black_box(shared.admit(Kind::Stream));
         shared.finish(Kind::Stream, Outcome::Ok);
@@ -138,7 +142,7 @@ fn shared_admit_finish_2_threads(bencher: Bencher) {
             .gate
             .resolve()
             .expect("config");
-        Shared::new(config)
+        Shared::new(config, limits())
     });
     bencher.bench(|| {
         black_box(shared.admit(Kind::Stream));

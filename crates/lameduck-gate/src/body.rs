@@ -3,6 +3,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
@@ -14,6 +15,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
+use crate::conn::ConnCtl;
 use crate::metrics::Kind;
 use crate::quiet::Quiet;
 use crate::state::Shared;
@@ -29,15 +31,21 @@ pub struct Guard {
     shared: Arc<Shared>,
     kind: Kind,
     outcome: Outcome,
+    conn: Option<Arc<ConnCtl>>,
 }
 
 impl Guard {
-    /// A guard for a request that was admitted (and counted) as `kind`.
-    pub fn new(shared: Arc<Shared>, kind: Kind) -> Self {
+    /// A guard for a request that was admitted (and counted) as `kind`, on the client
+    /// connection `conn` (whose idle time starts when its last request ends).
+    pub fn new(shared: Arc<Shared>, kind: Kind, conn: Option<Arc<ConnCtl>>) -> Self {
+        if let Some(c) = &conn {
+            c.request_started();
+        }
         Guard {
             shared,
             kind,
             outcome: Outcome::ClientAbort,
+            conn,
         }
     }
 
@@ -61,7 +69,69 @@ impl Guard {
 impl Drop for Guard {
     fn drop(&mut self) {
         self.shared.finish(self.kind, self.outcome);
+        if let Some(c) = &self.conn {
+            c.request_ended(self.shared.now());
+        }
     }
+}
+
+pin_project_lite::pin_project! {
+    /// A client's request body on its way to the engine. Notes when the client's body fails
+    /// (a malformed chunked encoding, a reset mid-upload), so that the failure is answered as
+    /// the client's error (400) and not blamed on the engine.
+    #[derive(Debug)]
+    pub struct ClientBody {
+        #[pin]
+        inner: Incoming,
+        failed: Option<Arc<AtomicBool>>,
+    }
+}
+
+impl ClientBody {
+    /// Wraps a request body; the returned flag (none for an empty body, which cannot fail) is
+    /// set if it fails.
+    pub fn new(inner: Incoming) -> (Self, Option<Arc<AtomicBool>>) {
+        let failed = (!inner.is_end_stream()).then(|| Arc::new(AtomicBool::new(false)));
+        (
+            ClientBody {
+                inner,
+                failed: failed.clone(),
+            },
+            failed,
+        )
+    }
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        if let Poll::Ready(Some(Err(_))) = &polled
+            && let Some(f) = this.failed
+        {
+            f.store(true, Ordering::Release);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Whether the client's request body failed.
+pub fn client_failed(flag: Option<&Arc<AtomicBool>>) -> bool {
+    flag.is_some_and(|f| f.load(Ordering::Acquire))
 }
 
 /// The terminal event that ends a stream the gate could not let finish.
@@ -243,7 +313,11 @@ pin_project_lite::pin_project! {
         idle_timeout: Option<Duration>,
         last_data: Instant,
         sse: Option<SseFramer>,
+        // Kept until the body has been read to its end (or dropped), so that a request counts
+        // as in flight until its last bytes were handed to the connection.
         guard: Option<Guard>,
+        done: bool,
+        client_failed: Option<Arc<AtomicBool>>,
     }
 }
 
@@ -251,12 +325,20 @@ impl TrackedBody {
     /// Wraps an upstream body; `sse` enables event framing and the terminal event.
     /// `deadline` is this request's own child of the gate's deadline token, so that polling
     /// it touches no lock shared with other requests.
-    pub fn new(inner: Incoming, guard: Guard, sse: bool, deadline: CancellationToken) -> Self {
+    /// `client_failed` is the request body's failure flag ([`ClientBody::new`]).
+    pub fn new(
+        inner: Incoming,
+        guard: Guard,
+        sse: bool,
+        deadline: CancellationToken,
+        client_failed: Option<Arc<AtomicBool>>,
+    ) -> Self {
         let idle_timeout = guard.shared().config.upstream_idle_timeout;
         let mut guard = Some(guard);
+        let mut done = false;
         // An empty body (HEAD, 204, 304, Content-Length: 0) is never polled: it is complete.
         if inner.is_end_stream() {
-            finish(&mut guard, Outcome::Ok);
+            finish(&mut guard, &mut done, Outcome::Ok);
         }
         TrackedBody {
             inner,
@@ -266,14 +348,19 @@ impl TrackedBody {
             last_data: Instant::now(),
             sse: sse.then(SseFramer::default),
             guard,
+            done,
+            client_failed,
         }
     }
 }
 
-fn finish(guard: &mut Option<Guard>, outcome: Outcome) {
-    if let Some(mut g) = guard.take() {
+/// Records how the response ended; the guard itself is released when the body is read to its
+/// end or dropped.
+fn finish(guard: &mut Option<Guard>, done: &mut bool, outcome: Outcome) {
+    if let Some(g) = guard {
         g.set_outcome(outcome);
     }
+    *done = true;
 }
 
 impl Body for TrackedBody {
@@ -285,7 +372,8 @@ impl Body for TrackedBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let mut this = self.project();
-        if this.guard.is_none() {
+        if *this.done {
+            this.guard.take();
             return Poll::Ready(None);
         }
         loop {
@@ -321,7 +409,7 @@ impl Body for TrackedBody {
                     CutError::Deadline => Outcome::Truncated,
                     CutError::Idle => Outcome::UpstreamError,
                 };
-                finish(this.guard, outcome);
+                finish(this.guard, this.done, outcome);
                 return Poll::Ready(match this.sse.as_ref() {
                     Some(framer) => Some(Ok(Frame::data(framer.terminal(match why {
                         CutError::Deadline => terminal_event(
@@ -341,8 +429,14 @@ impl Body for TrackedBody {
             let frame = match polled {
                 Some(Poll::Ready(Some(Ok(frame)))) => frame,
                 Some(Poll::Ready(Some(Err(e)))) => {
+                    if client_failed(this.client_failed.as_ref()) {
+                        // The client's own body broke the exchange: its error, not the engine's.
+                        tracing::debug!(error = %e, "Client request body failed mid-response");
+                        finish(this.guard, this.done, Outcome::ClientError);
+                        return Poll::Ready(Some(Err(Box::new(e))));
+                    }
                     tracing::debug!(error = %e, "Upstream body failed mid-response");
-                    finish(this.guard, Outcome::UpstreamError);
+                    finish(this.guard, this.done, Outcome::UpstreamError);
                     return Poll::Ready(match this.sse.as_ref() {
                         Some(framer) => Some(Ok(Frame::data(framer.terminal(terminal_event(
                             "upstream_error",
@@ -354,7 +448,10 @@ impl Body for TrackedBody {
                 }
                 Some(Poll::Ready(None)) => {
                     let rest = this.sse.as_mut().and_then(SseFramer::take_rest);
-                    finish(this.guard, Outcome::Ok);
+                    finish(this.guard, this.done, Outcome::Ok);
+                    if rest.is_none() {
+                        this.guard.take();
+                    }
                     return Poll::Ready(rest.map(|b| Ok(Frame::data(b))));
                 }
                 Some(Poll::Pending) | None => return Poll::Pending,
@@ -380,7 +477,7 @@ impl Body for TrackedBody {
                     {
                         // The engine aborted this request: never pass that on as a success.
                         tracing::warn!("Engine aborted a stream; ending it with an error event");
-                        finish(this.guard, Outcome::UpstreamError);
+                        finish(this.guard, this.done, Outcome::UpstreamError);
                         let mut b = BytesMut::with_capacity(start + 256);
                         b.extend_from_slice(&out.split_to(start));
                         b.extend_from_slice(&terminal_event(
@@ -393,7 +490,8 @@ impl Body for TrackedBody {
                     match out {
                         Some(out) => Frame::data(out),
                         None if ended => {
-                            finish(this.guard, Outcome::Ok);
+                            finish(this.guard, this.done, Outcome::Ok);
+                            this.guard.take();
                             return Poll::Ready(None);
                         }
                         None => continue,
@@ -405,14 +503,14 @@ impl Body for TrackedBody {
             // A body of known length is not polled again after its last byte: it is complete
             // now (otherwise it would be counted as a client abort on drop).
             if ended {
-                finish(this.guard, Outcome::Ok);
+                finish(this.guard, this.done, Outcome::Ok);
             }
             return Poll::Ready(Some(Ok(frame)));
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.guard.is_none()
+        self.done
     }
 
     fn size_hint(&self) -> SizeHint {

@@ -114,6 +114,29 @@ pub struct GateArgs {
     #[arg(long, default_value = "0", value_parser = dur, env = "LAMEDUCK_UPSTREAM_IDLE_TIMEOUT")]
     pub upstream_idle_timeout: Duration,
 
+    /// Refuse new requests with 503 and Retry-After while this many are in flight, so the
+    /// engine is never asked for more than it can hold (0: no limit).
+    #[arg(long, default_value_t = 0, env = "LAMEDUCK_MAX_IN_FLIGHT")]
+    pub max_in_flight: u64,
+
+    /// Client connections the proxy port holds at most. Default: half of what the process's
+    /// file-descriptor limit leaves after a reserve for the admin port and the engine, so that
+    /// no client load can starve the probes. When full, connections that have not sent a
+    /// request yet and idle keep-alive connections are closed first.
+    #[arg(long, env = "LAMEDUCK_MAX_CONNECTIONS")]
+    pub max_connections: Option<std::num::NonZeroUsize>,
+
+    /// A new client connection must complete its first request's headers within this time
+    /// (protocol detection and the HTTP/2 preface included), or it is closed.
+    #[arg(long, default_value = "10", value_parser = dur, env = "LAMEDUCK_HEADER_TIMEOUT")]
+    pub header_timeout: Duration,
+
+    /// A client connection with nothing in flight for this long is closed (HTTP/1.1
+    /// keep-alive and HTTP/2 alike). Keep it longer than your load balancer's own idle
+    /// timeout towards the pod, so that the balancer, not the gate, closes idle connections.
+    #[arg(long, default_value = "75", value_parser = dur, env = "LAMEDUCK_IDLE_TIMEOUT")]
+    pub idle_timeout: Duration,
+
     /// Require `Authorization: Bearer TOKEN` on /drain. Prefer the environment variable: a
     /// flag's value is visible in the process list.
     #[arg(long, env = "LAMEDUCK_ADMIN_TOKEN", hide_env_values = true)]
@@ -163,6 +186,12 @@ pub struct Config {
     pub upstream_idle_timeout: Option<Duration>,
     /// Admin token.
     pub admin_token: Option<String>,
+    /// Most client connections, when set by flag (otherwise derived from the fd limit).
+    pub max_connections: Option<usize>,
+    /// From accept to the first request's headers.
+    pub header_timeout: Duration,
+    /// Connection idle timeout.
+    pub idle_timeout: Duration,
     /// Child command, empty in sidecar mode.
     pub command: Vec<String>,
 }
@@ -237,6 +266,8 @@ impl GateArgs {
                 &mut self.health_interval,
                 &mut self.health_timeout,
                 &mut self.upstream_idle_timeout,
+                &mut self.header_timeout,
+                &mut self.idle_timeout,
             ] {
                 *d = d.div_f64(k);
             }
@@ -251,9 +282,11 @@ impl GateArgs {
                 ));
             }
         };
-        if !self.health_path.starts_with('/') {
+        if !self.health_path.starts_with('/')
+            || http::uri::PathAndQuery::try_from(self.health_path.as_str()).is_err()
+        {
             return Err(Error::Config(format!(
-                "--health-path {:?} must start with `/`",
+                "--health-path {:?} must be a URL path starting with `/`",
                 self.health_path
             )));
         }
@@ -278,7 +311,18 @@ impl GateArgs {
             },
             child_timeout: wrapper.then_some(self.child_timeout),
             deadline_linger: Duration::from_secs(1).div_f64(self.time_scale),
+            max_in_flight: (self.max_in_flight > 0).then_some(self.max_in_flight),
         };
+        for (flag, d) in [
+            ("--header-timeout", self.header_timeout),
+            ("--idle-timeout", self.idle_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(Error::Config(format!(
+                    "{flag} must be greater than 0: a connection that never sends a request would be held forever"
+                )));
+            }
+        }
         drain.validate().map_err(|e| Error::Config(e.0))?;
         if self.prestop_spent + self.kill_margin >= self.grace_period {
             return Err(Error::Config(format!(
@@ -313,6 +357,9 @@ impl GateArgs {
             upstream_idle_timeout: (!self.upstream_idle_timeout.is_zero())
                 .then_some(self.upstream_idle_timeout),
             admin_token: self.admin_token.filter(|t| !t.is_empty()),
+            max_connections: self.max_connections.map(std::num::NonZeroUsize::get),
+            header_timeout: self.header_timeout,
+            idle_timeout: self.idle_timeout,
             command: self.command,
         })
     }

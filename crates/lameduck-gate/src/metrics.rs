@@ -34,6 +34,39 @@ impl Kind {
     const ALL: [Kind; 3] = [Kind::Request, Kind::Stream, Kind::Upgraded];
 }
 
+/// Why the gate closed a client connection on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// No complete request within --header-timeout of the connection's start.
+    HeaderTimeout,
+    /// Nothing in flight for --idle-timeout.
+    IdleTimeout,
+    /// The connection limit was reached: connections without work were closed first.
+    Pressure,
+}
+
+impl CloseReason {
+    const ALL: [CloseReason; 3] = [
+        CloseReason::HeaderTimeout,
+        CloseReason::IdleTimeout,
+        CloseReason::Pressure,
+    ];
+
+    /// Lower-case name, as in logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::HeaderTimeout => "header_timeout",
+            CloseReason::IdleTimeout => "idle_timeout",
+            CloseReason::Pressure => "pressure",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabel {
     kind: &'static str,
@@ -56,8 +89,17 @@ type FGauge = Gauge<f64, AtomicU64>;
 pub struct Metrics {
     registry: Registry,
     in_flight: [Gauge; 3],
-    requests: [Counter; 5],
+    requests: [Counter; Outcome::ALL.len()],
     phase: [Gauge; 5],
+    connection_closes: [Counter; CloseReason::ALL.len()],
+    /// Client connections open on the proxy port.
+    pub connections: Gauge,
+    /// Client connections closed at once because the connection limit was reached.
+    pub connections_refused: Counter,
+    /// The connection limit in effect.
+    pub max_connections: Gauge,
+    /// The in-flight limit in effect (0: none).
+    pub max_in_flight: Gauge,
     /// Seconds since the drain started (final once done).
     pub drain_duration: FGauge,
     /// Arrivals after the gate went unready.
@@ -85,7 +127,7 @@ impl Metrics {
         let requests_f = Family::<OutcomeLabel, Counter>::default();
         registry.register(
             "requests",
-            "Requests by outcome (ok, upstream_error, rejected_draining, truncated, client_abort)",
+            "Requests by outcome (ok, upstream_error, rejected_draining, rejected_overload, truncated, client_abort, client_error)",
             requests_f.clone(),
         );
         let phase_f = Family::<PhaseLabel, Gauge>::default();
@@ -126,6 +168,38 @@ impl Metrics {
             "1 while the wrapped engine process runs (wrapper mode)",
             child_running.clone(),
         );
+        let closes_f = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "connection_closes",
+            "Client connections the gate closed on its own, by reason (header_timeout, idle_timeout, pressure)",
+            closes_f.clone(),
+        );
+        let connections = Gauge::default();
+        registry.register(
+            "connections",
+            "Client connections open on the proxy port",
+            connections.clone(),
+        );
+        let connections_refused = Counter::default();
+        registry.register(
+            "connections_refused",
+            "Client connections closed at once because the connection limit was reached",
+            connections_refused.clone(),
+        );
+        let max_connections = Gauge::default();
+        registry.register(
+            "max_connections",
+            "The client connection limit in effect",
+            max_connections.clone(),
+        );
+        let max_in_flight = Gauge::default();
+        registry.register(
+            "max_in_flight",
+            "The in-flight request limit in effect (0: none)",
+            max_in_flight.clone(),
+        );
+        let connection_closes = CloseReason::ALL
+            .map(|r| closes_f.get_or_create_owned(&ReasonLabel { reason: r.as_str() }));
         let in_flight =
             Kind::ALL.map(|k| in_flight_f.get_or_create_owned(&KindLabel { kind: k.as_str() }));
         let requests = Outcome::ALL.map(|o| {
@@ -147,7 +221,17 @@ impl Metrics {
             ready,
             upstream_healthy,
             child_running,
+            connection_closes,
+            connections,
+            connections_refused,
+            max_connections,
+            max_in_flight,
         }
+    }
+
+    /// The close counter of `reason`.
+    pub fn connection_closes(&self, reason: CloseReason) -> &Counter {
+        &self.connection_closes[reason as usize]
     }
 
     /// The in-flight gauge of `kind`.
@@ -157,8 +241,7 @@ impl Metrics {
 
     /// The request counter of `outcome`.
     pub fn requests(&self, outcome: Outcome) -> &Counter {
-        let i = Outcome::ALL.iter().position(|o| *o == outcome).unwrap_or(0);
-        &self.requests[i]
+        &self.requests[outcome.index()]
     }
 
     /// Marks `phase` as the current one.

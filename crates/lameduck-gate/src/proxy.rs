@@ -13,9 +13,9 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use lameduck_timeline::{Admission, Outcome};
-use tokio::sync::Notify;
 
-use crate::body::{GateBody, Guard, TrackedBody};
+use crate::body::{ClientBody, GateBody, Guard, TrackedBody, client_failed};
+use crate::conn::ConnCtl;
 use crate::metrics::Kind;
 use crate::state::Shared;
 
@@ -24,7 +24,7 @@ use crate::state::Shared;
 pub struct Proxy {
     /// Shared state.
     pub shared: Arc<Shared>,
-    client: Client<HttpConnector, Incoming>,
+    client: Client<HttpConnector, ClientBody>,
 }
 
 impl Proxy {
@@ -38,30 +38,6 @@ impl Proxy {
             .pool_max_idle_per_host(1024)
             .build(connector);
         Proxy { shared, client }
-    }
-}
-
-/// Per-connection state shared with the handler: the handler asks the connection to close
-/// after the current response (a request arrived while announcing on a connection that was
-/// not yet told).
-#[derive(Debug)]
-pub struct ConnCtl {
-    /// Notified when the connection must shut down gracefully.
-    pub close: Notify,
-    /// A request has arrived on this connection.
-    pub used: std::sync::atomic::AtomicBool,
-    /// The client's address as an `X-Forwarded-For` value, formatted once per connection.
-    forwarded_for: Option<HeaderValue>,
-}
-
-impl ConnCtl {
-    /// State for a connection from `peer`.
-    pub fn new(peer: SocketAddr) -> Self {
-        ConnCtl {
-            close: Notify::new(),
-            used: std::sync::atomic::AtomicBool::new(false),
-            forwarded_for: HeaderValue::from_str(&peer.ip().to_string()).ok(),
-        }
     }
 }
 
@@ -155,8 +131,18 @@ pub async fn handle(
     let shared = &proxy.shared;
     let h1 = req.version() <= Version::HTTP_11;
     let admission = shared.admit(Kind::Request);
+    ctl.used.store(true, std::sync::atomic::Ordering::Release);
+    if admission == Admission::Overloaded {
+        tracing::debug!(%peer, uri = %req.uri(), "Refused: in-flight limit reached");
+        return Ok(error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_overloaded",
+            "this server has as many requests in flight as it accepts (--max-in-flight); retry the request",
+            Some(shared.config.retry_after),
+            false,
+        ));
+    }
     let close = admission != Admission::Serve;
-    ctl.used.store(true, std::sync::atomic::Ordering::Relaxed);
     if close {
         // This connection must not carry more work: close it after this response (HTTP/1.1)
         // or send GOAWAY (HTTP/2).
@@ -172,7 +158,7 @@ pub async fn handle(
             h1,
         ));
     }
-    let mut guard = Guard::new(shared.clone(), Kind::Request);
+    let mut guard = Guard::new(shared.clone(), Kind::Request, Some(ctl.clone()));
     // This request's own view of the deadline: waiting on it locks nothing shared.
     let deadline = shared.deadline.child_token();
 
@@ -209,6 +195,7 @@ pub async fn handle(
     }
     append_forwarded_for(&mut parts.headers, peer, ctl.forwarded_for.as_ref());
     parts.version = Version::HTTP_11;
+    let (body, body_failed) = ClientBody::new(body);
     let upstream_req = Request::from_parts(parts, body);
 
     let result = tokio::select! {
@@ -226,6 +213,19 @@ pub async fn handle(
     };
     let mut resp = match result {
         Ok(resp) => resp,
+        Err(e) if client_failed(body_failed.as_ref()) => {
+            // The client's body could not be read (a malformed chunked encoding, a reset
+            // mid-upload): the client's error, and nothing the engine did.
+            guard.set_outcome(Outcome::ClientError);
+            tracing::debug!(%peer, error = %error_chain(&e), "Client request body failed");
+            return Ok(error_response(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "the request body could not be read: it ended early or its framing is malformed",
+                None,
+                h1,
+            ));
+        }
         Err(e) => {
             guard.set_outcome(Outcome::UpstreamError);
             let (status, msg) = if e.is_connect() {
@@ -305,7 +305,7 @@ pub async fn handle(
     Ok(Response::from_parts(
         parts,
         GateBody::Proxied {
-            body: TrackedBody::new(body, guard, sse, deadline),
+            body: TrackedBody::new(body, guard, sse, deadline, body_failed),
         },
     ))
 }
@@ -411,7 +411,7 @@ mod tests {
     fn forwarded_for_appends() {
         let mut h = HeaderMap::new();
         let peer: SocketAddr = "10.1.2.3:5000".parse().unwrap();
-        let cached = ConnCtl::new(peer).forwarded_for;
+        let cached = ConnCtl::new(peer, std::time::Duration::ZERO).forwarded_for;
         append_forwarded_for(&mut h, peer, cached.as_ref());
         append_forwarded_for(&mut h, peer, cached.as_ref());
         assert_eq!(h["x-forwarded-for"], "10.1.2.3, 10.1.2.3");

@@ -13,25 +13,44 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use lameduck_timeline::{DrainRequest, Trigger, parse_duration};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument;
 
 use crate::body::GateBody;
-use crate::proxy::{self, ConnCtl, Proxy, text};
+use crate::conn::{self, ConnCtl, Verdict};
+use crate::proxy::{self, Proxy, text};
 use crate::quiet::Quiet;
 use crate::state::Shared;
 
+/// Admin connections held at most: probes, preStop hooks, an agent and operators need few,
+/// and a flood on the admin port must not take descriptors from the proxy or the engine.
+pub const ADMIN_MAX_CONNECTIONS: usize = 64;
+
+/// How long an accepted connection waits for a free slot when the proxy port is full, while
+/// connections without work are closed to make room.
+const FULL_WAIT: Duration = Duration::from_secs(1);
+
+/// Logs "connection limit reached" at most this often.
+const FULL_LOG_EVERY: Duration = Duration::from_secs(10);
+
 /// Accepts client connections until the process exits.
 pub async fn serve_proxy(listener: TcpListener, proxy: Arc<Proxy>) {
+    let shared = proxy.shared.clone();
+    let cfg = &shared.config;
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30));
+        // Covers a request's headers and, for keep-alive, the wait for the next request;
+        // the first request's deadline is the watchdog's (`--header-timeout`).
+        .header_read_timeout(cfg.idle_timeout.max(cfg.header_timeout));
     builder
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(1024);
-    let exit = proxy.shared.exit.clone();
+    let slots = Arc::new(Semaphore::new(shared.limits.max_connections));
+    let exit = shared.exit.clone();
+    let mut last_full_log: Option<tokio::time::Instant> = None;
     loop {
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -45,14 +64,42 @@ pub async fn serve_proxy(listener: TcpListener, proxy: Arc<Proxy>) {
             },
             _ = exit.cancelled() => return,
         };
+        let permit = match slots.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                // Full: connections that carry nothing make room, and this one waits a little.
+                shared.pressure.store(true, Ordering::Release);
+                shared.pressure_changed.notify_waiters();
+                let waited = tokio::select! {
+                    p = tokio::time::timeout(FULL_WAIT, slots.clone().acquire_owned()) => p.ok().and_then(Result::ok),
+                    _ = exit.cancelled() => return,
+                };
+                shared.pressure.store(false, Ordering::Release);
+                match waited {
+                    Some(p) => p,
+                    None => {
+                        shared.metrics.connections_refused.inc();
+                        if last_full_log.is_none_or(|t| t.elapsed() >= FULL_LOG_EVERY) {
+                            last_full_log = Some(tokio::time::Instant::now());
+                            tracing::warn!(
+                                max_connections = shared.limits.max_connections,
+                                "Connection limit reached and every connection carries work: new connections are closed (raise --max-connections or the file-descriptor limit)"
+                            );
+                        }
+                        drop(stream);
+                        continue;
+                    }
+                }
+            }
+        };
         let _ = stream.set_nodelay(true);
-        let conn = serve_conn(builder.clone(), stream, peer, proxy.clone());
+        let conn = serve_conn(builder.clone(), stream, peer, proxy.clone(), permit);
         // A disabled span still costs a check on every poll of every event.
         let span = tracing::debug_span!("conn", client.addr = %peer);
         if span.is_disabled() {
-            tokio::spawn(conn);
+            shared.connections.spawn(conn);
         } else {
-            tokio::spawn(conn.instrument(span));
+            shared.connections.spawn(conn.instrument(span));
         }
     }
 }
@@ -62,8 +109,15 @@ async fn serve_conn(
     stream: TcpStream,
     peer: SocketAddr,
     proxy: Arc<Proxy>,
+    _permit: OwnedSemaphorePermit,
 ) {
-    let ctl = Arc::new(ConnCtl::new(peer));
+    let shared = &proxy.shared;
+    let accepted = shared.now();
+    shared.metrics.connections.inc();
+    let _open = OnDrop(|| {
+        shared.metrics.connections.dec();
+    });
+    let ctl = Arc::new(ConnCtl::new(peer, accepted));
     let svc = {
         let proxy = proxy.clone();
         let ctl = ctl.clone();
@@ -71,41 +125,72 @@ async fn serve_conn(
     };
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
     tokio::pin!(conn);
-    let announce = proxy.shared.announce.clone();
+    let announce = shared.announce.clone();
+    let exit = shared.exit.clone();
     // When announcing starts, a connection that has carried a request is shut down
     // gracefully: closed at once if idle, after its current response otherwise (HTTP/1.1),
     // or sent GOAWAY (HTTP/2). A connection that has not carried a request yet is left
     // alone, since its first request may be in transit and closing it would lose that
     // request; that request is answered with Connection: close (or followed by GOAWAY).
+    // At exit, every connection is shut down gracefully.
     // Quiet: polled again only when one of its signals fired, not for every streamed event.
     let shutdown = Quiet::new(async {
         if !announce.is_cancelled() {
             tokio::select! {
                 _ = announce.cancelled() => {
-                    if ctl.used.load(std::sync::atomic::Ordering::Relaxed) {
+                    if ctl.used.load(Ordering::Acquire) {
                         return;
                     }
                 }
                 _ = ctl.close.notified() => return,
+                _ = exit.cancelled() => return,
             }
         }
-        ctl.close.notified().await;
+        tokio::select! {
+            _ = ctl.close.notified() => {}
+            _ = exit.cancelled() => {}
+        }
     });
+    let watchdog = Quiet::new(conn::watchdog(shared, &ctl, accepted));
     let result = tokio::select! {
         r = conn.as_mut() => r,
         _ = shutdown => {
             conn.as_mut().graceful_shutdown();
             conn.await
         }
+        verdict = watchdog => match verdict {
+            Verdict::Drop(reason) => {
+                shared.metrics.connection_closes(reason).inc();
+                tracing::debug!(reason = reason.as_str(), "Closing a connection that sent no request");
+                return;
+            }
+            Verdict::Graceful(reason) => {
+                shared.metrics.connection_closes(reason).inc();
+                tracing::debug!(reason = reason.as_str(), "Closing an idle connection");
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        },
     };
     if let Err(e) = result {
         tracing::debug!(error = %e, "Connection ended with an error");
     }
 }
 
+/// Runs a closure when dropped.
+struct OnDrop<F: FnMut()>(F);
+
+impl<F: FnMut()> Drop for OnDrop<F> {
+    fn drop(&mut self) {
+        (self.0)();
+    }
+}
+
 /// Serves the admin endpoints until the process exits.
 pub async fn serve_admin(listener: TcpListener, shared: Arc<Shared>) {
     let exit = shared.exit.clone();
+    let slots = Arc::new(Semaphore::new(ADMIN_MAX_CONNECTIONS));
+    let mut last_full_log: Option<tokio::time::Instant> = None;
     loop {
         let (stream, _) = tokio::select! {
             r = listener.accept() => match r {
@@ -118,14 +203,40 @@ pub async fn serve_admin(listener: TcpListener, shared: Arc<Shared>) {
             },
             _ = exit.cancelled() => return,
         };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            if last_full_log.is_none_or(|t| t.elapsed() >= FULL_LOG_EVERY) {
+                last_full_log = Some(tokio::time::Instant::now());
+                tracing::warn!(
+                    max = ADMIN_MAX_CONNECTIONS,
+                    "Admin connection limit reached: new admin connections are closed (is something flooding the admin port? it must never be in a Service)"
+                );
+            }
+            continue;
+        };
         let shared = shared.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(move |req| admin(shared.clone(), req));
+        let exit = exit.clone();
+        let tracker = shared.connections.clone();
+        tracker.spawn(async move {
+            let _permit = permit;
+            let svc = {
+                let shared = shared.clone();
+                service_fn(move |req| admin(shared.clone(), req))
+            };
+            // HTTP/1.1 only: the header timeout starts at once, so a silent connection is
+            // closed after it.
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(Duration::from_secs(10))
                 .serve_connection(TokioIo::new(stream), svc);
-            if let Err(e) = conn.await {
+            tokio::pin!(conn);
+            let result = tokio::select! {
+                r = conn.as_mut() => r,
+                _ = exit.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = result {
                 tracing::debug!(error = %e, "Admin connection ended with an error");
             }
         });
@@ -248,7 +359,7 @@ async fn drain(shared: &Arc<Shared>, req: &Request<Incoming>) -> Response<GateBo
 
 fn status(shared: &Shared) -> serde_json::Value {
     let m = &shared.metrics;
-    let pgid = shared.child_pgid.load(Ordering::SeqCst);
+    let child = shared.child();
     serde_json::json!({
         "phase": shared.phase().as_str(),
         "ready": shared.readiness().is_ok(),
@@ -261,13 +372,24 @@ fn status(shared: &Shared) -> serde_json::Value {
             "stream": m.in_flight(crate::metrics::Kind::Stream).get(),
             "upgraded": m.in_flight(crate::metrics::Kind::Upgraded).get(),
         },
-        "child": if shared.config.command.is_empty() { serde_json::Value::Null } else {
-            serde_json::json!({
-                "command": shared.config.command,
-                "pid": (pgid > 0).then_some(pgid),
-                "running": shared.child_alive.load(Ordering::SeqCst),
-            })
+        // The program's name only: its arguments can hold secrets.
+        "child": match shared.config.command.first() {
+            None => serde_json::Value::Null,
+            Some(program) => serde_json::json!({
+                "program": crate::supervisor::program_name(program),
+                "pid": match child { crate::state::Child::Running { pid, .. } if pid > 0 => Some(pid), _ => None },
+                "running": matches!(child, crate::state::Child::Running { .. }),
+                "exit_status": match child { crate::state::Child::Exited { status, .. } => Some(status), _ => None },
+            }),
         },
+        "limits": {
+            "max_connections": shared.limits.max_connections,
+            "max_in_flight": shared.limits.max_in_flight,
+            "nofile": shared.limits.nofile,
+            "header_timeout_s": shared.config.header_timeout.as_secs_f64(),
+            "idle_timeout_s": shared.config.idle_timeout.as_secs_f64(),
+        },
+        "connections": m.connections.get(),
         "budget": {
             "grace_period_s": shared.config.drain.grace.as_secs_f64(),
             "kill_margin_s": shared.config.drain.margin.as_secs_f64(),

@@ -1,32 +1,110 @@
-//! The gate's shared state: the drain machine on real time, and the signals that fan its
-//! actions out to connections, requests, the admin endpoints and the supervisor.
+//! The gate's shared state: the drain machine on real time, the engine process's state, and
+//! the signals that fan the machine's actions out to connections, requests, the admin
+//! endpoints and the supervisor. The task that performs the actions is in [`crate::driver`].
 
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use lameduck_timeline::{
-    Action, Admission, DrainMachine, DrainReport, DrainRequest, Join, Outcome, Phase,
-};
+use lameduck_timeline::{Admission, DrainMachine, DrainReport, DrainRequest, Join, Outcome, Phase};
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::metrics::{Kind, Metrics};
+
+/// The engine process, as the gate knows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Child {
+    /// Sidecar mode: the engine is another container's business.
+    Absent,
+    /// Wrapper mode, before the process was started.
+    NotStarted,
+    /// Running; `pid` is also its process group.
+    Running {
+        /// Process id and group.
+        pid: i32,
+        /// The gate has signalled it (so its exit is expected).
+        signalled: bool,
+    },
+    /// Exited with `status` (shell convention: 128 + signal number for a signal).
+    Exited {
+        /// Exit status.
+        status: i32,
+        /// The gate had signalled it: the exit was expected.
+        signalled: bool,
+    },
+}
+
+impl Child {
+    /// Whether the engine may be serving (always, in sidecar mode).
+    pub fn alive(self) -> bool {
+        !matches!(self, Child::Exited { .. })
+    }
+
+    /// Whether /live may answer 200: the engine runs, or was stopped by the gate itself.
+    /// Only an engine that died on its own fails liveness.
+    pub fn live(self) -> bool {
+        !matches!(
+            self,
+            Child::Exited {
+                signalled: false,
+                ..
+            }
+        )
+    }
+
+    /// The gate's exit status given how the engine ended: the engine's own status when the
+    /// gate stopped it, never 0 when it died on its own, 1 when it never ran.
+    pub fn exit_code(self) -> i32 {
+        match self {
+            Child::Absent => 0,
+            Child::NotStarted | Child::Running { .. } => 1,
+            Child::Exited {
+                status,
+                signalled: true,
+            } => status,
+            Child::Exited {
+                status,
+                signalled: false,
+            } => {
+                if status == 0 {
+                    1
+                } else {
+                    status
+                }
+            }
+        }
+    }
+}
+
+/// Limits derived at start-up from the flags and the process's file-descriptor limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Client connections held at most on the proxy port.
+    pub max_connections: usize,
+    /// Requests in flight at most (`None`: no limit).
+    pub max_in_flight: Option<u64>,
+    /// The file-descriptor limit they were derived from.
+    pub nofile: u64,
+}
 
 /// Everything the gate's tasks share.
 #[derive(Debug)]
 pub struct Shared {
     /// The checked configuration.
     pub config: Config,
+    /// Limits in effect.
+    pub limits: Limits,
     /// Metric handles.
     pub metrics: Metrics,
     origin: Instant,
     origin_unix: SystemTime,
     machine: Mutex<DrainMachine>,
     /// Wakes the driver after an event queued actions.
-    wake: Notify,
+    pub(crate) wake: Notify,
     /// Cancelled when the drain starts announcing: connections shut down gracefully.
     pub announce: CancellationToken,
     /// Cancelled at the deadline: streams end with the terminal event, the rest abort.
@@ -34,32 +112,43 @@ pub struct Shared {
     /// Cancelled when the process must exit.
     pub exit: CancellationToken,
     /// The final drain report, once drained.
-    drained: watch::Sender<Option<DrainReport>>,
+    pub(crate) drained: watch::Sender<Option<DrainReport>>,
     /// Whether the engine's health check passes.
     pub upstream_healthy: AtomicBool,
     /// Whether start-up (health, then warm-up) has completed once.
     pub started: AtomicBool,
-    /// Whether the child runs (always true in sidecar mode).
-    pub child_alive: AtomicBool,
-    /// The child's exit status as a shell would report it, once it exited.
-    pub child_status: AtomicI32,
-    /// The child's process group, while it runs.
-    pub child_pgid: AtomicI32,
-    /// The gate has signalled the child (so its exit is expected).
-    pub child_signalled: AtomicBool,
+    child: Mutex<Child>,
+    /// Client and admin connection tasks, and upgraded connections: waited for at exit so
+    /// that every response is written out before the process ends.
+    pub connections: TaskTracker,
+    /// The connection limit is reached and a new connection waits: connections that have not
+    /// sent a request and idle keep-alive connections close.
+    pub pressure: AtomicBool,
+    /// Notified when `pressure` is set.
+    pub pressure_changed: Notify,
 }
-
-/// `child_status` before the child exited.
-pub const NO_STATUS: i32 = i32::MIN;
 
 impl Shared {
     /// Fresh state in the serving phase.
-    pub fn new(config: Config) -> Arc<Self> {
-        let machine = DrainMachine::new(config.drain);
+    pub fn new(config: Config, limits: Limits) -> Arc<Self> {
+        let mut drain = config.drain;
+        drain.max_in_flight = limits.max_in_flight;
+        let machine = DrainMachine::new(drain);
         let (drained, _) = watch::channel(None);
+        let child = if config.command.is_empty() {
+            Child::Absent
+        } else {
+            Child::NotStarted
+        };
+        let metrics = Metrics::new();
+        metrics.max_connections.set(limits.max_connections as i64);
+        metrics
+            .max_in_flight
+            .set(limits.max_in_flight.map_or(0, |m| m as i64));
         Arc::new(Shared {
             config,
-            metrics: Metrics::new(),
+            limits,
+            metrics,
             origin: Instant::now(),
             origin_unix: SystemTime::now(),
             machine: Mutex::new(machine),
@@ -70,10 +159,10 @@ impl Shared {
             drained,
             upstream_healthy: AtomicBool::new(false),
             started: AtomicBool::new(false),
-            child_alive: AtomicBool::new(true),
-            child_status: AtomicI32::new(NO_STATUS),
-            child_pgid: AtomicI32::new(0),
-            child_signalled: AtomicBool::new(false),
+            child: Mutex::new(child),
+            connections: TaskTracker::new(),
+            pressure: AtomicBool::new(false),
+            pressure_changed: Notify::new(),
         })
     }
 
@@ -82,10 +171,29 @@ impl Shared {
         self.origin.elapsed()
     }
 
-    fn machine(&self) -> MutexGuard<'_, DrainMachine> {
+    /// The instant the machine's clock counts from.
+    pub fn origin(&self) -> Instant {
+        self.origin
+    }
+
+    pub(crate) fn machine(&self) -> MutexGuard<'_, DrainMachine> {
         // A panic while holding the lock leaves a machine that is still consistent (every
         // method finishes its bookkeeping before returning), so poisoning is ignored.
         self.machine.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The engine process's state.
+    pub fn child(&self) -> Child {
+        *self.child.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Changes the engine process's state.
+    pub(crate) fn set_child(&self, f: impl FnOnce(&mut Child)) {
+        let mut c = self.child.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut c);
+        self.metrics
+            .child_running
+            .set(i64::from(matches!(*c, Child::Running { .. })));
     }
 
     /// The current phase.
@@ -110,7 +218,10 @@ impl Shared {
             Admission::Refuse => {
                 self.metrics.requests(Outcome::RejectedDraining).inc();
             }
-            _ => {
+            Admission::Overloaded => {
+                self.metrics.requests(Outcome::RejectedOverload).inc();
+            }
+            Admission::Serve | Admission::ServeAndClose => {
                 self.metrics.in_flight(kind).inc();
             }
         }
@@ -166,9 +277,16 @@ impl Shared {
 
     /// The child exited with `status` (shell convention: 128 + signal for a signal).
     pub fn child_exited(&self, status: i32) {
-        self.child_status.store(status, Ordering::SeqCst);
-        self.child_alive.store(false, Ordering::SeqCst);
-        self.metrics.child_running.set(0);
+        self.set_child(|c| {
+            let signalled = matches!(
+                *c,
+                Child::Running {
+                    signalled: true,
+                    ..
+                }
+            );
+            *c = Child::Exited { status, signalled };
+        });
         self.metrics.ready.set(0);
         {
             let mut m = self.machine();
@@ -177,15 +295,14 @@ impl Shared {
         self.wake.notify_one();
     }
 
-    /// Whether /live should answer 200: the engine runs, or was stopped by the gate itself at
-    /// the end of a drain. Only an engine that died on its own fails liveness.
+    /// Whether /live should answer 200.
     pub fn live(&self) -> bool {
-        self.child_alive.load(Ordering::SeqCst) || self.child_signalled.load(Ordering::SeqCst)
+        self.child().live()
     }
 
     /// Whether /ready should answer 200, and if not, why.
     pub fn readiness(&self) -> Result<(), &'static str> {
-        if !self.child_alive.load(Ordering::SeqCst) {
+        if !self.child().alive() {
             return Err("engine process exited");
         }
         if self.machine().is_draining() {
@@ -233,108 +350,11 @@ impl Shared {
     }
 }
 
-/// Drives the drain machine on real time until the process must exit: performs every action,
-/// sleeps until the machine's next timeout or the next event.
-pub async fn drive(shared: Arc<Shared>) {
-    let mut actions = Vec::with_capacity(8);
-    loop {
-        let timeout = {
-            let mut m = shared.machine();
-            m.handle_timeout(shared.now());
-            while let Some(a) = m.poll_action() {
-                actions.push(a);
-            }
-            shared.metrics.set_phase(m.phase());
-            if let Some(start) = m.drain_started() {
-                let end = m.report().and_then(|r| r.total).map(|t| start + t);
-                let elapsed = end.unwrap_or_else(|| shared.now()).saturating_sub(start);
-                shared.metrics.drain_duration.set(elapsed.as_secs_f64());
-            }
-            m.poll_timeout()
-        };
-        for action in actions.drain(..) {
-            perform(&shared, action);
-        }
-        if shared.exit.is_cancelled() {
-            return;
-        }
-        // While draining, refresh the duration gauge at least once a second.
-        let draining = shared.announce.is_cancelled();
-        let until = match (timeout, draining) {
-            (Some(t), true) => Some(t.min(shared.now() + Duration::from_secs(1))),
-            (Some(t), false) => Some(t),
-            (None, true) if shared.drained.borrow().is_none() => {
-                Some(shared.now() + Duration::from_secs(1))
-            }
-            (None, _) => None,
-        };
-        match until {
-            Some(t) => {
-                tokio::select! {
-                    _ = tokio::time::sleep_until(shared.origin + t) => {}
-                    _ = shared.wake.notified() => {}
-                }
-            }
-            None => shared.wake.notified().await,
-        }
-    }
-}
-
-fn perform(shared: &Shared, action: Action) {
-    match action {
-        Action::GoUnready => {
-            shared.metrics.ready.set(0);
-            tracing::info!(phase = "announcing", "Unready: readiness now fails");
-        }
-        Action::Announce => {
-            shared.announce.cancel();
-            tracing::info!(
-                "Announcing: closing idle connections, GOAWAY to HTTP/2 clients, Connection: close on HTTP/1.1 responses"
-            );
-        }
-        Action::StartRefusing => {
-            let in_flight = shared.machine().in_flight();
-            tracing::info!(
-                phase = "finishing",
-                in_flight,
-                "Finishing: new arrivals are refused"
-            );
-        }
-        Action::EndStreams => {
-            let in_flight = shared.machine().in_flight();
-            tracing::warn!(
-                phase = "deadline",
-                in_flight,
-                "Deadline: ending streams with a terminal event, aborting the rest"
-            );
-            shared.deadline.cancel();
-        }
-        Action::Drained => {
-            let report = shared.report();
-            if let Some(r) = &report {
-                tracing::info!(
-                    phase = "done",
-                    total_s = r.total.map(|t| t.as_secs_f64()),
-                    completed = r.completed,
-                    truncated = r.truncated,
-                    rejected = r.rejected,
-                    "Drained"
-                );
-            }
-            // Anything still around after the linger is cut now.
-            shared.deadline.cancel();
-            shared.drained.send_replace(report);
-        }
-        Action::SignalChild => crate::supervisor::signal_child(shared, false),
-        Action::KillChild => crate::supervisor::signal_child(shared, true),
-        Action::Exit => shared.exit.cancel(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::GateArgs;
+    use crate::driver::drive;
     use clap::Parser;
 
     #[derive(Parser)]
@@ -347,25 +367,56 @@ mod tests {
         let mut argv = vec!["gate"];
         argv.extend_from_slice(args);
         let config = Cli::parse_from(argv).gate.resolve().expect("config");
-        Shared::new(config)
+        let limits = Limits {
+            max_connections: 100,
+            max_in_flight: config.drain.max_in_flight,
+            nofile: 1024,
+        };
+        Shared::new(config, limits)
     }
 
     #[tokio::test]
     async fn engine_exit_fails_readiness_and_liveness_and_exits() {
         let s = shared(&["--upstream", "http://127.0.0.1:1", "--", "engine"]);
+        s.set_child(|c| {
+            *c = Child::Running {
+                pid: 0,
+                signalled: false,
+            }
+        });
         s.started.store(true, Ordering::SeqCst);
         s.upstream_healthy.store(true, Ordering::SeqCst);
         assert_eq!(s.readiness(), Ok(()));
         s.child_exited(3);
         assert_eq!(s.readiness(), Err("engine process exited"));
-        assert!(!s.child_alive.load(Ordering::SeqCst));
+        assert!(!s.child().alive());
         assert!(!s.live(), "an engine that died on its own fails liveness");
-        assert_eq!(s.child_status.load(Ordering::SeqCst), 3);
+        assert_eq!(s.child().exit_code(), 3);
         // The driver turns the machine's Exit action into the exit signal.
         tokio::time::timeout(Duration::from_secs(5), drive(s.clone()))
             .await
             .expect("driver returns");
         assert!(s.exit.is_cancelled());
+        let report = s.report().expect("the engine's exit is a drain of its own");
+        assert_eq!(report.trigger, lameduck_timeline::Trigger::EngineExit);
+    }
+
+    #[test]
+    fn exit_codes_follow_the_engine() {
+        let exited = |status, signalled| Child::Exited { status, signalled };
+        assert_eq!(Child::Absent.exit_code(), 0);
+        assert_eq!(exited(0, true).exit_code(), 0);
+        assert_eq!(exited(143, true).exit_code(), 143);
+        assert_eq!(exited(0, false).exit_code(), 1, "never success on its own");
+        assert_eq!(exited(7, false).exit_code(), 7);
+        assert_eq!(
+            Child::Running {
+                pid: 1,
+                signalled: true
+            }
+            .exit_code(),
+            1
+        );
     }
 
     #[test]
@@ -381,9 +432,15 @@ mod tests {
     #[tokio::test]
     async fn engine_stopped_by_the_gate_stays_live() {
         let s = shared(&["--upstream", "http://127.0.0.1:1", "--", "engine"]);
-        s.child_signalled.store(true, Ordering::SeqCst);
+        s.set_child(|c| {
+            *c = Child::Running {
+                pid: 0,
+                signalled: true,
+            }
+        });
         s.child_exited(0);
         assert!(s.live());
+        assert_eq!(s.child().exit_code(), 0);
     }
 
     #[tokio::test(start_paused = true)]

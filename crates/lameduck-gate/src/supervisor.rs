@@ -1,6 +1,7 @@
 //! Wrapper mode's child process, the engine health check, and the drain triggers that come
 //! from outside HTTP (signals, the marker file).
 
+use std::future::Future;
 use std::os::unix::process::ExitStatusExt;
 use std::process::Stdio;
 use std::sync::Arc;
@@ -17,13 +18,16 @@ use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 
 use crate::Error;
-use crate::state::Shared;
+use crate::state::{Child, Shared};
 
-/// Starts the engine command in its own process group and watches it.
-pub fn spawn_child(shared: &Arc<Shared>) -> Result<(), Error> {
+/// Starts the engine command in its own process group. Returns the task that waits for it
+/// (and reports its exit to the machine), for the caller to own; `None` in sidecar mode.
+pub fn spawn_child(
+    shared: &Arc<Shared>,
+) -> Result<Option<impl Future<Output = ()> + Send + 'static>, Error> {
     let command = &shared.config.command;
     let Some((program, args)) = command.split_first() else {
-        return Ok(());
+        return Ok(None);
     };
     let mut cmd = tokio::process::Command::new(program);
     cmd.args(args)
@@ -51,11 +55,16 @@ pub fn spawn_child(shared: &Arc<Shared>) -> Result<(), Error> {
         source,
     })?;
     let pid = child.id().and_then(|p| i32::try_from(p).ok()).unwrap_or(0);
-    shared.child_pgid.store(pid, Ordering::SeqCst);
-    shared.metrics.child_running.set(1);
-    tracing::info!(pid, command = %command.join(" "), "Engine started");
+    shared.set_child(|c| {
+        *c = Child::Running {
+            pid,
+            signalled: false,
+        }
+    });
+    // Logged by name only: the arguments can hold secrets (API keys, tokens).
+    tracing::info!(pid, program = %program_name(program), "Engine started");
     let shared = shared.clone();
-    tokio::spawn(async move {
+    Ok(Some(async move {
         let status = match child.wait().await {
             Ok(s) => s.code().unwrap_or_else(|| 128 + s.signal().unwrap_or(0)),
             Err(e) => {
@@ -63,29 +72,45 @@ pub fn spawn_child(shared: &Arc<Shared>) -> Result<(), Error> {
                 1
             }
         };
-        shared.child_pgid.store(0, Ordering::SeqCst);
-        let draining = shared.report().is_some();
-        if draining {
+        let expected = matches!(
+            shared.child(),
+            Child::Running {
+                signalled: true,
+                ..
+            }
+        );
+        if expected {
             tracing::info!(status, "Engine exited");
         } else {
             tracing::error!(
                 status,
-                "Engine exited on its own: readiness and liveness now fail"
+                "Engine exited on its own: readiness and liveness now fail; the gate ends what is in flight, then exits"
             );
         }
         shared.child_exited(status);
-    });
-    Ok(())
+        // An essential task: it lives as long as the gate.
+        shared.exit.cancelled().await;
+    }))
+}
+
+/// The program's file name, without its directory.
+pub fn program_name(program: &str) -> &str {
+    program.rsplit('/').next().unwrap_or(program)
 }
 
 /// SIGTERM to the engine process (as the kubelet would), or SIGKILL to its whole process
 /// group (an engine's workers must not outlive it).
 pub fn signal_child(shared: &Shared, hard: bool) {
-    let pid = shared.child_pgid.load(Ordering::SeqCst);
+    let mut pid = 0;
+    shared.set_child(|c| {
+        if let Child::Running { pid: p, signalled } = c {
+            pid = *p;
+            *signalled = true;
+        }
+    });
     if pid <= 0 {
         return;
     }
-    shared.child_signalled.store(true, Ordering::SeqCst);
     let result = if hard {
         tracing::warn!(
             pid,
@@ -98,6 +123,16 @@ pub fn signal_child(shared: &Shared, hard: bool) {
     };
     if let Err(e) = result {
         tracing::warn!(pid, error = %e, "Cannot signal the engine");
+    }
+}
+
+/// SIGKILL to the engine's process group when the gate itself must stop abnormally, so that
+/// the engine never outlives it. Does not mark the exit as expected.
+pub fn kill_child_group(shared: &Shared) {
+    if let Child::Running { pid, .. } = shared.child()
+        && pid > 0
+    {
+        let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
     }
 }
 
@@ -244,6 +279,8 @@ pub async fn signal_loop(shared: Arc<Shared>, signals: Signals) {
 /// container from ever serving).
 pub async fn marker_loop(shared: Arc<Shared>) {
     let Some(path) = shared.config.drain_file.clone() else {
+        // Nothing to watch; an essential task still lives as long as the gate.
+        shared.exit.cancelled().await;
         return;
     };
     let mtime = |meta: std::fs::Metadata| meta.modified().ok();
@@ -260,11 +297,12 @@ pub async fn marker_loop(shared: Arc<Shared>) {
         {
             tracing::info!(path = %path.display(), "Drain marker file found");
             shared.drain(DrainRequest::new(Trigger::MarkerFile));
-            return;
+            break;
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(250)) => {}
             _ = shared.exit.cancelled() => return,
         }
     }
+    shared.exit.cancelled().await;
 }

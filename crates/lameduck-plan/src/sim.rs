@@ -555,6 +555,7 @@ impl<'a> Sim<'a> {
                 // Sidecar mode: the engine is stopped by the kubelet, not by the gate.
                 child_timeout: None,
                 deadline_linger: Duration::from_secs(1),
+                max_in_flight: None,
             })),
             Shutdown::Plain { .. } => None,
         };

@@ -9,7 +9,7 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::pod::{Budget, Convergence};
 
@@ -17,7 +17,7 @@ use crate::pod::{Budget, Convergence};
 pub type Time = Duration;
 
 /// What started a drain.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Trigger {
     /// The admin `/drain` endpoint (a preStop httpGet, an operator, a controller).
@@ -26,6 +26,9 @@ pub enum Trigger {
     Signal,
     /// The drain marker file appeared.
     MarkerFile,
+    /// The engine process exited on its own: what is in flight is wound down, then the gate
+    /// exits.
+    EngineExit,
 }
 
 impl Trigger {
@@ -35,12 +38,13 @@ impl Trigger {
             Trigger::Endpoint => "endpoint",
             Trigger::Signal => "signal",
             Trigger::MarkerFile => "marker_file",
+            Trigger::EngineExit => "engine_exit",
         }
     }
 }
 
 /// The phases of a drain.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
     /// Normal operation.
@@ -86,10 +90,13 @@ pub enum Admission {
     ServeAndClose,
     /// Refuse it: 503 with `Retry-After` and `Connection: close`. Not counted as in flight.
     Refuse,
+    /// Refuse it because the in-flight limit is reached: 503 with `Retry-After`, the
+    /// connection kept. Not counted as in flight.
+    Overloaded,
 }
 
 /// How a request ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
     /// Completed normally (whatever the status code the upstream chose).
@@ -98,21 +105,27 @@ pub enum Outcome {
     UpstreamError,
     /// Refused because the drain had reached the finishing phase.
     RejectedDraining,
+    /// Refused because the in-flight limit was reached.
+    RejectedOverload,
     /// Ended by the deadline: a stream closed with the terminal event, a response not yet
     /// started answered 503, or any other response aborted.
     Truncated,
     /// The client went away first.
     ClientAbort,
+    /// The client sent a request the gate could not pass on (a malformed body): answered 400.
+    ClientError,
 }
 
 impl Outcome {
     /// All outcomes.
-    pub const ALL: [Outcome; 5] = [
+    pub const ALL: [Outcome; 7] = [
         Outcome::Ok,
         Outcome::UpstreamError,
         Outcome::RejectedDraining,
+        Outcome::RejectedOverload,
         Outcome::Truncated,
         Outcome::ClientAbort,
+        Outcome::ClientError,
     ];
 
     /// Lower-case name, as in logs and metrics.
@@ -121,9 +134,16 @@ impl Outcome {
             Outcome::Ok => "ok",
             Outcome::UpstreamError => "upstream_error",
             Outcome::RejectedDraining => "rejected_draining",
+            Outcome::RejectedOverload => "rejected_overload",
             Outcome::Truncated => "truncated",
             Outcome::ClientAbort => "client_abort",
+            Outcome::ClientError => "client_error",
         }
+    }
+
+    /// Its index in [`Outcome::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
     }
 }
 
@@ -140,13 +160,14 @@ pub enum Action {
     /// The deadline: end every stream at an event boundary with the terminal event, answer
     /// requests whose response has not started with 503, abort the rest.
     EndStreams,
-    /// Nothing is in flight any more (or the deadline passed): the drain report is final.
+    /// Nothing is in flight any more (or the deadline passed): the drain report is final
+    /// except for arrivals that are refused from now on.
     Drained,
     /// Send SIGTERM to the child.
     SignalChild,
     /// Send SIGKILL to the child.
     KillChild,
-    /// Exit the process.
+    /// Exit the process. Always the machine's last action, and queued at most once.
     Exit,
 }
 
@@ -197,8 +218,11 @@ pub struct DrainConfig {
     /// Time between SIGTERM and SIGKILL to the child; `None` when there is no child.
     pub child_timeout: Option<Duration>,
     /// After `EndStreams`, how long to wait for in-flight work to reach zero before the drain
-    /// is declared done anyway.
+    /// is declared done anyway. Also how long in-flight work gets to end on its own after the
+    /// engine exited unexpectedly, before it is cut.
     pub deadline_linger: Duration,
+    /// Refuse new requests while this many are in flight (`None`: no limit).
+    pub max_in_flight: Option<u64>,
 }
 
 impl Default for DrainConfig {
@@ -209,6 +233,7 @@ impl Default for DrainConfig {
             convergence: Convergence::default(),
             child_timeout: Some(Duration::from_secs(3)),
             deadline_linger: Duration::from_secs(1),
+            max_in_flight: None,
         }
     }
 }
@@ -255,24 +280,28 @@ impl DrainConfig {
 }
 
 /// A phase and when it began, relative to the drain's start.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct PhaseMark {
     /// The phase.
     pub phase: Phase,
     /// Seconds since the drain started.
-    #[serde(serialize_with = "secs")]
+    #[serde(serialize_with = "secs", deserialize_with = "de_secs")]
     pub at: Duration,
 }
 
 /// The drain report: everything a person needs to judge a drain.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+///
+/// Every request the gate admitted during the drain is counted exactly once, so
+/// `in_flight_at_start + arrivals_after_unready − rejected − overloaded` equals
+/// `completed + truncated + upstream_errors + client_errors + client_aborts + in_flight`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DrainReport {
     /// What started the drain.
     pub trigger: Trigger,
     /// Every phase entered, with when.
     pub phases: Vec<PhaseMark>,
     /// Seconds from drain start to the deadline that applied.
-    #[serde(serialize_with = "secs")]
+    #[serde(serialize_with = "secs", deserialize_with = "de_secs")]
     pub deadline: Duration,
     /// Requests in flight when the drain started.
     pub in_flight_at_start: u64,
@@ -284,18 +313,32 @@ pub struct DrainReport {
     pub truncated: u64,
     /// Arrivals refused during finishing.
     pub rejected: u64,
+    /// Arrivals refused because the in-flight limit was reached.
+    #[serde(default)]
+    pub overloaded: u64,
     /// Requests that failed upstream during the drain.
     pub upstream_errors: u64,
+    /// Requests the client sent malformed (answered 400) during the drain.
+    #[serde(default)]
+    pub client_errors: u64,
     /// Requests whose client went away during the drain.
     pub client_aborts: u64,
     /// Requests that arrived after the gate went unready (served or refused).
     pub arrivals_after_unready: u64,
     /// Delay from going unready to the last arrival: the measured propagation lag.
-    #[serde(serialize_with = "opt_secs")]
+    #[serde(serialize_with = "opt_secs", deserialize_with = "de_opt_secs", default)]
     pub propagation_lag: Option<Duration>,
     /// Seconds from drain start until nothing was in flight, once done.
-    #[serde(serialize_with = "opt_secs")]
+    #[serde(serialize_with = "opt_secs", deserialize_with = "de_opt_secs", default)]
     pub total: Option<Duration>,
+}
+
+impl DrainReport {
+    /// Requests that did not complete normally: truncated by the deadline, failed upstream,
+    /// or still in flight.
+    pub fn lost(&self) -> u64 {
+        self.truncated + self.upstream_errors + self.in_flight
+    }
 }
 
 fn secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -306,6 +349,20 @@ fn opt_secs<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S
     match d {
         Some(d) => secs(d, s),
         None => s.serialize_none(),
+    }
+}
+
+fn de_secs<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let v = f64::deserialize(d)?;
+    Duration::try_from_secs_f64(v).map_err(serde::de::Error::custom)
+}
+
+fn de_opt_secs<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    match Option::<f64>::deserialize(d)? {
+        Some(v) => Duration::try_from_secs_f64(v)
+            .map(Some)
+            .map_err(serde::de::Error::custom),
+        None => Ok(None),
     }
 }
 
@@ -322,7 +379,9 @@ struct Draining {
     completed: u64,
     truncated: u64,
     rejected: u64,
+    overloaded: u64,
     upstream_errors: u64,
+    client_errors: u64,
     client_aborts: u64,
     arrivals: u64,
     drained_at: Option<Time>,
@@ -330,7 +389,41 @@ struct Draining {
     child_killed: bool,
 }
 
+impl Draining {
+    fn new(trigger: Trigger, started: Time, deadline: Time, hard_stop: Time, exit: bool) -> Self {
+        Draining {
+            trigger,
+            started,
+            deadline,
+            hard_stop,
+            exit,
+            last_arrival: None,
+            phases: Vec::with_capacity(4),
+            in_flight_at_start: 0,
+            completed: 0,
+            truncated: 0,
+            rejected: 0,
+            overloaded: 0,
+            upstream_errors: 0,
+            client_errors: 0,
+            client_aborts: 0,
+            arrivals: 0,
+            drained_at: None,
+            child_signalled: None,
+            child_killed: false,
+        }
+    }
+}
+
 /// The drain state machine. See the module docs.
+///
+/// Its promises, checked by property tests over its actions:
+/// - the child gets `SignalChild` only once the drain is done: nothing in flight, or the
+///   deadline (and its linger) passed;
+/// - `KillChild` only after `SignalChild`;
+/// - `Exit` at most once, and nothing after it; it comes only once the drain is done, so that
+///   every response has ended its own way (or was cut at the deadline) before the process
+///   exits — also when the engine died on its own.
 #[derive(Debug, Clone)]
 pub struct DrainMachine {
     config: DrainConfig,
@@ -376,6 +469,11 @@ impl DrainMachine {
         self.drain.is_some()
     }
 
+    /// Whether the `Exit` action has been queued.
+    pub fn exiting(&self) -> bool {
+        self.exit_queued
+    }
+
     /// When the drain started, if one did.
     pub fn drain_started(&self) -> Option<Time> {
         self.drain.as_ref().map(|d| d.started)
@@ -400,6 +498,9 @@ impl DrainMachine {
     /// Starts a drain, or joins the one under way. A join can only shorten the deadline and
     /// can add the wish to exit.
     pub fn drain(&mut self, now: Time, req: DrainRequest) -> Join {
+        if self.exit_queued {
+            return Join::Joined;
+        }
         let explicit = req.deadline.map(|d| now.saturating_add(d));
         let join = match &mut self.drain {
             Some(d) => {
@@ -422,29 +523,12 @@ impl DrainMachine {
                 if let Some(e) = explicit {
                     deadline = deadline.min(e);
                 }
-                self.drain = Some(Draining {
-                    trigger: req.trigger,
-                    started: now,
-                    deadline,
-                    hard_stop: budget.hard_stop(now).max(deadline),
-                    exit: req.exit,
-                    last_arrival: None,
-                    phases: vec![PhaseMark {
-                        phase: Phase::Announcing,
-                        at: Duration::ZERO,
-                    }],
-                    in_flight_at_start: self.in_flight,
-                    completed: 0,
-                    truncated: 0,
-                    rejected: 0,
-                    upstream_errors: 0,
-                    client_aborts: 0,
-                    arrivals: 0,
-                    drained_at: None,
-                    child_signalled: None,
-                    child_killed: false,
-                });
-                self.phase = Phase::Announcing;
+                let hard_stop = budget.hard_stop(now).max(deadline);
+                self.start(
+                    now,
+                    Draining::new(req.trigger, now, deadline, hard_stop, req.exit),
+                );
+                self.enter(now, Phase::Announcing);
                 self.actions.push_back(Action::GoUnready);
                 self.actions.push_back(Action::Announce);
                 Join::Started
@@ -454,23 +538,39 @@ impl DrainMachine {
         join
     }
 
+    fn start(&mut self, now: Time, mut d: Draining) {
+        d.in_flight_at_start = self.in_flight;
+        d.started = now;
+        self.drain = Some(d);
+    }
+
     /// A request is starting. Admitted requests count as in flight until
     /// [`request_finished`](Self::request_finished).
     pub fn request_started(&mut self, now: Time) -> Admission {
-        let admission = match self.phase {
+        let mut admission = match self.phase {
             Phase::Serving => Admission::Serve,
             Phase::Announcing => Admission::ServeAndClose,
             Phase::Finishing | Phase::Deadline | Phase::Done => Admission::Refuse,
         };
+        if admission != Admission::Refuse
+            && self
+                .config
+                .max_in_flight
+                .is_some_and(|m| self.in_flight >= m)
+        {
+            admission = Admission::Overloaded;
+        }
         if let Some(d) = &mut self.drain {
             d.arrivals += 1;
             // Never before the drain's start, whatever order callers read their clocks in.
             d.last_arrival = Some(now.max(d.started));
-            if admission == Admission::Refuse {
-                d.rejected += 1;
+            match admission {
+                Admission::Refuse => d.rejected += 1,
+                Admission::Overloaded => d.overloaded += 1,
+                Admission::Serve | Admission::ServeAndClose => {}
             }
         }
-        if admission != Admission::Refuse {
+        if matches!(admission, Admission::Serve | Admission::ServeAndClose) {
             self.in_flight += 1;
         }
         // A new arrival can only push the end of announcing later; nothing to advance.
@@ -487,7 +587,9 @@ impl DrainMachine {
                 Outcome::Truncated => d.truncated += 1,
                 Outcome::UpstreamError => d.upstream_errors += 1,
                 Outcome::ClientAbort => d.client_aborts += 1,
+                Outcome::ClientError => d.client_errors += 1,
                 Outcome::RejectedDraining => d.rejected += 1,
+                Outcome::RejectedOverload => d.overloaded += 1,
             }
         }
         if self.in_flight == 0 {
@@ -496,9 +598,39 @@ impl DrainMachine {
     }
 
     /// The child process exited (on its own or because it was signalled).
+    ///
+    /// The gate exits afterwards, but only once what is in flight has ended: responses get
+    /// `deadline_linger` to end on their own (an engine's death fails them quickly), then
+    /// the deadline cuts the rest cleanly. With no drain under way, one starts (trigger
+    /// `engine_exit`) directly in the finishing phase: the engine is gone, so new arrivals
+    /// are refused with 503 rather than sent to a dead port.
     pub fn child_exited(&mut self, now: Time) {
+        if self.child_exited {
+            return;
+        }
         self.child_exited = true;
-        self.queue_exit();
+        let cut = now.saturating_add(self.config.deadline_linger);
+        match &mut self.drain {
+            Some(d) => {
+                d.exit = true;
+                d.deadline = d.deadline.min(cut.max(d.started));
+                if self.phase == Phase::Announcing {
+                    self.enter(now, Phase::Finishing);
+                    self.actions.push_back(Action::StartRefusing);
+                }
+            }
+            None => {
+                let deadline = self.config.budget(Duration::ZERO).deadline(now).min(cut);
+                self.start(
+                    now,
+                    Draining::new(Trigger::EngineExit, now, deadline, deadline, true),
+                );
+                self.enter(now, Phase::Finishing);
+                self.actions.push_back(Action::GoUnready);
+                self.actions.push_back(Action::Announce);
+                self.actions.push_back(Action::StartRefusing);
+            }
+        }
         self.advance(now);
     }
 
@@ -509,6 +641,9 @@ impl DrainMachine {
 
     /// The next instant at which [`handle_timeout`](Self::handle_timeout) must be called.
     pub fn poll_timeout(&self) -> Option<Time> {
+        if self.exit_queued {
+            return None;
+        }
         let d = self.drain.as_ref()?;
         match self.phase {
             Phase::Serving => None,
@@ -544,7 +679,9 @@ impl DrainMachine {
             completed: d.completed,
             truncated: d.truncated,
             rejected: d.rejected,
+            overloaded: d.overloaded,
             upstream_errors: d.upstream_errors,
+            client_errors: d.client_errors,
             client_aborts: d.client_aborts,
             arrivals_after_unready: d.arrivals,
             propagation_lag: d.last_arrival.map(|t| t.saturating_sub(d.started)),
@@ -578,6 +715,9 @@ impl DrainMachine {
 
     /// Runs every transition that is due at `now`.
     fn advance(&mut self, now: Time) {
+        if self.exit_queued {
+            return;
+        }
         loop {
             let Some(d) = &self.drain else { return };
             let next = match self.phase {
@@ -616,11 +756,15 @@ impl DrainMachine {
 
     /// Once drained and asked to exit: stop the child (SIGTERM, then SIGKILL), then exit.
     fn advance_exit(&mut self, now: Time) {
-        if self.phase != Phase::Done || self.child_exited {
+        if self.phase != Phase::Done {
             return;
         }
         let Some(d) = &self.drain else { return };
         if !d.exit {
+            return;
+        }
+        if self.child_exited {
+            self.queue_exit();
             return;
         }
         match (self.config.child_timeout, d.child_signalled, d.child_killed) {
@@ -660,6 +804,7 @@ mod tests {
             },
             child_timeout: Some(S(3)),
             deadline_linger: S(1),
+            max_in_flight: None,
         }
     }
 
@@ -760,8 +905,96 @@ mod tests {
     fn child_dying_on_its_own_exits() {
         let mut m = DrainMachine::new(config());
         m.child_exited(S(3));
-        assert_eq!(drain_actions(&mut m), [Action::Exit]);
-        assert_eq!(m.phase(), Phase::Serving);
+        assert_eq!(
+            drain_actions(&mut m),
+            [
+                Action::GoUnready,
+                Action::Announce,
+                Action::StartRefusing,
+                Action::Drained,
+                Action::Exit
+            ]
+        );
+        assert_eq!(m.phase(), Phase::Done);
+        assert_eq!(m.report().unwrap().trigger, Trigger::EngineExit);
+    }
+
+    #[test]
+    fn child_dying_with_work_in_flight_exits_only_once_it_ended() {
+        let mut m = DrainMachine::new(config());
+        m.request_started(S(0));
+        m.request_started(S(0));
+        m.child_exited(S(3));
+        assert_eq!(
+            drain_actions(&mut m),
+            [Action::GoUnready, Action::Announce, Action::StartRefusing]
+        );
+        assert_eq!(m.request_started(S(3)), Admission::Refuse);
+        // One response fails on its own (the engine is gone).
+        m.request_finished(MS(3200), Outcome::UpstreamError);
+        assert!(drain_actions(&mut m).is_empty());
+        // The other is still there after the linger: cut, then done after another linger.
+        assert_eq!(m.poll_timeout(), Some(S(4)));
+        m.handle_timeout(S(4));
+        assert_eq!(drain_actions(&mut m), [Action::EndStreams]);
+        m.request_finished(MS(4100), Outcome::Truncated);
+        assert_eq!(drain_actions(&mut m), [Action::Drained, Action::Exit]);
+        let r = m.report().unwrap();
+        assert_eq!(
+            (r.in_flight_at_start, r.upstream_errors, r.truncated),
+            (2, 1, 1)
+        );
+        assert_eq!(r.in_flight, 0);
+        // Nothing after Exit, whatever happens.
+        m.drain(S(5), DrainRequest::new(Trigger::Signal));
+        m.request_started(S(5));
+        m.handle_timeout(S(100));
+        assert!(drain_actions(&mut m).is_empty());
+    }
+
+    #[test]
+    fn child_dying_during_a_drain_shortens_it() {
+        let mut m = DrainMachine::new(config());
+        m.request_started(S(0));
+        m.drain(S(0), DrainRequest::new(Trigger::Endpoint));
+        drain_actions(&mut m);
+        m.child_exited(MS(500));
+        assert_eq!(m.phase(), Phase::Finishing);
+        assert_eq!(drain_actions(&mut m), [Action::StartRefusing]);
+        assert_eq!(m.deadline(), Some(MS(1500)));
+        m.request_finished(MS(600), Outcome::UpstreamError);
+        assert_eq!(drain_actions(&mut m), [Action::Drained, Action::Exit]);
+    }
+
+    #[test]
+    fn in_flight_limit_refuses_without_counting() {
+        let mut m = DrainMachine::new(DrainConfig {
+            max_in_flight: Some(2),
+            ..config()
+        });
+        assert_eq!(m.request_started(S(0)), Admission::Serve);
+        assert_eq!(m.request_started(S(0)), Admission::Serve);
+        assert_eq!(m.request_started(S(0)), Admission::Overloaded);
+        assert_eq!(m.in_flight(), 2);
+        m.request_finished(S(1), Outcome::Ok);
+        assert_eq!(m.request_started(S(1)), Admission::Serve);
+        m.drain(S(2), DrainRequest::new(Trigger::Endpoint));
+        assert_eq!(m.request_started(S(2)), Admission::Overloaded);
+        let r = m.report().unwrap();
+        assert_eq!((r.overloaded, r.arrivals_after_unready), (1, 1));
+    }
+
+    #[test]
+    fn report_round_trips_through_json() {
+        let mut m = DrainMachine::new(config());
+        m.request_started(S(0));
+        m.drain(MS(1500), DrainRequest::new(Trigger::Endpoint));
+        m.request_finished(S(2), Outcome::Ok);
+        m.handle_timeout(S(4));
+        let r = m.report().unwrap();
+        let json = serde_json::to_string(&r).unwrap();
+        let back: DrainReport = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, r);
     }
 
     #[test]

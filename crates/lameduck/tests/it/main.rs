@@ -2,6 +2,7 @@
 
 mod clients;
 mod gate;
+mod hardening;
 mod inject;
 mod lint;
 mod plan;

@@ -60,11 +60,28 @@ pub struct Proc {
 impl Proc {
     /// Starts `lameduck ARGS` with JSON logs.
     pub fn spawn(args: &[&str]) -> Proc {
-        let mut child = Command::new(bin())
+        Proc::spawn_with(args, &[], None)
+    }
+
+    /// Starts `lameduck ARGS` with JSON logs, extra environment variables, and (through
+    /// `sh -c 'ulimit -n N; exec …'`) a file-descriptor limit.
+    pub fn spawn_with(args: &[&str], env: &[(&str, &str)], nofile: Option<u32>) -> Proc {
+        let mut cmd = match nofile {
+            Some(n) => {
+                let mut c = Command::new("sh");
+                c.arg("-c")
+                    .arg(format!("ulimit -n {n} && exec \"$0\" \"$@\""))
+                    .arg(bin());
+                c
+            }
+            None => Command::new(bin()),
+        };
+        let mut child = cmd
             .arg("--log-format")
             .arg("json")
             .args(args)
             .env("LAMEDUCK_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -206,13 +223,23 @@ impl Gate {
     /// Starts `lameduck gate` on ephemeral ports with `args`, then `--` and `engine` (wrapper
     /// mode) when given; waits until it listens.
     pub async fn start(args: &[&str], engine: Option<&[&str]>) -> Gate {
+        Gate::start_with(args, engine, &[], None).await
+    }
+
+    /// [`Gate::start`] with extra environment variables and a file-descriptor limit.
+    pub async fn start_with(
+        args: &[&str],
+        engine: Option<&[&str]>,
+        env: &[(&str, &str)],
+        nofile: Option<u32>,
+    ) -> Gate {
         let mut all = vec!["gate", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"];
         all.extend_from_slice(args);
         if let Some(engine) = engine {
             all.push("--");
             all.extend_from_slice(engine);
         }
-        let proc = Proc::spawn(&all);
+        let proc = Proc::spawn_with(&all, env, nofile);
         let line = proc
             .wait_for_line("Listening", Duration::from_secs(20))
             .await;
