@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
 """Measures the same workloads directly, through `lameduck gate`, nginx and HAProxy, in one run.
 
-Usage: bench/run.py [--quick] [--only short,stream,drain] [--compare OTHER_LAMEDUCK]
+Usage: bench/run.py [--quick] [--only short,stream,idle,drain] [--unpinned] [--compare OTHER_LAMEDUCK]
 
 Everything listens on 127.0.0.1. The proxy under test runs pinned to CPU 1; the engine
 (engine-sim) and the load generator share CPU 0, so every proxy gets the same single core.
+With `--unpinned`, nothing is pinned: every process may run on every CPU, and the gate uses
+its default runtime (one worker thread per CPU), as it would in a pod without a CPU limit.
 Installs nginx, HAProxy and wrk from Debian's packages when missing; builds lameduck and the
 SSE load client in release mode. Prints Markdown tables (the ones in docs/benchmarks.md).
 
@@ -34,6 +36,12 @@ UP_PORT, GATE_PORT, ADMIN_PORT, NGINX_PORT, HAPROXY_PORT = 28001, 28010, 28011, 
 GATE_B_PORT, ADMIN_B_PORT = 28012, 28013
 COMPARE = None  # another lameduck binary, measured as `gate-b` (--compare)
 PROXY_CPU, LOAD_CPU = "1", "0"
+UNPINNED = False  # --unpinned: no taskset at all
+
+
+def pin(cpu):
+    """The `taskset` prefix that pins a command to `cpu`, or none with --unpinned."""
+    return [] if UNPINNED else ["taskset", "-c", cpu]
 CONVERGENCE_MIN = 5  # seconds; the gate's default --convergence-min, passed explicitly
 
 
@@ -142,10 +150,10 @@ class Proxies:
         time.sleep(0.5)
         for p in self.procs:
             if p.poll() is not None:
-                raise RuntimeError(f"{p.args[3]} exited at start (status {p.returncode}); see its log in {work}")
+                raise RuntimeError(f"{p.args[0 if UNPINNED else 3]} exited at start (status {p.returncode}); see its log in {work}")
 
     def spawn(self, cmd, cpu, log):
-        p = subprocess.Popen(["taskset", "-c", cpu, *map(str, cmd)], stdout=subprocess.DEVNULL,
+        p = subprocess.Popen([*pin(cpu), *map(str, cmd)], stdout=subprocess.DEVNULL,
                              stderr=open(Path(self.work) / log, "w"), start_new_session=True)
         self.procs.append(p)
         return p
@@ -178,10 +186,10 @@ def short_requests(work, rounds, seconds, conns):
             for name, (port, pids) in px.targets().items():
                 url = f"http://127.0.0.1:{port}/v1/models"
                 # Warm-up, then the measured run.
-                subprocess.run(["taskset", "-c", LOAD_CPU, "wrk", "-t1", f"-c{conns}", "-d1s", url],
+                subprocess.run([*pin(LOAD_CPU), "wrk", "-t1", f"-c{conns}", "-d1s", url],
                                capture_output=True, check=True)
                 cpu0 = cpu_seconds(pids)
-                out = sh(["taskset", "-c", LOAD_CPU, "wrk", "-t1", f"-c{conns}", f"-d{seconds}s",
+                out = sh([*pin(LOAD_CPU), "wrk", "-t1", f"-c{conns}", f"-d{seconds}s",
                           "-s", BENCH / "latency.lua", url]).stdout
                 cpu = cpu_seconds(pids) - cpu0
                 m = dict(re.findall(r"(\w+)=([\d.]+)", out.split("RESULT", 1)[1]))
@@ -220,7 +228,8 @@ def streaming(work, streams, tokens, rate, rounds, ramp=2.0):
         for rnd in range(rounds):
             for name, (port, pids) in px.targets().items():
                 cpu0 = cpu_seconds(pids)
-                load = subprocess.Popen(["taskset", "-c", LOAD_CPU, SSE_LOAD,
+                rss_before = rss_mib(pids) if pids else 0.0
+                load = subprocess.Popen([*pin(LOAD_CPU), SSE_LOAD,
                                          f"http://127.0.0.1:{port}/v1/chat/completions",
                                          str(streams), str(tokens), str(rate), str(ramp)],
                                         stdout=subprocess.PIPE, text=True)
@@ -246,10 +255,15 @@ def streaming(work, streams, tokens, rate, rounds, ramp=2.0):
                     r["steady_us_per_1000_events"] = (marks[1][1] - marks[0][1]) / events * 1e9
                     r["sleeps_per_1000_events"] = (marks[1][2] - marks[0][2]) / events * 1000
                 r["rss_mib"] = rss
+                r["rss_before_mib"] = rss_before
+                # Where memory settles once the load is over.
+                time.sleep(5)
+                r["rss_after_mib"] = rss_mib(pids) if pids else 0.0
                 runs[name].append(r)
                 print(f"  stream round {rnd + 1} {name}: {r['streams_ok']}/{streams} ok, {r['events']} events, "
                       f"cpu {cpu:.2f}s ({r['cpu_us_per_1000_events']:.0f} µs/1000 events, steady "
-                      f"{r['steady_us_per_1000_events']:.0f}), rss {rss:.1f} MiB, "
+                      f"{r['steady_us_per_1000_events']:.0f}), rss {rss_before:.1f} → {rss:.1f} → "
+                      f"{r['rss_after_mib']:.1f} MiB (5 s after), "
                       f"lateness p99 {r['lateness_us']['p99']} µs", file=sys.stderr)
                 time.sleep(1)
         # The median round by whole-run CPU (by lateness for direct, which has no proxy CPU). RSS
@@ -258,8 +272,40 @@ def streaming(work, streams, tokens, rate, rounds, ramp=2.0):
         key = lambda r: (r["cpu_us_per_1000_events"], r["lateness_us"]["p99"])
         return {name: sorted(rs, key=key)[len(rs) // 2]
                 | {"rounds": len(rs), "rss_mib": max(r["rss_mib"] for r in rs),
-                   "rss_by_round": [r["rss_mib"] for r in rs]}
+                   "rss_by_round": [r["rss_mib"] for r in rs],
+                   "rss_after_max_mib": max(r["rss_after_mib"] for r in rs),
+                   "rss_idle_mib": rs[0]["rss_before_mib"]}
                 for name, rs in runs.items()}
+    finally:
+        px.close()
+
+
+def idle_connections(work, conns, seconds):
+    """Memory under many keep-alive connections, and after they close: wrk keeps `conns`
+    connections busy for `seconds`, then closes them all; RSS before, at the peak, and 5 s
+    after."""
+    px = Proxies(work, [])
+    try:
+        rows = {}
+        for name, (port, pids) in px.targets().items():
+            if not pids:
+                continue
+            before = rss_mib(pids)
+            url = f"http://127.0.0.1:{port}/v1/models"
+            load = subprocess.Popen([*pin(LOAD_CPU), "wrk", "-t1", f"-c{conns}", f"-d{seconds}s", url],
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            peak = before
+            while load.poll() is None:
+                peak = max(peak, rss_mib(pids))
+                time.sleep(0.1)
+            out = load.communicate()[0]
+            errors = re.search(r"Socket errors: (.*)", out)
+            time.sleep(5)
+            rows[name] = {"before": before, "peak": peak, "after": rss_mib(pids),
+                          "errors": errors.group(1).strip() if errors else "none"}
+            print(f"  idle {name}: rss {before:.1f} → {peak:.1f} → {rows[name]['after']:.1f} MiB",
+                  file=sys.stderr)
+        return rows
     finally:
         px.close()
 
@@ -268,7 +314,7 @@ def drain(work, streams, rate, max_seconds):
     """SIGTERM to a gate wrapping engine-sim with `streams` streams of known remaining length
     (evenly spread from 1 s to max_seconds); overshoot = gate exit − end of the longest stream."""
     log = open(Path(work) / "drain-gate.log", "w")
-    gate = subprocess.Popen(["taskset", "-c", PROXY_CPU, LAMEDUCK, "gate", "--listen", f"127.0.0.1:{GATE_PORT}",
+    gate = subprocess.Popen([*pin(PROXY_CPU), LAMEDUCK, "gate", "--listen", f"127.0.0.1:{GATE_PORT}",
                              "--admin", f"127.0.0.1:{ADMIN_PORT}", "--upstream", f"http://127.0.0.1:{UP_PORT}",
                              "--grace-period", "300", "--convergence-min", str(CONVERGENCE_MIN), "--", LAMEDUCK, "engine-sim", "--listen", f"127.0.0.1:{UP_PORT}",
                              "--tokens-per-second", str(rate), "--ttft", "10ms", "--on-sigterm", "abort"],
@@ -285,7 +331,7 @@ def drain(work, streams, rate, max_seconds):
             body = json.dumps({"model": "sim-llm", "stream": True, "max_tokens": int(secs * rate),
                                "messages": [{"role": "user", "content": "x"}]})
             clients.append(subprocess.Popen(
-                ["taskset", "-c", LOAD_CPU, "curl", "-sN", "-o", "/dev/null", "-w", "%{http_code}",
+                [*pin(LOAD_CPU), "curl", "-sN", "-o", "/dev/null", "-w", "%{http_code}",
                  f"http://127.0.0.1:{GATE_PORT}/v1/chat/completions", "-H", "content-type: application/json",
                  "-d", body], stdout=subprocess.PIPE, text=True))
         time.sleep(0.5)
@@ -324,10 +370,13 @@ def table(rows, cols):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="1 round, short runs, 200 streams")
-    ap.add_argument("--only", default="short,stream,drain")
+    ap.add_argument("--only", default="short,stream,idle,drain")
+    ap.add_argument("--unpinned", action="store_true",
+                    help="pin nothing: every process may use every CPU (the gate uses its default runtime)")
     ap.add_argument("--compare", metavar="LAMEDUCK", help="another lameduck binary, measured as gate-b")
     args = ap.parse_args()
-    global COMPARE
+    global COMPARE, UNPINNED
+    UNPINNED = args.unpinned
     if args.compare:
         COMPARE = str(Path(args.compare).resolve())
         if not os.access(COMPARE, os.X_OK):
@@ -346,6 +395,7 @@ def main():
         "lameduck": sh([LAMEDUCK, "--version"]).stdout.strip(),
         **({"gate-b": f"{COMPARE} ({sh([COMPARE, '--version']).stdout.strip()})"} if COMPARE else {}),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "pinning": "none (--unpinned)" if UNPINNED else f"proxy on CPU {PROXY_CPU}, engine and load on CPU {LOAD_CPU}",
     }
     print("## Machine\n")
     for k, v in info.items():
@@ -406,6 +456,8 @@ def main():
                 ("RSS MiB (highest round)", lambda r: f"{r['rss_mib']:.1f}" if r["name"] != "direct" else "—"),
                 ("RSS by round", lambda r: " → ".join(f"{x:.1f}" for x in r["rss_by_round"])
                  if r["name"] != "direct" else "—"),
+                ("RSS idle / 5 s after (highest) MiB", lambda r: f"{r['rss_idle_mib']:.1f} / {r['rss_after_max_mib']:.1f}"
+                 if r["name"] != "direct" else "—"),
                 ("lateness p50 µs", lambda r: str(r["lateness_us"]["p50"])),
                 ("lateness p99 µs", lambda r: str(r["lateness_us"]["p99"])),
                 ("added p99 µs", lambda r: str(r["lateness_us"]["p99"] - d["lateness_us"]["p99"]) if r["name"] != "direct" else "—"),
@@ -419,6 +471,17 @@ def main():
                   + (f"; gate/gate-b CPU per event {ratio('cpu_us_per_1000_events', 'gate-b'):.2f}, steady "
                      f"{ratio('steady_us_per_1000_events', 'gate-b'):.2f}, RSS {ratio('rss_mib', 'gate-b'):.2f}"
                      if COMPARE else ""), flush=True)
+        if "idle" in only:
+            conns, secs_idle = (1000, 2) if args.quick else (5000, 5)
+            print(f"\n## Many connections: {conns} keep-alive connections for {secs_idle} s, then closed\n", flush=True)
+            rows = idle_connections(work, conns, secs_idle)
+            print(table([{**v, "name": k} for k, v in rows.items()], [
+                ("target", lambda r: r["name"]),
+                ("RSS before MiB", lambda r: f"{r['before']:.1f}"),
+                ("RSS peak MiB", lambda r: f"{r['peak']:.1f}"),
+                ("RSS 5 s after the close MiB", lambda r: f"{r['after']:.1f}"),
+                ("wrk socket errors", lambda r: r["errors"]),
+            ]), flush=True)
         if "drain" in only:
             n, rate, longest = (20, 20, 7) if args.quick else (100, 20, 10)
             print(f"\n## Drain under load: SIGTERM with {n} streams in flight, remaining 1–{longest} s\n", flush=True)

@@ -19,6 +19,11 @@ use crate::conn::ConnCtl;
 use crate::metrics::Kind;
 use crate::state::Shared;
 
+/// Idle engine connections kept for reuse. Enough for the concurrency of short requests; after a
+/// burst of streams, the connections beyond it are closed at once instead of holding their
+/// buffers for the pool's idle timeout (as nginx's `keepalive 32` does).
+pub const ENGINE_POOL_IDLE: usize = 128;
+
 /// The proxy: shared state plus the pooled HTTP/1.1 client to the engine.
 #[derive(Debug)]
 pub struct Proxy {
@@ -35,7 +40,7 @@ impl Proxy {
         connector.set_connect_timeout(Some(std::time::Duration::from_secs(5)));
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(std::time::Duration::from_secs(60))
-            .pool_max_idle_per_host(1024)
+            .pool_max_idle_per_host(ENGINE_POOL_IDLE)
             .build(connector);
         Proxy { shared, client }
     }

@@ -26,6 +26,14 @@ use crate::state::Shared;
 /// and a flood on the admin port must not take descriptors from the proxy or the engine.
 pub const ADMIN_MAX_CONNECTIONS: usize = 64;
 
+/// The most an HTTP/1.1 connection buffers: a request head larger than this is refused (431).
+pub const H1_MAX_BUF: usize = 64 * 1024;
+
+/// HTTP/2 flow-control windows for request bodies, per stream and per connection.
+pub const H2_STREAM_WINDOW: u32 = 256 * 1024;
+/// See [`H2_STREAM_WINDOW`].
+pub const H2_CONN_WINDOW: u32 = 512 * 1024;
+
 /// How long an accepted connection waits for a free slot when the proxy port is full, while
 /// connections without work are closed to make room.
 const FULL_WAIT: Duration = Duration::from_secs(1);
@@ -43,11 +51,18 @@ pub async fn serve_proxy(listener: TcpListener, proxy: Arc<Proxy>) {
         .timer(TokioTimer::new())
         // Covers a request's headers and, for keep-alive, the wait for the next request;
         // the first request's deadline is the watchdog's (`--header-timeout`).
-        .header_read_timeout(cfg.idle_timeout.max(cfg.header_timeout));
+        .header_read_timeout(cfg.idle_timeout.max(cfg.header_timeout))
+        // Bounds what one connection can make the gate buffer: a request head (431 beyond
+        // it) or body data read ahead of the engine.
+        .max_buf_size(H1_MAX_BUF);
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_concurrent_streams(1024);
+        .max_concurrent_streams(1024)
+        // What one HTTP/2 connection can make the gate buffer of request bodies the engine
+        // has not read yet (hyper's defaults are 1 MiB for each).
+        .initial_stream_window_size(H2_STREAM_WINDOW)
+        .initial_connection_window_size(H2_CONN_WINDOW);
     let slots = Arc::new(Semaphore::new(shared.limits.max_connections));
     let exit = shared.exit.clone();
     let mut last_full_log: Option<tokio::time::Instant> = None;

@@ -10,8 +10,14 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-/// With `--features mimalloc`: less CPU per streamed event, about twice the memory
-/// (docs/benchmarks.md).
+/// jemalloc (the default feature): freed memory goes back to the system about a second after a
+/// load ends (docs/benchmarks.md).
+#[cfg(all(feature = "jemalloc", not(feature = "mimalloc")))]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// With `--no-default-features --features mimalloc`: less CPU per streamed event, about twice
+/// the memory (docs/benchmarks.md).
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
