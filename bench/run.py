@@ -49,7 +49,7 @@ def sh(cmd, **kw):
     return subprocess.run(cmd, check=True, text=True, capture_output=True, **kw)
 
 
-def ensure_tools():
+def ensure_tools(build=True):
     missing = [p for p, b in [("nginx-light", "nginx"), ("haproxy", "haproxy"), ("wrk", "wrk")]
                if not shutil.which(b) and not Path(f"/usr/sbin/{b}").exists()]
     if missing:
@@ -57,6 +57,8 @@ def ensure_tools():
         subprocess.run(["apt-get", "update", "-qq"], check=True)
         subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=True,
                        env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+    if not build:
+        return
     print("building lameduck and the SSE load client (release)", file=sys.stderr)
     subprocess.run(["cargo", "build", "--release", "--quiet", "-p", "lameduck"], check=True, cwd=ROOT)
     subprocess.run(["cargo", "build", "--release", "--quiet", "-p", "lameduck-gate", "--example", "sse_load"],
@@ -374,15 +376,19 @@ def main():
     ap.add_argument("--unpinned", action="store_true",
                     help="pin nothing: every process may use every CPU (the gate uses its default runtime)")
     ap.add_argument("--compare", metavar="LAMEDUCK", help="another lameduck binary, measured as gate-b")
+    ap.add_argument("--lameduck", metavar="BIN",
+                    help="measure this lameduck binary instead of building target/release/lameduck")
     args = ap.parse_args()
-    global COMPARE, UNPINNED
+    global COMPARE, UNPINNED, LAMEDUCK
     UNPINNED = args.unpinned
+    if args.lameduck:
+        LAMEDUCK = Path(args.lameduck).resolve()
     if args.compare:
         COMPARE = str(Path(args.compare).resolve())
         if not os.access(COMPARE, os.X_OK):
             sys.exit(f"--compare {args.compare}: not an executable file; give the path of a lameduck binary")
     only = set(args.only.split(","))
-    ensure_tools()
+    ensure_tools(build=not args.lameduck)
     rounds, secs, streams, tokens = (1, 3, 200, 40) if args.quick else (3, 10, 1000, 150)
     stream_rounds = 1 if args.quick else 3
     info = {

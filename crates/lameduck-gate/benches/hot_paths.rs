@@ -121,10 +121,10 @@ fn limits() -> lameduck_gate::state::Limits {
 /// The gate's full in-flight accounting for one request: clock, mutex, machine, metrics.
 #[divan::bench]
 fn shared_admit_finish(bencher: Bencher) {
-    let config = Cli::parse_from(["gate", "--upstream", "http://127.0.0.1:1"])
-        .gate
-        .resolve()
-        .expect("config");
+    let config = lameduck_gate::Config::from_args(
+        Cli::parse_from(["gate", "--upstream", "http://127.0.0.1:1"]).gate,
+    )
+    .expect("config");
     let shared = Shared::new(config, limits());
     bencher.bench_local(|| {
         black_box(shared.admit(Kind::Stream));
@@ -138,10 +138,10 @@ fn shared_admit_finish_2_threads(bencher: Bencher) {
     use std::sync::OnceLock;
     static SHARED: OnceLock<std::sync::Arc<Shared>> = OnceLock::new();
     let shared = SHARED.get_or_init(|| {
-        let config = Cli::parse_from(["gate", "--upstream", "http://127.0.0.1:1"])
-            .gate
-            .resolve()
-            .expect("config");
+        let config = lameduck_gate::Config::from_args(
+            Cli::parse_from(["gate", "--upstream", "http://127.0.0.1:1"]).gate,
+        )
+        .expect("config");
         Shared::new(config, limits())
     });
     bencher.bench(|| {

@@ -5,157 +5,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use http::Uri;
-use lameduck_timeline::{Convergence, DrainConfig, parse_duration};
+pub use lameduck_pod::GateArgs;
+use lameduck_timeline::{Convergence, DrainConfig};
 
 use crate::Error;
-
-fn dur(s: &str) -> Result<Duration, String> {
-    parse_duration(s).map_err(|e| e.to_string())
-}
-
-/// `lameduck gate`: the in-pod drain gate.
-///
-/// Wrapper mode: `lameduck gate [FLAGS] -- CMD ARGS…` starts CMD, proxies to it, and turns
-/// SIGTERM into a graceful drain; the child gets SIGTERM only once nothing is in flight.
-/// Sidecar mode: `lameduck gate --upstream URL [FLAGS]` fronts an engine in another container;
-/// the engine's preStop calls the gate's `/drain`.
-#[derive(clap::Args, Debug, Clone)]
-#[command(after_help = "\
-Drain phases: serving → announcing (unready, still serving, Connection: close / GOAWAY) → \
-finishing (new arrivals get 503 + Retry-After) → deadline (streams end with a terminal \
-`event: error`, the rest aborted) → done.
-
-Deadline = drain start + --grace-period − --prestop-spent − --kill-margin, shortened by \
-`/drain?deadline=`. Set --grace-period to the pod's terminationGracePeriodSeconds.
-
-Admin endpoints (on --admin only): /ready /live /drain /metrics /status.")]
-pub struct GateArgs {
-    /// Address the proxy listens on for client traffic.
-    #[arg(long, default_value = "0.0.0.0:8000", env = "LAMEDUCK_LISTEN")]
-    pub listen: SocketAddr,
-
-    /// Address of the admin endpoints (/ready, /live, /drain, /metrics, /status). Never put it
-    /// in a Service.
-    #[arg(long, default_value = "0.0.0.0:9901", env = "LAMEDUCK_ADMIN")]
-    pub admin: SocketAddr,
-
-    /// The engine's base URL (http only). Required in sidecar mode; in wrapper mode defaults to
-    /// http://127.0.0.1:8001.
-    #[arg(long, env = "LAMEDUCK_UPSTREAM")]
-    pub upstream: Option<Uri>,
-
-    /// The pod's terminationGracePeriodSeconds. The drain budget is computed from it.
-    #[arg(long, default_value = "30", value_parser = dur, env = "LAMEDUCK_GRACE_PERIOD")]
-    pub grace_period: Duration,
-
-    /// Kept at the end of the grace period to end streams, stop the engine and exit before
-    /// the kubelet's SIGKILL.
-    #[arg(long, default_value = "5", value_parser = dur, env = "LAMEDUCK_KILL_MARGIN")]
-    pub kill_margin: Duration,
-
-    /// Time a preStop hook spends before SIGTERM reaches the gate (for example a `sleep`).
-    /// Subtracted from the budget of a SIGTERM-started drain. Not needed when the preStop is
-    /// the gate's /drain.
-    #[arg(long, default_value = "0", value_parser = dur, env = "LAMEDUCK_PRESTOP_SPENT")]
-    pub prestop_spent: Duration,
-
-    /// Keep serving at least this long after going unready, while load balancers converge.
-    #[arg(long, default_value = "5", value_parser = dur, env = "LAMEDUCK_CONVERGENCE_MIN")]
-    pub convergence_min: Duration,
-
-    /// After the minimum, end announcing once no request arrived for this long.
-    #[arg(long, default_value = "2", value_parser = dur, env = "LAMEDUCK_CONVERGENCE_QUIET")]
-    pub convergence_quiet: Duration,
-
-    /// Never announce longer than this.
-    #[arg(long, default_value = "30", value_parser = dur, env = "LAMEDUCK_CONVERGENCE_MAX")]
-    pub convergence_max: Duration,
-
-    /// Wrapper mode: time between SIGTERM and SIGKILL to the child (never past the grace
-    /// period).
-    #[arg(long, default_value = "3", value_parser = dur, env = "LAMEDUCK_CHILD_TIMEOUT")]
-    pub child_timeout: Duration,
-
-    /// Start a drain when this file appears (compatible with `touch /tmp/draining`).
-    #[arg(long, env = "LAMEDUCK_DRAIN_FILE")]
-    pub drain_file: Option<PathBuf>,
-
-    /// Path of the engine's health endpoint, mirrored by /ready.
-    #[arg(long, default_value = "/health", env = "LAMEDUCK_HEALTH_PATH")]
-    pub health_path: String,
-
-    /// How often the engine's health is checked.
-    #[arg(long, default_value = "2", value_parser = dur, env = "LAMEDUCK_HEALTH_INTERVAL")]
-    pub health_interval: Duration,
-
-    /// Timeout of one health check.
-    #[arg(long, default_value = "1", value_parser = dur, env = "LAMEDUCK_HEALTH_TIMEOUT")]
-    pub health_timeout: Duration,
-
-    /// A JSON body POSTed to --warmup-path once the engine is healthy; /ready stays 503 until
-    /// it succeeded.
-    #[arg(long, env = "LAMEDUCK_WARMUP_REQUEST")]
-    pub warmup_request: Option<PathBuf>,
-
-    /// Path the warm-up request is sent to.
-    #[arg(
-        long,
-        default_value = "/v1/chat/completions",
-        env = "LAMEDUCK_WARMUP_PATH"
-    )]
-    pub warmup_path: String,
-
-    /// Retry-After (seconds) on responses refused while draining.
-    #[arg(long, default_value = "1", env = "LAMEDUCK_RETRY_AFTER")]
-    pub retry_after: u32,
-
-    /// End a response whose upstream sends nothing for this long (an engine can stall a stream
-    /// without closing it). 0 disables.
-    #[arg(long, default_value = "0", value_parser = dur, env = "LAMEDUCK_UPSTREAM_IDLE_TIMEOUT")]
-    pub upstream_idle_timeout: Duration,
-
-    /// Refuse new requests with 503 and Retry-After while this many are in flight, so the
-    /// engine is never asked for more than it can hold (0: no limit).
-    #[arg(long, default_value_t = 0, env = "LAMEDUCK_MAX_IN_FLIGHT")]
-    pub max_in_flight: u64,
-
-    /// Client connections the proxy port holds at most. Default: half of what the process's
-    /// file-descriptor limit leaves after a reserve for the admin port and the engine, so that
-    /// no client load can starve the probes. When full, connections that have not sent a
-    /// request yet and idle keep-alive connections are closed first.
-    #[arg(long, env = "LAMEDUCK_MAX_CONNECTIONS")]
-    pub max_connections: Option<std::num::NonZeroUsize>,
-
-    /// A new client connection must complete its first request's headers within this time
-    /// (protocol detection and the HTTP/2 preface included), or it is closed.
-    #[arg(long, default_value = "10", value_parser = dur, env = "LAMEDUCK_HEADER_TIMEOUT")]
-    pub header_timeout: Duration,
-
-    /// A client connection with nothing in flight for this long is closed (HTTP/1.1
-    /// keep-alive and HTTP/2 alike). Keep it longer than your load balancer's own idle
-    /// timeout towards the pod, so that the balancer, not the gate, closes idle connections.
-    #[arg(long, default_value = "75", value_parser = dur, env = "LAMEDUCK_IDLE_TIMEOUT")]
-    pub idle_timeout: Duration,
-
-    /// Require `Authorization: Bearer TOKEN` on /drain. Prefer the environment variable: a
-    /// flag's value is visible in the process list.
-    #[arg(long, env = "LAMEDUCK_ADMIN_TOKEN", hide_env_values = true)]
-    pub admin_token: Option<String>,
-
-    /// Worker threads. Default: the CPUs this process may run on (its affinity, and its
-    /// cgroup quota where the runtime can see it). With 1, a single-threaded runtime is used.
-    #[arg(long, env = "LAMEDUCK_THREADS")]
-    pub threads: Option<std::num::NonZeroUsize>,
-
-    /// Divide every duration flag by this factor (> 0). Used by `lameduck rehearse` to run a
-    /// drain faster than real time; leave at 1 in a pod.
-    #[arg(long, hide = true, default_value = "1", env = "LAMEDUCK_TIME_SCALE")]
-    pub time_scale: f64,
-
-    /// Wrapper mode: the engine command and its arguments, after `--`.
-    #[arg(last = true, value_name = "CMD")]
-    pub command: Vec<String>,
-}
 
 /// The checked configuration the gate runs with.
 #[derive(Debug, Clone)]
@@ -244,9 +97,76 @@ impl Upstream {
     }
 }
 
-impl GateArgs {
+impl Config {
     /// Checks the flags and resolves defaults. Every error names the flag to fix.
-    pub fn resolve(mut self) -> Result<Config, Error> {
+    pub fn from_args(args: GateArgs) -> Result<Config, Error> {
+        Resolver::from(args).resolve()
+    }
+}
+
+/// The flags as plain durations, scaled, on their way to a [`Config`].
+struct Resolver {
+    listen: SocketAddr,
+    admin: SocketAddr,
+    upstream: Option<Uri>,
+    grace_period: Duration,
+    kill_margin: Duration,
+    prestop_spent: Duration,
+    convergence_min: Duration,
+    convergence_quiet: Duration,
+    convergence_max: Duration,
+    child_timeout: Duration,
+    drain_file: Option<PathBuf>,
+    health_path: String,
+    health_interval: Duration,
+    health_timeout: Duration,
+    warmup_request: Option<PathBuf>,
+    warmup_path: String,
+    retry_after: u32,
+    upstream_idle_timeout: Duration,
+    max_in_flight: u64,
+    max_connections: Option<std::num::NonZeroUsize>,
+    header_timeout: Duration,
+    idle_timeout: Duration,
+    admin_token: Option<String>,
+    time_scale: f64,
+    command: Vec<String>,
+}
+
+impl From<GateArgs> for Resolver {
+    fn from(a: GateArgs) -> Self {
+        Resolver {
+            listen: a.listen,
+            admin: a.admin,
+            upstream: a.upstream,
+            grace_period: a.grace_period.0,
+            kill_margin: a.kill_margin.0,
+            prestop_spent: a.prestop_spent.0,
+            convergence_min: a.convergence_min.0,
+            convergence_quiet: a.convergence_quiet.0,
+            convergence_max: a.convergence_max.0,
+            child_timeout: a.child_timeout.0,
+            drain_file: a.drain_file,
+            health_path: a.health_path,
+            health_interval: a.health_interval.0,
+            health_timeout: a.health_timeout.0,
+            warmup_request: a.warmup_request,
+            warmup_path: a.warmup_path,
+            retry_after: a.retry_after,
+            upstream_idle_timeout: a.upstream_idle_timeout.0,
+            max_in_flight: a.max_in_flight,
+            max_connections: a.max_connections,
+            header_timeout: a.header_timeout.0,
+            idle_timeout: a.idle_timeout.0,
+            admin_token: a.admin_token,
+            time_scale: a.time_scale,
+            command: a.command,
+        }
+    }
+}
+
+impl Resolver {
+    fn resolve(mut self) -> Result<Config, Error> {
         if !(self.time_scale.is_finite() && self.time_scale > 0.0) {
             return Err(Error::Config(format!(
                 "--time-scale {}: must be a number greater than 0",

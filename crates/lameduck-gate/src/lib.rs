@@ -67,7 +67,7 @@ pub enum Error {
 /// Binds the listeners from the configuration and runs the gate until it exits; returns the
 /// process exit status.
 pub async fn run(args: GateArgs) -> Result<i32, Error> {
-    let config = args.resolve()?;
+    let config = Config::from_args(args)?;
     let bind = |flag, addr| async move {
         TcpListener::bind(addr)
             .await

@@ -366,7 +366,7 @@ mod tests {
     fn shared(args: &[&str]) -> Arc<Shared> {
         let mut argv = vec!["gate"];
         argv.extend_from_slice(args);
-        let config = Cli::parse_from(argv).gate.resolve().expect("config");
+        let config = crate::config::Config::from_args(Cli::parse_from(argv).gate).expect("config");
         let limits = Limits {
             max_connections: 100,
             max_in_flight: config.drain.max_in_flight,

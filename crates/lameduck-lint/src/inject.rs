@@ -10,24 +10,22 @@
 //!   binary comes from an init container into an `emptyDir` (or is already in the image,
 //!   `--binary`).
 //!
-//! In both, the gate takes over the port clients use and the engine moves to another one on
-//! loopback; readiness and liveness move to the gate's admin endpoints, the preStop is the
-//! gate's `/drain`, and `terminationGracePeriodSeconds` is sized by the timeline's
-//! [`Budget::gated_grace`]. A workload already behind the gate is left as it is, so a second
-//! run changes nothing.
+//! In both, the gate takes over the port clients use and the engine moves to another one (the
+//! way its server is told its port: a flag, an environment variable, an address; see
+//! [`lameduck_pod::engines`]); readiness moves to the gate's `/ready`, the preStop is the
+//! gate's `/drain`, and `terminationGracePeriodSeconds` is the one the pod needs behind the
+//! gate ([`lameduck_pod::grace_need`], the same computation `lint` and `plan` use). A workload
+//! already behind the gate is left as it is, so a second run changes nothing.
 
-use std::collections::BTreeMap;
-use std::path::Path;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1 as core;
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use lameduck_manifest::{Editor, Workload, WorkloadKind, load_str};
-use lameduck_timeline::Budget;
+use lameduck_manifest::{Editor, Lifecycle, Workload, load_str};
+use lameduck_pod::engines::{self, Engine, PortSetting};
+use lameduck_pod::{GateFlags, PodModel, Slot};
 use serde_json::{Value, json};
 
-use crate::facts::{self, MaxRequestSource};
-use crate::rules::{MARGIN, serving};
+use crate::facts;
 
 /// Where the gate goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,7 +37,7 @@ pub enum Mode {
 }
 
 /// The gate's admin port unless told otherwise (`lameduck gate --admin`'s default).
-pub const DEFAULT_ADMIN_PORT: u16 = 9901;
+pub const DEFAULT_ADMIN_PORT: u16 = lameduck_pod::DEFAULT_ADMIN_PORT;
 /// Name of the gate's native sidecar.
 pub const SIDECAR_NAME: &str = "lameduck-gate";
 /// Name of the init container that brings the binary (wrapper mode).
@@ -121,14 +119,23 @@ pub enum InjectError {
         /// What is wrong and what to do.
         message: String,
     },
-    /// An edit failed: a bug, reported rather than writing a broken manifest.
-    #[error("{object}: cannot edit the manifest ({source}); please report this with the input")]
+    /// An edit did not read back as intended: a bug, reported rather than writing a broken
+    /// manifest.
+    #[error("{object}: inject could not edit `{}` safely ({source}); nothing was written. Please report this with the manifest", source_path(.source))]
     Edit {
         /// `kind/name`.
         object: String,
         /// The editor's error.
         source: lameduck_manifest::EditError,
     },
+}
+
+fn source_path(e: &lameduck_manifest::EditError) -> String {
+    match e {
+        lameduck_manifest::EditError::Path { path, .. }
+        | lameduck_manifest::EditError::Unverified { path } => path.clone(),
+        lameduck_manifest::EditError::Syntax { line, .. } => format!("line {line}"),
+    }
 }
 
 /// What was done to one workload.
@@ -163,47 +170,34 @@ enum Edit {
     Replace(String, Value),
 }
 
-/// Port flags of known servers, in the order they are looked for.
-const PORT_FLAGS: [&str; 3] = ["--port", "--http-port", "--server-port"];
-
-/// What is known of an engine: its port flag, that flag's default, its health path.
-struct Engine {
-    flag: &'static str,
-    default_port: u16,
-    health: &'static str,
-}
-
-fn known_engine(c: &core::Container) -> Option<Engine> {
-    let words: Vec<String> = c
-        .image
-        .iter()
-        .chain(c.command.iter().flatten())
-        .chain(c.args.iter().flatten())
-        .map(|w| w.to_ascii_lowercase())
-        .collect();
-    let has = |s: &str| words.iter().any(|w| w.contains(s));
-    let engine = |flag, default_port, health| {
-        Some(Engine {
-            flag,
-            default_port,
-            health,
-        })
-    };
-    if has("vllm") {
-        engine("--port", 8000, "/health")
-    } else if has("sglang") {
-        engine("--port", 30000, "/health")
-    } else if has("tritonserver") {
-        engine("--http-port", 8000, "/v2/health/ready")
-    } else if has("lmdeploy") {
-        engine("--server-port", 23333, "/health")
-    } else {
-        None
+/// Why a workload is left alone without an edit (not an error).
+fn not_injected(w: &Workload<'_>) -> Option<String> {
+    match w.kind.lifecycle() {
+        Lifecycle::Batch => {
+            return Some("batch work, not served through a load balancer".into());
+        }
+        Lifecycle::Knative => {
+            return Some(
+                "Knative drains revisions itself (its queue-proxy keeps serving for the revision's timeoutSeconds): `lameduck lint` checks that timeout instead".into(),
+            );
+        }
+        Lifecycle::Served => {}
     }
+    if w.template.model_container.is_some() {
+        return Some(
+            "its container comes from a KServe ServingRuntime (predictor.model): inject the ServingRuntime, or write the predictor's containers out".into(),
+        );
+    }
+    if !w.template.behind_service() {
+        return Some(
+            "LeaderWorkerSet workers: only the leader is behind the Service, and the group is replaced as a whole".into(),
+        );
+    }
+    None
 }
 
 /// Puts every workload of `text` (read from `path`) behind the gate.
-pub fn inject(path: &Path, text: &str, opts: &Options) -> Result<Injected, InjectError> {
+pub fn inject(path: &std::path::Path, text: &str, opts: &Options) -> Result<Injected, InjectError> {
     let loaded = load_str(path, text);
     if let Some(e) = loaded.errors.first() {
         return Err(InjectError::Input(e.to_string()));
@@ -216,125 +210,97 @@ pub fn inject(path: &Path, text: &str, opts: &Options) -> Result<Injected, Injec
     };
     let mut editor = Editor::new(text);
     for object in &loaded.objects {
-        let Some(w) = Workload::from_object(object) else {
-            continue;
-        };
-        let w = w.map_err(|e| InjectError::Input(e.to_string()))?;
-        let name = object.display_name();
-        if matches!(w.kind, WorkloadKind::Job | WorkloadKind::CronJob) {
-            out.skipped.push(format!(
-                "{name}: batch work, not served through a load balancer"
-            ));
-            continue;
-        }
-        let Some((edits, change, warnings)) = plan(&w, opts)? else {
-            continue;
-        };
-        let doc = object.document;
-        for edit in edits {
-            let r = match &edit {
-                Edit::Set(p, key, v) => editor.set(doc, &object.path(p), key, v),
-                Edit::Push(p, v) => editor.push(doc, &object.path(p), v),
-                Edit::Replace(p, v) => editor.replace(doc, &object.path(p), v),
+        for w in Workload::all(object) {
+            let w = w.map_err(|e| InjectError::Input(e.to_string()))?;
+            let name = w.display_name();
+            if let Some(why) = not_injected(&w) {
+                out.skipped.push(format!("{name}: {why}"));
+                continue;
+            }
+            if facts::gated(&w) {
+                out.skipped.push(format!("{name}: already behind the gate"));
+                continue;
+            }
+            let Some((edits, change, warnings)) = plan(&w, opts)? else {
+                out.skipped.push(format!("{name}: no serving container"));
+                continue;
             };
-            r.map_err(|source| InjectError::Edit {
-                object: name.clone(),
-                source,
-            })?;
-        }
-        out.warnings.extend(warnings);
-        out.changed.push(change);
-    }
-    for object in &loaded.objects {
-        if let Some(Ok(w)) = Workload::from_object(object)
-            && !matches!(w.kind, WorkloadKind::Job | WorkloadKind::CronJob)
-            && !out
-                .changed
-                .iter()
-                .any(|c| c.object == object.display_name())
-        {
-            out.skipped.push(format!(
-                "{}: {}",
-                object.display_name(),
-                if facts::gated(&w) {
-                    "already behind the gate"
-                } else {
-                    "no serving container"
-                }
-            ));
+            let doc = object.document;
+            for edit in edits {
+                let r = match &edit {
+                    Edit::Set(p, key, v) => editor.set(doc, &object.path(p), key, v),
+                    Edit::Push(p, v) => editor.push(doc, &object.path(p), v),
+                    Edit::Replace(p, v) => editor.replace(doc, &object.path(p), v),
+                };
+                r.map_err(|source| InjectError::Edit {
+                    object: name.clone(),
+                    source,
+                })?;
+            }
+            out.warnings.extend(warnings);
+            out.changed.push(change);
         }
     }
-    out.text = editor.text().to_owned();
+    for p in editor.rewritten() {
+        out.warnings.push(if p == lameduck_manifest::edit::RELAXED {
+            "lines inside multi-line flow lists (`[`…`]`) that were not indented past their key were indented two spaces further, as the YAML spec requires; their values are unchanged".to_owned()
+        } else {
+            format!(
+                "`{p}` was rewritten in flow style (JSON) to keep the YAML valid: its comments and layout there are gone; the values are the intended ones"
+            )
+        });
+    }
+    out.text = editor.text().into_owned();
     Ok(out)
 }
 
 type Planned = (Vec<Edit>, Change, Vec<String>);
 
-/// The edits that put one workload behind the gate; `None` when there is nothing to do.
+/// The edits that put one workload behind the gate; `None` when no container serves.
 fn plan(w: &Workload<'_>, opts: &Options) -> Result<Option<Planned>, InjectError> {
     let o = w.object;
-    let pod = w.kind.pod_path();
+    let pod = w.pod_path().to_owned();
     let fail = |at: &str, message: String| {
         let pos = o.pos(at);
         InjectError::Workload {
             file: o.file.display().to_string(),
             line: pos.line,
             col: pos.col,
-            object: o.display_name(),
+            object: w.display_name(),
             message,
         }
     };
-    if facts::gated(w) {
-        return Ok(None);
-    }
-    let containers = &w.spec.containers;
-    let (index, c) = match &opts.container {
-        Some(name) => containers
-            .iter()
-            .enumerate()
-            .find(|(_, c)| &c.name == name)
-            .ok_or_else(|| {
-                let names: Vec<&str> = containers.iter().map(|c| c.name.as_str()).collect();
-                fail(
-                    &format!("{pod}.containers"),
-                    format!(
-                        "no container named `{name}` (it has: {}); fix --container",
-                        names.join(", ")
-                    ),
-                )
-            })?,
-        None => {
-            let serving: Vec<(usize, &core::Container)> = containers
-                .iter()
-                .enumerate()
-                .filter(|(_, c)| serving(c))
-                .collect();
-            let inference: Vec<&(usize, &core::Container)> = serving
-                .iter()
-                .filter(|(_, c)| facts::is_inference(c))
-                .collect();
-            match (serving.as_slice(), inference.as_slice()) {
-                ([], _) => return Ok(None),
-                ([one], _) => *one,
-                (_, [one]) => **one,
-                (many, _) => {
-                    let names: Vec<&str> = many.iter().map(|(_, c)| c.name.as_str()).collect();
-                    return Err(fail(
-                        &format!("{pod}.containers"),
-                        format!(
-                            "several containers serve ({}): choose one with --container",
-                            names.join(", ")
-                        ),
-                    ));
-                }
-            }
+    let model = &w.model;
+    let index = match model.serving_container(opts.container.as_deref()) {
+        Ok(Some(i)) => i,
+        Ok(None) => return Ok(None),
+        Err(e) => {
+            return Err(fail(
+                &format!("{pod}.containers"),
+                format!("{e}: choose one with --container"),
+            ));
         }
     };
-    let cpath = format!("{pod}.containers[{index}]");
-    let engine = known_engine(c);
+    let slot = model.containers[index].slot;
+    let Some(c) = w.container(slot) else {
+        return Ok(None);
+    };
+    if !matches!(slot, Slot::App(_)) {
+        return Err(fail(
+            &w.container_path(slot),
+            format!(
+                "container `{}` is an init container: put an app container behind the gate (--container)",
+                c.name
+            ),
+        ));
+    }
+    let cpath = w.container_path(slot);
+    let engine = model.containers[index].engine.map(|(e, _)| e);
 
     // Ports: the one clients use (the gate takes it), the engine's new one, the admin port.
-    let declared: Vec<u16> = containers
+    let declared: Vec<u16> = w
+        .spec
+        .containers
         .iter()
         .chain(w.spec.init_containers.iter().flatten())
         .flat_map(|c| c.ports.iter().flatten())
@@ -342,11 +308,11 @@ fn plan(w: &Workload<'_>, opts: &Options) -> Result<Option<Planned>, InjectError
         .collect();
     let port = match opts.port {
         Some(p) => p,
-        None => traffic_port(c, engine.as_ref()).ok_or_else(|| {
+        None => traffic_port(c, engine).ok_or_else(|| {
             fail(
                 &cpath,
                 format!(
-                    "cannot tell which port of container `{}` serves clients (it declares none, and its readiness probe names none): pass --port",
+                    "cannot tell which port of container `{}` serves clients (it declares none, its readiness probe names none, and its server is not one lameduck knows): pass --port",
                     c.name
                 ),
             )
@@ -381,8 +347,8 @@ fn plan(w: &Workload<'_>, opts: &Options) -> Result<Option<Planned>, InjectError
             })?,
     };
 
-    // The budget.
-    let (max_request, source) = facts::max_request(w, opts.max_request).ok_or_else(|| {
+    // The budget: what this pod needs behind the gate.
+    let (max_request, source) = facts::max_request_described(w, opts.max_request).ok_or_else(|| {
         fail(
             "metadata",
             format!(
@@ -391,14 +357,12 @@ fn plan(w: &Workload<'_>, opts: &Options) -> Result<Option<Planned>, InjectError
             ),
         )
     })?;
-    let need = Budget::gated_grace(opts.convergence, max_request, MARGIN);
-    let need_secs = need.as_secs() + u64::from(need.subsec_nanos() > 0);
-    let grace_secs = need_secs.max(w.grace().as_secs());
-    let from = match source {
-        MaxRequestSource::Annotation => "annotation",
-        MaxRequestSource::Flag => "--max-request",
-        MaxRequestSource::Assumed => "assumed for an inference server",
-    };
+    let need = lameduck_pod::grace_need_gated(
+        opts.convergence,
+        lameduck_timeline::DEFAULT_KILL_MARGIN,
+        (max_request, source),
+    );
+    let grace_secs = need.seconds().max(w.grace().as_secs());
 
     // The engine's own health path: what its readiness probe asked the engine, else what the
     // engine is known to answer.
@@ -406,84 +370,64 @@ fn plan(w: &Workload<'_>, opts: &Options) -> Result<Option<Planned>, InjectError
         .readiness_probe
         .as_ref()
         .and_then(|p| p.http_get.as_ref())
-        .filter(|h| resolve(&h.port, c) == Some(port))
+        .filter(|h| lameduck_pod::model::resolve_port(&h.port, c) == Some(port))
         .and_then(|h| h.path.clone())
-        .or_else(|| engine.as_ref().map(|e| e.health.to_owned()))
+        .or_else(|| engine.map(|e| e.health.to_owned()))
         .unwrap_or_else(|| "/health".to_owned());
 
     let mut edits = Vec::new();
     let mut lines = Vec::new();
     let mut warnings = Vec::new();
-    let secs = |d: Duration| format!("{}", d.as_secs_f64());
-    let gate_flags = vec![
-        "--listen".to_owned(),
-        format!("0.0.0.0:{port}"),
-        "--admin".to_owned(),
-        format!("0.0.0.0:{admin}"),
-        "--upstream".to_owned(),
-        format!("http://127.0.0.1:{engine_port}"),
-        "--grace-period".to_owned(),
-        grace_secs.to_string(),
-        "--convergence-max".to_owned(),
-        secs(opts.convergence),
-        "--health-path".to_owned(),
-        health.clone(),
-    ];
+    let mut gate = GateFlags::default();
+    gate.set("listen", format!("0.0.0.0:{port}"))
+        .set("admin", format!("0.0.0.0:{admin}"))
+        .set("upstream", format!("http://127.0.0.1:{engine_port}"))
+        .set("grace-period", grace_secs.to_string())
+        .set(
+            "convergence-max",
+            lameduck_timeline::secs_plain(opts.convergence),
+        )
+        .set("health-path", health.clone());
 
-    // Move the engine off the port.
+    // Move the engine off the port, the way its server is told its port.
     let mut command = c.command.clone();
     let mut args = c.args.clone();
-    let moved = move_port(&mut command, &mut args, port, engine_port);
-    let env_index = c
-        .env
-        .iter()
-        .flatten()
-        .position(|e| e.name == "PORT" && e.value.as_deref() == Some(&port.to_string()));
-    let how = if moved {
-        "its port flag".to_owned()
-    } else if let Some(i) = env_index {
-        edits.push(Edit::Replace(
-            format!("{cpath}.env[{i}].value"),
-            json!(engine_port.to_string()),
-        ));
-        "env PORT".to_owned()
-    } else if let Some(e) = engine.as_ref().filter(|e| e.default_port == port) {
-        let shell = command
-            .iter()
-            .flatten()
-            .any(|w| w == "-c" || w.ends_with("sh"));
-        if shell {
-            return Err(fail(
-                &cpath,
-                format!(
-                    "the engine starts from a shell command and listens on its default port {port}: add `{} {port}` to its command line and run inject again",
-                    e.flag
-                ),
+    let moved = move_port(c, engine, &mut command, &mut args, port, engine_port)
+        .map_err(|why| fail(&cpath, why))?;
+    let how = match &moved {
+        Moved::Argv(how) => how.clone(),
+        Moved::Env { index, value, name } => {
+            edits.push(Edit::Replace(
+                format!("{cpath}.env[{index}].value"),
+                json!(value),
             ));
+            format!("env {name}={value}")
         }
-        let extra = [e.flag.to_owned(), engine_port.to_string()];
-        match (&mut command, &mut args) {
-            (_, Some(a)) => a.extend(extra),
-            (Some(cmd), None) => cmd.extend(extra),
-            (None, None) => {
-                warnings.push(format!(
-                    "{}: container `{}` had neither command nor args; inject set args to `{} {engine_port}`, which replaces the image's CMD if it has one",
-                    o.display_name(),
-                    c.name,
-                    e.flag
-                ));
-                args = Some(extra.to_vec());
+        Moved::AddEnv { name, value } => {
+            let var = json!({"name": name, "value": value});
+            if c.env.as_ref().is_some_and(|e| !e.is_empty()) {
+                edits.push(Edit::Push(format!("{cpath}.env"), var));
+            } else {
+                edits.push(Edit::Set(cpath.clone(), "env", json!([var])));
             }
+            format!("env {name}={value}, added")
         }
-        format!("{} {engine_port}", e.flag)
-    } else {
-        return Err(fail(
-            &cpath,
-            format!(
-                "cannot move the server off port {port}: its command line has no {} {port} and no PORT={port} in env. Make the port explicit in its args (e.g. `--port {port}`) and run inject again, or pass --port if {port} is not the port clients use",
-                PORT_FLAGS.join("/")
-            ),
-        ));
+        Moved::AddArgs(extra) => {
+            match (&mut command, &mut args) {
+                (_, Some(a)) => a.extend(extra.iter().cloned()),
+                (Some(cmd), None) => cmd.extend(extra.iter().cloned()),
+                (None, None) => {
+                    warnings.push(format!(
+                        "{}: container `{}` had neither command nor args; inject set args to `{}`, which replaces the image's CMD if it has one",
+                        w.display_name(),
+                        c.name,
+                        extra.join(" ")
+                    ));
+                    args = Some(extra.clone());
+                }
+            }
+            format!("`{}` added", extra.join(" "))
+        }
     };
     lines.push(format!(
         "the gate serves port {port}; the engine moves to port {engine_port} ({how}), which the gate reaches on 127.0.0.1; gate admin on {admin}"
@@ -511,7 +455,7 @@ fn plan(w: &Workload<'_>, opts: &Options) -> Result<Option<Planned>, InjectError
         {
             edits.push(Edit::Push(init_path.clone(), item));
         } else {
-            edits.push(Edit::Set(pod.to_owned(), "initContainers", json!([item])));
+            edits.push(Edit::Set(pod.clone(), "initContainers", json!([item])));
         }
     };
 
@@ -526,7 +470,7 @@ fn plan(w: &Workload<'_>, opts: &Options) -> Result<Option<Planned>, InjectError
             );
             list_edits(&mut edits, &cpath, "args", c.args.as_ref(), args.as_ref());
             let mut cmd = vec!["lameduck".to_owned(), "gate".to_owned()];
-            cmd.extend(gate_flags);
+            cmd.extend(gate.render());
             add_init(
                 &mut edits,
                 json!({
@@ -534,6 +478,7 @@ fn plan(w: &Workload<'_>, opts: &Options) -> Result<Option<Planned>, InjectError
                     "image": opts.image,
                     "restartPolicy": "Always",
                     "command": cmd,
+                    "ports": [{"name": "lameduck-admin", "containerPort": admin}],
                     "readinessProbe": gate_probe("/ready", 2, 1),
                     "livenessProbe": gate_probe("/live", 10, 3),
                     "resources": {"requests": {"cpu": "50m", "memory": "32Mi"}, "limits": {"memory": "128Mi"}},
@@ -565,7 +510,7 @@ fn plan(w: &Workload<'_>, opts: &Options) -> Result<Option<Planned>, InjectError
                     if args.is_none() {
                         warnings.push(format!(
                             "{}: container `{}` now has a command, so the image's CMD no longer applies; give its arguments in `args` if it needs them",
-                            o.display_name(),
+                            w.display_name(),
                             c.name
                         ));
                     }
@@ -585,10 +530,9 @@ fn plan(w: &Workload<'_>, opts: &Options) -> Result<Option<Planned>, InjectError
                 Some(b) => b.clone(),
                 None => format!("{BIN_DIR}/lameduck"),
             };
+            gate.command = engine_cmd;
             let mut cmd = vec![bin.clone(), "gate".to_owned()];
-            cmd.extend(gate_flags);
-            cmd.push("--".to_owned());
-            cmd.extend(engine_cmd);
+            cmd.extend(gate.render());
             edits.push(Edit::Set(cpath.clone(), "command", json!(cmd)));
             list_edits(&mut edits, &cpath, "args", c.args.as_ref(), args.as_ref());
             lines.push(format!("command wrapped: {bin} gate … -- <engine>"));
@@ -608,7 +552,7 @@ fn plan(w: &Workload<'_>, opts: &Options) -> Result<Option<Planned>, InjectError
                 if w.spec.volumes.as_ref().is_some_and(|v| !v.is_empty()) {
                     edits.push(Edit::Push(format!("{pod}.volumes"), volume));
                 } else {
-                    edits.push(Edit::Set(pod.to_owned(), "volumes", json!([volume])));
+                    edits.push(Edit::Set(pod.clone(), "volumes", json!([volume])));
                 }
                 let mount = json!({"name": VOLUME_NAME, "mountPath": BIN_DIR, "readOnly": true});
                 if c.volume_mounts.as_ref().is_some_and(|v| !v.is_empty()) {
@@ -626,6 +570,16 @@ fn plan(w: &Workload<'_>, opts: &Options) -> Result<Option<Planned>, InjectError
                 gate_probe("/live", 10, 3),
             ));
             lines.push("livenessProbe → the gate's /live".into());
+            // A startup probe of the engine's old port would now ask the gate, which answers
+            // only once the engine is healthy: point it at /ready.
+            if c.startup_probe.is_some() {
+                edits.push(Edit::Set(
+                    cpath.clone(),
+                    "startupProbe",
+                    json!({"httpGet": {"path": "/ready", "port": admin}, "periodSeconds": 10, "failureThreshold": startup_failures(c)}),
+                ));
+                lines.push("startupProbe → the gate's /ready (same patience)".into());
+            }
         }
     }
 
@@ -647,35 +601,76 @@ fn plan(w: &Workload<'_>, opts: &Options) -> Result<Option<Planned>, InjectError
     }
     lines.push("readinessProbe → the gate's /ready; preStop → the gate's /drain".into());
 
+    // The gate runs as non-root: a port below 1024 needs the runtime to allow it, which the
+    // pod can ask for with a sysctl Kubernetes counts as safe (since 1.22).
+    if port < 1024 {
+        let sysctl = json!({"name": "net.ipv4.ip_unprivileged_port_start", "value": "0"});
+        let existing = w.spec.security_context.as_ref();
+        let set_already = existing.and_then(|s| s.sysctls.as_ref()).is_some_and(|v| {
+            v.iter()
+                .any(|s| s.name == "net.ipv4.ip_unprivileged_port_start")
+        });
+        if !set_already {
+            match existing {
+                None => edits.push(Edit::Set(
+                    pod.clone(),
+                    "securityContext",
+                    json!({"sysctls": [sysctl]}),
+                )),
+                Some(sc) if sc.sysctls.as_ref().is_some_and(|v| !v.is_empty()) => {
+                    edits.push(Edit::Push(format!("{pod}.securityContext.sysctls"), sysctl))
+                }
+                Some(_) => edits.push(Edit::Set(
+                    format!("{pod}.securityContext"),
+                    "sysctls",
+                    json!([sysctl]),
+                )),
+            }
+            lines.push(format!(
+                "the gate runs as non-root and takes port {port}: the pod's sysctl net.ipv4.ip_unprivileged_port_start=0 lets it"
+            ));
+        }
+    }
+
     let old = w.spec.termination_grace_period_seconds;
     if old != i64::try_from(grace_secs).ok() {
         edits.push(Edit::Set(
-            pod.to_owned(),
+            pod.clone(),
             "terminationGracePeriodSeconds",
             json!(grace_secs),
         ));
     }
     let was = match old {
         Some(g) if g == i64::try_from(grace_secs).unwrap_or(-1) => format!("kept at {g}"),
+        Some(g) if u64::try_from(g).is_ok_and(|g| g > need.seconds()) => {
+            format!("kept at {g}, more than needed")
+        }
         Some(g) => format!("{g} → {grace_secs}"),
         None => format!("unset (30) → {grace_secs}"),
     };
     lines.push(format!(
-        "terminationGracePeriodSeconds {was} (needs {} s convergence + {} s longest request ({from}) + {} s margin = {} s)",
-        secs(opts.convergence),
-        secs(max_request),
-        secs(MARGIN),
-        secs(need)
+        "terminationGracePeriodSeconds {was}: {}",
+        need.explain()
     ));
     Ok(Some((
         edits,
         Change {
-            object: o.display_name(),
+            object: w.display_name(),
             container: c.name.clone(),
             lines,
         },
         warnings,
     )))
+}
+
+/// The engine's startup probe's patience (periodSeconds × failureThreshold) as a failure
+/// threshold at a 10 s period.
+fn startup_failures(c: &core::Container) -> i64 {
+    let p = c.startup_probe.as_ref().map(lameduck_pod::model::probe);
+    p.map_or(30, |p| {
+        let total = p.time_to_fail().as_secs() + p.initial_delay.as_secs();
+        i64::try_from(total.div_ceil(10)).unwrap_or(30).max(1)
+    })
 }
 
 /// The edits that turn the list `field` of the container at `cpath` from `old` into `new`
@@ -702,22 +697,9 @@ fn list_edits(
     }
 }
 
-/// A probe or hook port as a number (named ports through the container's declarations).
-fn resolve(port: &IntOrString, c: &core::Container) -> Option<u16> {
-    match port {
-        IntOrString::Int(n) => u16::try_from(*n).ok(),
-        IntOrString::String(name) => c
-            .ports
-            .iter()
-            .flatten()
-            .find(|p| p.name.as_deref() == Some(name))
-            .and_then(|p| u16::try_from(p.container_port).ok()),
-    }
-}
-
 /// The port clients use: the only declared port, else the one named `http` or probed for
-/// readiness, else the first; with none declared, the readiness probe's or the engine's
-/// default.
+/// readiness, else the first; with none declared, the readiness probe's, the port the
+/// server's settings name, or the engine's default.
 fn traffic_port(c: &core::Container, engine: Option<&Engine>) -> Option<u16> {
     let ports: Vec<&core::ContainerPort> = c
         .ports
@@ -725,33 +707,250 @@ fn traffic_port(c: &core::Container, engine: Option<&Engine>) -> Option<u16> {
         .flatten()
         .filter(|p| p.protocol.as_deref().unwrap_or("TCP") == "TCP")
         .collect();
+    let resolve = |p| lameduck_pod::model::resolve_port(p, c);
     let probed = c.readiness_probe.as_ref().and_then(|p| {
         p.http_get
             .as_ref()
-            .and_then(|h| resolve(&h.port, c))
-            .or_else(|| p.tcp_socket.as_ref().and_then(|t| resolve(&t.port, c)))
+            .and_then(|h| resolve(&h.port))
+            .or_else(|| p.tcp_socket.as_ref().and_then(|t| resolve(&t.port)))
     });
     let number = |p: &core::ContainerPort| u16::try_from(p.container_port).ok();
+    let configured = || engine.and_then(|e| configured_port(c, e));
     match ports.as_slice() {
         [one] => number(one),
-        [] => probed.or_else(|| engine.map(|e| e.default_port)),
+        [] => probed
+            .or_else(configured)
+            .or_else(|| engine.map(|e| e.default_port)),
         many => many
             .iter()
-            .find(|p| p.name.as_deref() == Some("http"))
+            .find(|p| matches!(p.name.as_deref(), Some("http" | "http1" | "openai")))
             .and_then(|p| number(p))
             .or(probed.filter(|p| many.iter().any(|d| number(d) == Some(*p))))
+            .or_else(|| configured().filter(|p| many.iter().any(|d| number(d) == Some(*p))))
             .or_else(|| number(many[0])),
+    }
+}
+
+/// The port an engine's settings name in this container (flag or env), if any.
+fn configured_port(c: &core::Container, e: &Engine) -> Option<u16> {
+    let words = argv_words(c);
+    for setting in e.port {
+        match setting {
+            PortSetting::Flag(f) | PortSetting::FlagAddress(f) => {
+                if let Some(v) = flag_value(&words, f) {
+                    return port_of(&v);
+                }
+            }
+            PortSetting::Env(name) | PortSetting::EnvAddress(name) => {
+                if let Some(v) = env_value(c, name) {
+                    return port_of(v);
+                }
+            }
+        }
+    }
+    None
+}
+
+fn argv_words(c: &core::Container) -> Vec<String> {
+    c.command
+        .iter()
+        .flatten()
+        .chain(c.args.iter().flatten())
+        .flat_map(|s| s.split_whitespace())
+        .map(|w| w.trim_matches(|ch| ch == '"' || ch == '\'').to_owned())
+        .collect()
+}
+
+fn flag_value(words: &[String], flag: &str) -> Option<String> {
+    let eq = format!("{flag}=");
+    words.iter().enumerate().find_map(|(i, w)| {
+        if let Some(v) = w.strip_prefix(&eq) {
+            Some(v.to_owned())
+        } else if w == flag {
+            words.get(i + 1).cloned()
+        } else {
+            None
+        }
+    })
+}
+
+fn env_value<'c>(c: &'c core::Container, name: &str) -> Option<&'c str> {
+    c.env
+        .iter()
+        .flatten()
+        .find(|e| e.name == name)
+        .and_then(|e| e.value.as_deref())
+}
+
+/// The port of `8000`, `:8000`, `0.0.0.0:8000`, `[::]:8000`, `http://0.0.0.0:8000`.
+fn port_of(v: &str) -> Option<u16> {
+    v.rsplit(':').next()?.trim_end_matches('/').parse().ok()
+}
+
+/// How the engine was moved off its port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Moved {
+    /// A flag in its command or args was changed (described).
+    Argv(String),
+    /// An env var's value was changed.
+    Env {
+        index: usize,
+        name: String,
+        value: String,
+    },
+    /// An env var was added.
+    AddEnv { name: String, value: String },
+    /// These words were added to its args.
+    AddArgs(Vec<String>),
+}
+
+/// Port flags of servers lameduck does not know, tried when the engine is unknown.
+const GENERIC_FLAGS: [&str; 4] = ["--port", "--http-port", "--server-port", "--http_port"];
+/// Port variables of servers lameduck does not know.
+const GENERIC_ENV: [&str; 2] = ["PORT", "HTTP_PORT"];
+
+/// Moves the engine from `port` to `to`: changes the flag or variable that sets it, or, when
+/// nothing sets it and the server listens on its default, adds the setting its server takes.
+fn move_port(
+    c: &core::Container,
+    engine: Option<&Engine>,
+    command: &mut Option<Vec<String>>,
+    args: &mut Option<Vec<String>>,
+    port: u16,
+    to: u16,
+) -> Result<Moved, String> {
+    // (name, whether its value is an address): flags, then variables.
+    type Settings<'a> = Vec<(&'a str, bool)>;
+    let (flags, env): (Settings<'_>, Settings<'_>) = match engine {
+        Some(e) => {
+            let flags = e
+                .port
+                .iter()
+                .filter_map(|s| match s {
+                    PortSetting::Flag(f) => Some((*f, false)),
+                    PortSetting::FlagAddress(f) => Some((*f, true)),
+                    _ => None,
+                })
+                .collect();
+            let env = e
+                .port
+                .iter()
+                .filter_map(|s| match s {
+                    PortSetting::Env(n) => Some((*n, false)),
+                    PortSetting::EnvAddress(n) => Some((*n, true)),
+                    _ => None,
+                })
+                .collect();
+            (flags, env)
+        }
+        None => (
+            GENERIC_FLAGS.iter().map(|f| (*f, false)).collect(),
+            GENERIC_ENV.iter().map(|n| (*n, false)).collect(),
+        ),
+    };
+    for (flag, _) in &flags {
+        if replace_flag(command, args, flag, port, to) {
+            return Ok(Moved::Argv(format!("its {flag} flag")));
+        }
+    }
+    for (name, address) in &env {
+        if let Some((index, e)) = c
+            .env
+            .iter()
+            .flatten()
+            .enumerate()
+            .find(|(_, e)| e.name == *name)
+        {
+            let Some(v) = e.value.as_deref() else {
+                return Err(format!(
+                    "its port comes from env {name}, which is set from a reference (valueFrom): set {name} to a literal value, or pass --port if {port} is not the port clients use"
+                ));
+            };
+            if port_of(v) == Some(port) {
+                let value = if *address {
+                    match v.rsplit_once(':') {
+                        Some((host, _)) => format!("{host}:{to}"),
+                        None => format!("0.0.0.0:{to}"),
+                    }
+                } else {
+                    to.to_string()
+                };
+                return Ok(Moved::Env {
+                    index,
+                    name: (*name).to_owned(),
+                    value,
+                });
+            }
+        }
+    }
+    let Some(e) = engine else {
+        return Err(format!(
+            "cannot move the server off port {port}: lameduck does not know this server, and its command line has no {} {port} and its env no {}={port}. Make the port explicit (e.g. `--port {port}` in args, or env PORT) and run inject again, or pass --port if {port} is not the port clients use",
+            GENERIC_FLAGS.join("/"),
+            GENERIC_ENV.join("/")
+        ));
+    };
+    let describe_all = || {
+        e.port
+            .iter()
+            .map(|s| s.describe(port))
+            .collect::<Vec<_>>()
+            .join(" or ")
+    };
+    if e.default_port != port {
+        return Err(format!(
+            "{} listens on port {} unless told otherwise, but the port clients use here is {port} and nothing in its command line or env sets it: set it explicitly ({}) and run inject again, or pass --port {} if that is the port clients use",
+            e.name,
+            e.default_port,
+            describe_all(),
+            e.default_port
+        ));
+    }
+    // Nothing sets the port and the server is on its default: add the setting it takes.
+    if e.id == "vllm" && flag_value(&argv_words(c), "--config").is_some() {
+        return Err(format!(
+            "vLLM reads a config file (--config) that may set its port, which inject cannot see: add `--port {port}` to its args and run inject again"
+        ));
+    }
+    let shell = command
+        .iter()
+        .flatten()
+        .any(|w| w == "-c" || engines::programs(c).len() > 1);
+    let preferred = e.port.iter().find(|s| match s {
+        PortSetting::Flag(_) | PortSetting::FlagAddress(_) => !shell,
+        _ => true,
+    });
+    match preferred {
+        Some(PortSetting::Flag(f)) => Ok(Moved::AddArgs(vec![(*f).to_owned(), to.to_string()])),
+        Some(PortSetting::FlagAddress(f)) => Ok(Moved::AddArgs(vec![
+            (*f).to_owned(),
+            format!("0.0.0.0:{to}"),
+        ])),
+        Some(PortSetting::Env(n)) => Ok(Moved::AddEnv {
+            name: (*n).to_owned(),
+            value: to.to_string(),
+        }),
+        Some(PortSetting::EnvAddress(n)) => Ok(Moved::AddEnv {
+            name: (*n).to_owned(),
+            value: format!("0.0.0.0:{to}"),
+        }),
+        None => Err(format!(
+            "{} starts from a shell command and listens on its default port {port}: add {} to the command it runs and run inject again",
+            e.name,
+            describe_all()
+        )),
     }
 }
 
 /// A byte range of a string and its new text.
 type Replacement = (std::ops::Range<usize>, String);
 
-/// Changes `--port P` / `--port=P` (and the other known port flags, also inside shell command
-/// strings) to `to` in the command and args; whether anything changed.
-fn move_port(
+/// Changes `FLAG P` / `FLAG=P` / `FLAG HOST:P` to `to` in the command and args (also inside
+/// shell command strings); whether anything changed.
+fn replace_flag(
     command: &mut Option<Vec<String>>,
     args: &mut Option<Vec<String>>,
+    flag: &str,
     port: u16,
     to: u16,
 ) -> bool {
@@ -769,26 +968,36 @@ fn move_port(
         }
     }
     let clean = |w: &str| w.trim_matches(|c| c == '"' || c == '\'').to_owned();
-    // (list, element) → replacements (range, text).
-    let mut edits: BTreeMap<(usize, usize), Vec<Replacement>> = BTreeMap::new();
+    let with_port = |v: &str| -> Option<String> {
+        let v = clean(v);
+        // `8000`, `:8000`, `0.0.0.0:8000`.
+        (port_of(&v) == Some(port) && (v == p || v.ends_with(&format!(":{p}")))).then(|| {
+            v.replacen(&p, &to.to_string(), 1)
+                .replace(&format!(":{p}"), &format!(":{to}"))
+        })
+    };
+    let mut edits: std::collections::BTreeMap<(usize, usize), Vec<Replacement>> =
+        Default::default();
     for (k, (list, i, range, w)) in words.iter().enumerate() {
-        for flag in PORT_FLAGS {
-            if let Some(v) = w.strip_prefix(flag).and_then(|r| r.strip_prefix('='))
-                && clean(v) == p
-            {
-                edits
-                    .entry((*list, *i))
-                    .or_default()
-                    .push((range.clone(), w.replace(&p, &to.to_string())));
-            } else if w == flag
-                && let Some((l2, i2, r2, v)) = words.get(k + 1)
-                && clean(v) == p
-            {
-                edits
-                    .entry((*l2, *i2))
-                    .or_default()
-                    .push((r2.clone(), v.replace(&p, &to.to_string())));
-            }
+        if let Some(v) = w.strip_prefix(flag).and_then(|r| r.strip_prefix('='))
+            && let Some(new) = with_port(v)
+        {
+            edits
+                .entry((*list, *i))
+                .or_default()
+                .push((range.clone(), format!("{flag}={new}")));
+        } else if w == flag
+            && let Some((l2, i2, r2, v)) = words.get(k + 1)
+            && let Some(new) = with_port(v)
+        {
+            let quoted = v.starts_with(['"', '\'']);
+            let new = if quoted {
+                let q = &v[..1];
+                format!("{q}{new}{q}")
+            } else {
+                new
+            };
+            edits.entry((*l2, *i2)).or_default().push((r2.clone(), new));
         }
     }
     for ((list, i), mut reps) in edits.iter().map(|(k, v)| (*k, v.clone())) {
@@ -809,15 +1018,21 @@ fn move_port(
 
 /// The edit that points a probe of the engine at its new port, if it checked the old one.
 fn repoint(p: &core::Probe, c: &core::Container, from: u16, to: u16, path: &str) -> Option<Edit> {
+    let resolve = |p| lameduck_pod::model::resolve_port(p, c);
     if let Some(h) = &p.http_get
-        && resolve(&h.port, c) == Some(from)
+        && resolve(&h.port) == Some(from)
     {
         return Some(Edit::Replace(format!("{path}.httpGet.port"), json!(to)));
     }
     if let Some(t) = &p.tcp_socket
-        && resolve(&t.port, c) == Some(from)
+        && resolve(&t.port) == Some(from)
     {
         return Some(Edit::Replace(format!("{path}.tcpSocket.port"), json!(to)));
+    }
+    if let Some(g) = &p.grpc
+        && u16::try_from(g.port).ok() == Some(from)
+    {
+        return Some(Edit::Replace(format!("{path}.grpc.port"), json!(to)));
     }
     if let Some(cmd) = p.exec.as_ref().and_then(|e| e.command.as_ref()) {
         let old: Vec<String> = [format!("localhost:{from}"), format!("127.0.0.1:{from}")].into();
@@ -838,6 +1053,11 @@ fn repoint(p: &core::Probe, c: &core::Container, from: u16, to: u16, path: &str)
     None
 }
 
+/// The pod model of a workload after inject, for callers that check what inject produced.
+pub fn model_of(spec: &core::PodSpec) -> PodModel {
+    PodModel::new(spec)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -850,20 +1070,33 @@ mod tests {
     fn ports_move_in_every_spelling() {
         let mut cmd = strings(&["vllm", "serve", "m", "--port", "8000"]);
         let mut args = strings(&["--http-port=8000", "--other", "8000"]);
-        assert!(move_port(&mut cmd, &mut args, 8000, 8001));
+        assert!(replace_flag(&mut cmd, &mut args, "--port", 8000, 8001));
+        assert!(replace_flag(&mut cmd, &mut args, "--http-port", 8000, 8001));
         assert_eq!(cmd, strings(&["vllm", "serve", "m", "--port", "8001"]));
         assert_eq!(args, strings(&["--http-port=8001", "--other", "8000"]));
         let mut cmd = strings(&["sh", "-c", "exec vllm serve m --port 8000 --host 0.0.0.0"]);
-        assert!(move_port(&mut cmd, &mut None, 8000, 8001));
+        assert!(replace_flag(&mut cmd, &mut None, "--port", 8000, 8001));
         assert_eq!(
             cmd,
             strings(&["sh", "-c", "exec vllm serve m --port 8001 --host 0.0.0.0"])
         );
         let mut cmd = strings(&["--port"]);
-        let mut args = strings(&["8000"]);
-        assert!(move_port(&mut cmd, &mut args, 8000, 9000));
-        assert_eq!(args, strings(&["9000"]));
+        let mut args = strings(&["\"8000\""]);
+        assert!(replace_flag(&mut cmd, &mut args, "--port", 8000, 9000));
+        assert_eq!(args, strings(&["\"9000\""]));
         let mut cmd = strings(&["serve", "--port", "80000"]);
-        assert!(!move_port(&mut cmd, &mut None, 8000, 8001));
+        assert!(!replace_flag(&mut cmd, &mut None, "--port", 8000, 8001));
+        let mut cmd = strings(&["local-ai", "--address", ":8080"]);
+        assert!(replace_flag(&mut cmd, &mut None, "--address", 8080, 8081));
+        assert_eq!(cmd, strings(&["local-ai", "--address", ":8081"]));
+    }
+
+    #[test]
+    fn ports_of_addresses() {
+        assert_eq!(port_of("8000"), Some(8000));
+        assert_eq!(port_of("0.0.0.0:11434"), Some(11434));
+        assert_eq!(port_of(":8080"), Some(8080));
+        assert_eq!(port_of("http://0.0.0.0:4000/"), Some(4000));
+        assert_eq!(port_of("x"), None);
     }
 }

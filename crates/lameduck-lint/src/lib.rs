@@ -76,8 +76,18 @@ pub struct Finding {
     pub line: usize,
     /// Column, from 1.
     pub col: usize,
-    /// `kind/name` of the object.
+    /// `kind/name` of the object, as people read it (with its namespace, and the template's
+    /// role where an object has several).
     pub object: String,
+    /// The object's `apiVersion`.
+    #[serde(rename = "apiVersion")]
+    pub api_version: String,
+    /// The object's `kind`.
+    pub kind: String,
+    /// The object's namespace, when written.
+    pub namespace: Option<String>,
+    /// The object's name.
+    pub name: String,
     /// The container, when the finding is about one.
     pub container: Option<String>,
     /// The field's path in the document.
@@ -93,7 +103,9 @@ pub struct Finding {
 pub struct Report {
     /// Findings, by file, line and column.
     pub findings: Vec<Finding>,
-    /// Inputs that could not be read, and assumptions made.
+    /// Inputs that could not be read or parsed (the run's exit status is then 2).
+    pub input_errors: Vec<String>,
+    /// Assumptions made, objects not checked, findings suppressed.
     pub notes: Vec<String>,
     /// Objects analysed.
     pub objects: usize,
@@ -117,9 +129,9 @@ pub fn lint(loaded: &Loaded, options: &Options) -> Report {
     }
     findings
         .sort_by(|a, b| (&a.file, a.line, a.col, a.rule).cmp(&(&b.file, b.line, b.col, b.rule)));
-    notes.splice(0..0, loaded.errors.iter().map(ToString::to_string));
     Report {
         findings,
+        input_errors: loaded.errors.iter().map(ToString::to_string).collect(),
         notes,
         objects: loaded.objects.len(),
     }

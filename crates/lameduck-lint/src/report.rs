@@ -30,13 +30,24 @@ pub fn human(report: &Report, source: impl Fn(&str) -> Option<std::sync::Arc<str
         let _ = writeln!(out, "  = fix: {}", f.fix);
         out.push('\n');
     }
+    for e in &report.input_errors {
+        let _ = writeln!(out, "error: {e}");
+    }
     for n in &report.notes {
         let _ = writeln!(out, "note: {n}");
     }
     let count = |s| report.findings.iter().filter(|f| f.severity == s).count();
+    let unread = if report.input_errors.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "; {} input(s) could not be read, so the check is incomplete",
+            report.input_errors.len()
+        )
+    };
     let _ = writeln!(
         out,
-        "{} object(s): {} error(s), {} warning(s)",
+        "{} object(s): {} error(s), {} warning(s){unread}",
         report.objects,
         count(crate::Severity::Error),
         count(crate::Severity::Warning)
@@ -44,10 +55,11 @@ pub fn human(report: &Report, source: impl Fn(&str) -> Option<std::sync::Arc<str
     out
 }
 
-/// JSON output: `{"findings": [...], "notes": [...], "objects": N}`.
+/// JSON output: `{"findings": [...], "input_errors": [...], "notes": [...], "objects": N}`.
 pub fn json(report: &Report) -> String {
     serde_json::json!({
         "findings": report.findings,
+        "input_errors": report.input_errors,
         "notes": report.notes,
         "objects": report.objects,
     })

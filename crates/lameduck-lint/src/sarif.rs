@@ -20,7 +20,22 @@ struct Log {
 #[derive(Serialize)]
 struct Run {
     tool: Tool,
+    invocations: [Invocation; 1],
     results: Vec<SarifResult>,
+}
+
+/// The run itself: whether it could read every input, and what it could not.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Invocation {
+    execution_successful: bool,
+    tool_execution_notifications: Vec<Notification>,
+}
+
+#[derive(Serialize)]
+struct Notification {
+    level: &'static str,
+    message: Text,
 }
 
 #[derive(Serialize)]
@@ -211,6 +226,21 @@ pub fn sarif(report: &Report) -> String {
                     rules: ALL.iter().map(descriptor).collect(),
                 },
             },
+            invocations: [Invocation {
+                execution_successful: report.input_errors.is_empty(),
+                tool_execution_notifications: report
+                    .input_errors
+                    .iter()
+                    .map(|e| Notification {
+                        level: "error",
+                        message: Text { text: e.clone() },
+                    })
+                    .chain(report.notes.iter().map(|n| Notification {
+                        level: "note",
+                        message: Text { text: n.clone() },
+                    }))
+                    .collect(),
+            }],
             results: report.findings.iter().map(result).collect(),
         }],
     };

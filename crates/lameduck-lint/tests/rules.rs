@@ -162,7 +162,13 @@ fn grace_too_short_with_max_request_annotation_and_flag() {
     );
     let r = run("a.yaml", &annotated);
     assert_eq!(fired(&r), [("grace-period-too-short", 8, 5)]);
-    assert!(r.findings[0].message.contains("its annotation"));
+    assert!(
+        r.findings[0]
+            .message
+            .contains("max-request-seconds` annotation"),
+        "{}",
+        r.findings[0].message
+    );
     // Enough grace: 10 + 120 + 5.
     let fixed = annotated.replace(
         "    spec:\n      containers",
@@ -201,17 +207,31 @@ fn readiness_must_check_the_marker_the_prestop_sets() {
 #[test]
 fn gate_ready_is_drain_aware() {
     let text = deploy(
-        r#"      containers:
+        r#"      terminationGracePeriodSeconds: 185
+      containers:
         - name: app
           image: ghcr.io/example/lameduck
-          args: [gate, --admin, '0.0.0.0:9901', --, vllm, serve]
+          args: [gate, --admin, '0.0.0.0:9901', --grace-period, '185', --, vllm, serve]
           ports: [{containerPort: 8000}]
           readinessProbe: {httpGet: {path: /ready, port: 9901}, periodSeconds: 2}
           livenessProbe: {httpGet: {path: /live, port: 9901}}
 "#,
     );
-    // The container is the gate itself (wrapper mode): nothing to report.
+    // The container is the gate itself (wrapper mode): nothing to report. Its grace period
+    // is checked like any engine's: the default 30 s cannot hold vLLM's requests.
     assert_eq!(fired(&run("w.yaml", &text)), []);
+    let short = text
+        .replace("      terminationGracePeriodSeconds: 185\n", "")
+        .replace("--grace-period, '185', ", "");
+    let r = run("w.yaml", &short);
+    assert_eq!(fired(&r), [("grace-period-too-short", 8, 5)]);
+    assert!(
+        r.findings[0]
+            .message
+            .contains("(the gate keeps admitting while it announces"),
+        "{}",
+        r.findings[0].message
+    );
 }
 
 #[test]
@@ -229,6 +249,9 @@ fn liveness_same_as_readiness_and_slow_readiness() {
         fired(&r),
         [
             ("readiness-slower-than-convergence", 13, 11),
+            // Two mistakes in one probe: it checks the drain marker (a drain restarts the
+            // container), and it is readiness's own check.
+            ("liveness-kills-busy-engine", 16, 11),
             ("liveness-same-as-readiness", 16, 11)
         ]
     );
@@ -326,7 +349,7 @@ spec:
         - name: gate
           image: ghcr.io/example/lameduck:0.1
           restartPolicy: Always
-          args: [gate, --upstream, "http://127.0.0.1:8001", --grace-period, "180", --listen, "0.0.0.0:8000"]
+          args: [gate, --upstream, "http://127.0.0.1:8001", --grace-period, "180", --convergence-max, "15", --listen, "0.0.0.0:8000"]
           ports: [{containerPort: 8000}]
           readinessProbe: {httpGet: {path: /ready, port: 9901}, periodSeconds: 2, failureThreshold: 1}
           livenessProbe: {httpGet: {path: /live, port: 9901}}
@@ -399,10 +422,19 @@ fn require_pdb() {
     let r = lint(&load_str(Path::new("p.yaml"), SIDECAR_OK), &opts);
     assert_eq!(fired(&r), [("no-pdb", 3, 12)]);
     let with_pdb = format!(
-        "{SIDECAR_OK}---\napiVersion: policy/v1\nkind: PodDisruptionBudget\nmetadata: {{name: p, namespace: n}}\nspec:\n  maxUnavailable: 1\n  selector: {{matchLabels: {{app: vllm}}}}\n"
+        "{SIDECAR_OK}---\napiVersion: policy/v1\nkind: PodDisruptionBudget\nmetadata: {{name: p, namespace: n}}\nspec:\n  maxUnavailable: 1\n  unhealthyPodEvictionPolicy: AlwaysAllow\n  selector: {{matchLabels: {{app: vllm}}}}\n"
     );
     let r = lint(&load_str(Path::new("p.yaml"), &with_pdb), &opts);
     assert_eq!(fired(&r), []);
+    // With the default policy, one unready engine spends the budget.
+    let default_policy = with_pdb.replace("  unhealthyPodEvictionPolicy: AlwaysAllow\n", "");
+    let r = lint(&load_str(Path::new("p.yaml"), &default_policy), &opts);
+    assert_eq!(fired(&r), [("pdb-unhealthy-blocks", 33, 3)]);
+    assert!(
+        r.findings[0].message.contains("IfHealthyBudget"),
+        "{}",
+        r.findings[0].message
+    );
 }
 
 #[test]
@@ -499,7 +531,7 @@ fn terminating_surge() {
     assert!(
         r.findings[0]
             .message
-            .contains("80 pods at once (40 running + 40 terminating)"),
+            .contains("80 at once (40 running + 40 terminating)"),
         "{}",
         r.findings[0].message
     );
@@ -510,7 +542,7 @@ fn terminating_surge() {
     );
     assert_eq!(
         fired(&run("t.yaml", &strategy)),
-        [("terminating-surge", 6, 3)]
+        [("terminating-surge", 7, 5)]
     );
     let narrow = strategy
         .replace(
@@ -542,7 +574,7 @@ fn maxunavailable_above_headroom() {
     let r = run("h.yaml", &text);
     assert_eq!(fired(&r), [("maxunavailable-above-headroom", 9, 7)]);
     assert!(
-        r.findings[0].message.contains("warm headroom is 1 pod(s)"),
+        r.findings[0].message.contains("warm headroom is 1 (the"),
         "{}",
         r.findings[0].message
     );
@@ -562,7 +594,7 @@ fn maxunavailable_above_headroom() {
     let r = run("h.yaml", &hpa);
     assert_eq!(fired(&r), [("maxunavailable-above-headroom", 5, 3)]);
     assert!(
-        r.findings[0].message.contains("the default 25%"),
+        r.findings[0].message.contains("(the default)"),
         "{}",
         r.findings[0].message
     );

@@ -4,8 +4,16 @@
 //! Written here because the YAML crates we can use either re-emit a whole document (losing
 //! comments and layout) or only parse. Positions come from saphyr's parser; the edits are text
 //! splices. Block style is edited line by line at the indentation the file already uses; flow
-//! style (and JSON, which is flow YAML) is edited with JSON fragments. The text is parsed again
-//! after every edit, so each edit sees the result of the previous one.
+//! style (and JSON, which is flow YAML) is edited with JSON fragments.
+//!
+//! Every edit is checked: the text is parsed again and every document must read back exactly
+//! as intended (the edited one with the change applied to its tree, the others unchanged). When
+//! the layout-keeping splice does not give that (a layout it does not handle), the edited node
+//! is rewritten in flow style (JSON) instead, which any YAML layout accepts; only if that fails
+//! too is the edit refused. So an edit can lose a node's layout, never its meaning.
+//! Files with CRLF line ends are edited as LF and written back with CRLF.
+
+use std::borrow::Cow;
 
 use saphyr::{LoadableYamlNode, MarkedYaml, Scalar, YamlData};
 use serde_json::Value;
@@ -29,7 +37,78 @@ pub enum EditError {
         /// What was found instead.
         why: String,
     },
+    /// Neither a layout-keeping edit nor a flow rewrite read back as intended (a bug).
+    #[error("`{path}`: the edited text does not read back as intended")]
+    Unverified {
+        /// The path edited.
+        path: String,
+    },
 }
+
+/// One change to a document's tree.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Op {
+    /// Set `key` in the mapping at the path (add it, or replace its value).
+    Set(String, String, Value),
+    /// Append to the sequence at the path.
+    Push(String, Value),
+    /// Replace the scalar at the path.
+    Replace(String, Value),
+}
+
+impl Op {
+    fn path(&self) -> &str {
+        match self {
+            Op::Set(p, _, _) | Op::Push(p, _) | Op::Replace(p, _) => p,
+        }
+    }
+
+    /// Applies the change to a document's JSON tree.
+    fn apply(&self, doc: &mut Value) -> Result<(), EditError> {
+        let path = self.path();
+        let missing = |why: String| EditError::Path {
+            path: path.to_owned(),
+            why,
+        };
+        let node = json_at(doc, path).ok_or_else(|| missing("no such node".into()))?;
+        match (self, node) {
+            (Op::Set(_, key, v), Value::Object(map)) => {
+                map.insert(key.clone(), v.clone());
+            }
+            (Op::Push(_, v), Value::Array(items)) => items.push(v.clone()),
+            (Op::Replace(_, v), node) if !node.is_object() && !node.is_array() => *node = v.clone(),
+            (Op::Set(..), _) => return Err(missing("not a mapping".into())),
+            (Op::Push(..), _) => return Err(missing("not a sequence".into())),
+            (Op::Replace(..), _) => return Err(missing("not a scalar".into())),
+        }
+        Ok(())
+    }
+}
+
+/// The node at `path` of a JSON tree.
+fn json_at<'v>(mut v: &'v mut Value, path: &str) -> Option<&'v mut Value> {
+    for step in steps(path) {
+        v = match (step, v) {
+            (Step::Key(k), Value::Object(m)) => m.get_mut(&k)?,
+            (Step::Index(i), Value::Array(a)) => a.get_mut(i)?,
+            _ => return None,
+        };
+    }
+    Some(v)
+}
+
+/// Every document of a text as JSON (`Null` for an empty one), read as the loader reads them.
+fn read_docs(text: &str) -> Result<Vec<Value>, EditError> {
+    let docs = MarkedYaml::load_from_str(text).map_err(|e| EditError::Syntax {
+        line: e.marker().line(),
+        message: e.info().to_owned(),
+    })?;
+    Ok(docs.iter().map(|d| crate::load::convert(d, 0).0).collect())
+}
+
+/// Marks, in [`Editor::rewritten`], that multi-line flow collections were re-indented before
+/// editing.
+pub const RELAXED: &str = "(multi-line flow lists re-indented)";
 
 /// One step of a path: a mapping key or a sequence index.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,6 +148,10 @@ type Splice = (usize, usize, String);
 #[derive(Debug, Clone)]
 pub struct Editor {
     text: String,
+    /// The input had CRLF line ends throughout: they are restored on output.
+    crlf: bool,
+    /// Edits that fell back to a flow rewrite (the path of each), for a warning.
+    rewritten: Vec<String>,
 }
 
 /// Layout conventions of the text, read from it.
@@ -100,12 +183,46 @@ fn untag<'a, 'b>(node: &'a MarkedYaml<'b>) -> &'a MarkedYaml<'b> {
 impl Editor {
     /// Starts from `text`.
     pub fn new(text: impl Into<String>) -> Self {
-        Editor { text: text.into() }
+        let text: String = text.into();
+        let crlf = text.contains("\r\n") && !text.replace("\r\n", "").contains('\n');
+        let text = if crlf {
+            text.replace("\r\n", "\n")
+        } else {
+            text
+        };
+        let mut rewritten = Vec::new();
+        // Edited as the loader reads it (see `lenient`).
+        let text = match MarkedYaml::load_from_str(&text) {
+            Err(e) if e.info().starts_with("invalid indentation") => {
+                match crate::lenient::relax_flow_indentation(&text) {
+                    Some(r) if MarkedYaml::load_from_str(&r).is_ok() => {
+                        rewritten.push(RELAXED.to_owned());
+                        r
+                    }
+                    _ => text,
+                }
+            }
+            _ => text,
+        };
+        Editor {
+            text,
+            crlf,
+            rewritten,
+        }
     }
 
     /// The text as edited so far.
-    pub fn text(&self) -> &str {
-        &self.text
+    pub fn text(&self) -> Cow<'_, str> {
+        if self.crlf {
+            Cow::Owned(self.text.replace('\n', "\r\n"))
+        } else {
+            Cow::Borrowed(&self.text)
+        }
+    }
+
+    /// Paths whose node had to be rewritten in flow style (its comments and layout lost).
+    pub fn rewritten(&self) -> &[String] {
+        &self.rewritten
     }
 
     /// Sets `key` in the mapping at `path` of document `doc` to `value`: replaces the value if
@@ -117,21 +234,138 @@ impl Editor {
         key: &str,
         value: &Value,
     ) -> Result<(), EditError> {
-        let splice = Self::plan_set(&self.text, doc, path, key, value)?;
-        self.apply(splice)
+        self.edit(doc, Op::Set(path.to_owned(), key.to_owned(), value.clone()))
     }
 
     /// Appends `value` to the sequence at `path` of document `doc`.
     pub fn push(&mut self, doc: usize, path: &str, value: &Value) -> Result<(), EditError> {
-        let splice = Self::plan_push(&self.text, doc, path, value)?;
-        self.apply(splice)
+        self.edit(doc, Op::Push(path.to_owned(), value.clone()))
     }
 
     /// Replaces the scalar at `path` of document `doc` with `value` (a scalar), keeping the
     /// rest of its line.
     pub fn replace(&mut self, doc: usize, path: &str, value: &Value) -> Result<(), EditError> {
-        let splice = Self::plan_replace(&self.text, doc, path, value)?;
-        self.apply(splice)
+        self.edit(doc, Op::Replace(path.to_owned(), value.clone()))
+    }
+
+    /// Applies `op` to document `doc`, keeping the layout where the result reads back as
+    /// intended, rewriting the edited node in flow style where it does not.
+    pub fn edit(&mut self, doc: usize, op: Op) -> Result<(), EditError> {
+        let mut expected = read_docs(&self.text)?;
+        let target = expected.get_mut(doc).ok_or_else(|| EditError::Path {
+            path: op.path().to_owned(),
+            why: format!("there is no document {doc}"),
+        })?;
+        op.apply(target)?;
+        let primary = match &op {
+            Op::Set(p, k, v) => Self::plan_set(&self.text, doc, p, k, v),
+            Op::Push(p, v) => Self::plan_push(&self.text, doc, p, v),
+            Op::Replace(p, v) => Self::plan_replace(&self.text, doc, p, v),
+        };
+        if let Ok(splice) = primary
+            && let Some(text) = Self::verified(&self.text, splice, &expected)
+        {
+            self.text = text;
+            return Ok(());
+        }
+        // The node the change is in, rewritten whole in flow style.
+        let rewrite_path = match &op {
+            Op::Set(p, _, _) | Op::Push(p, _) => p.clone(),
+            Op::Replace(p, _) => parent_path(p),
+        };
+        let mut new_node = expected[doc].clone();
+        let new_node = json_at(&mut new_node, &rewrite_path)
+            .cloned()
+            .ok_or_else(|| EditError::Unverified {
+                path: op.path().to_owned(),
+            })?;
+        let splice = Self::plan_flow(&self.text, doc, &rewrite_path, &new_node)?;
+        match Self::verified(&self.text, splice, &expected) {
+            Some(text) => {
+                self.text = text;
+                self.rewritten.push(rewrite_path);
+                Ok(())
+            }
+            None => Err(EditError::Unverified {
+                path: op.path().to_owned(),
+            }),
+        }
+    }
+
+    /// The text after `splice`, if every document then reads back as `expected`.
+    fn verified(text: &str, (a, b, new): Splice, expected: &[Value]) -> Option<String> {
+        let mut edited = text.to_owned();
+        edited.replace_range(a..b, &new);
+        (read_docs(&edited).ok()?.as_slice() == expected).then_some(edited)
+    }
+
+    /// Replaces the node at `path` (with the text that introduces it) by `value` in flow
+    /// style: the whole document, an entry's value after its `key:`, or a sequence item after
+    /// its `- `. Inside a flow collection, the outermost one is rewritten.
+    fn plan_flow(text: &str, doc: usize, path: &str, value: &Value) -> Result<Splice, EditError> {
+        let view = View::parse(text)?;
+        let all = steps(path);
+        // The outermost flow collection on the way (or the node itself).
+        for n in 0..=all.len() {
+            let prefix = join_steps(&all[..n]);
+            if let Ok(node) = view.find(doc, &prefix)
+                && view.is_flow(node)
+            {
+                let mut whole = read_docs(text)?.swap_remove(doc);
+                let replaced =
+                    json_at(&mut whole, &prefix).ok_or_else(|| EditError::Unverified {
+                        path: path.to_owned(),
+                    })?;
+                let mut sub = replaced.clone();
+                if let Some(slot) = json_at(&mut sub, &join_steps(&all[n..])) {
+                    *slot = value.clone();
+                }
+                let (a, b) = view.flow_extent(node);
+                return Ok((a, b, json(&sub)));
+            }
+        }
+        if all.is_empty() {
+            let root = view.docs.get(doc).ok_or_else(|| EditError::Path {
+                path: path.to_owned(),
+                why: format!("there is no document {doc}"),
+            })?;
+            let a = view.byte(root.span.start.index());
+            let b = view.document_end(a);
+            return Ok((a, b, json(value)));
+        }
+        let parent = join_steps(&all[..all.len() - 1]);
+        let parent_node = view.find(doc, &parent)?;
+        match (&all[all.len() - 1], &parent_node.data) {
+            (Step::Key(k), YamlData::Mapping(entries)) => {
+                let (key, v) = entries
+                    .iter()
+                    .find(|(key, _)| key_text(key).as_deref() == Some(k))
+                    .ok_or_else(|| EditError::Unverified {
+                        path: path.to_owned(),
+                    })?;
+                let key_end = view.byte(key.span.end.index());
+                let colon = text[key_end..]
+                    .find(':')
+                    .map_or(key_end, |i| key_end + i + 1);
+                let end = view.entry_end(key, untag(v));
+                Ok((colon, end, format!(" {}", json(value))))
+            }
+            (Step::Index(i), YamlData::Sequence(items)) => {
+                let item = untag(items.get(*i).ok_or_else(|| EditError::Unverified {
+                    path: path.to_owned(),
+                })?);
+                let dash = view.dash_col(parent_node);
+                let start = view.byte(item.span.start.index());
+                let end = view.item_end(item, dash);
+                // From right after the item's `- ` (a block collection's span may start
+                // elsewhere on that line).
+                let a = text[..start].rfind('-').map_or(start, |d| d + 1);
+                Ok((a, end, format!(" {}", json(value))))
+            }
+            _ => Err(EditError::Unverified {
+                path: path.to_owned(),
+            }),
+        }
     }
 
     /// Sets `key` in the mapping at `path` of document `doc` to `value`: replaces the value if
@@ -245,15 +479,29 @@ impl Editor {
         };
         Ok((a, b, text))
     }
+}
 
-    fn apply(&mut self, (a, b, text): Splice) -> Result<(), EditError> {
-        let mut edited = self.text.clone();
-        edited.replace_range(a..b, &text);
-        // Every edit must leave valid YAML; otherwise keep the text as it was.
-        View::parse(&edited)?;
-        self.text = edited;
-        Ok(())
+/// The path of a node's parent.
+fn parent_path(path: &str) -> String {
+    let all = steps(path);
+    join_steps(&all[..all.len().saturating_sub(1)])
+}
+
+/// Steps back to a path (`spec.containers[0]`).
+fn join_steps(steps: &[Step]) -> String {
+    let mut out = String::new();
+    for s in steps {
+        match s {
+            Step::Key(k) => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(k);
+            }
+            Step::Index(i) => out.push_str(&format!("[{i}]")),
+        }
     }
+    out
 }
 
 /// The text parsed, with the positions of its nodes.
@@ -423,11 +671,33 @@ impl<'t> View<'t> {
         end
     }
 
+    /// Where the document whose content starts at byte `a` ends: before the next document
+    /// marker (`---` or `...` at column 0), or at the end of the text, without trailing
+    /// blank lines.
+    fn document_end(&self, a: usize) -> usize {
+        let mut at = a;
+        let mut end = self.text.len();
+        while let Some(i) = self.text[at..].find('\n') {
+            let next = at + i + 1;
+            let line = &self.text[next..];
+            if line.starts_with("---") || line.starts_with("...") {
+                end = at + i;
+                break;
+            }
+            at = next;
+        }
+        self.text[..end].trim_end().len().max(a)
+    }
+
     /// The column of the dashes of a block sequence.
     fn dash_col(&self, seq: &MarkedYaml<'_>) -> usize {
         let start = self.byte(seq.span.start.index());
         let before = &self.text[..start];
         let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+        // The span starts at the first dash, or at the first item's content after it.
+        if self.text[start..].starts_with('-') {
+            return self.text[line_start..start].chars().count();
+        }
         let line = &self.text[line_start..start];
         match line.rfind('-') {
             Some(i) => line[..i].chars().count(),
@@ -649,7 +919,7 @@ metadata: {name: web}
             &json!(["a", "b c"]),
         )
         .expect("set");
-        let v = value(e.text(), 0);
+        let v = value(&e.text(), 0);
         let c = &v["spec"]["template"]["spec"]["containers"][0];
         assert_eq!(c["readinessProbe"], probe);
         assert_eq!(c["command"], json!(["a", "b c"]));
@@ -692,12 +962,12 @@ metadata: {name: web}
         .expect("replace");
         e.set(1, "metadata", "namespace", &json!("prod"))
             .expect("flow set");
-        let v = value(e.text(), 0);
+        let v = value(&e.text(), 0);
         let cs = &v["spec"]["template"]["spec"]["containers"];
         assert_eq!(cs[2], json!({"name": "third", "image": "x"}));
         assert_eq!(cs[0]["args"], json!(["--port", "8001", "--host"]));
         assert_eq!(
-            value(e.text(), 1)["metadata"],
+            value(&e.text(), 1)["metadata"],
             json!({"name": "web", "namespace": "prod"})
         );
         assert!(e.text().contains("image: \"nginx:1\""));
@@ -713,7 +983,7 @@ metadata: {name: web}
             &json!([{"containerPort": 9000}]),
         )
         .expect("set");
-        let v = value(e.text(), 0);
+        let v = value(&e.text(), 0);
         assert_eq!(
             v["spec"]["template"]["spec"]["containers"][0]["ports"],
             json!([{"containerPort": 9000}])
@@ -737,7 +1007,7 @@ metadata: {name: web}
             &json!(["run", "--port", "1"]),
         )
         .expect("set");
-        let parsed: Value = serde_json::from_str(e.text()).expect("still JSON");
+        let parsed: Value = serde_json::from_str(&e.text()).expect("still JSON");
         assert_eq!(parsed["spec"]["terminationGracePeriodSeconds"], 60);
         assert_eq!(parsed["spec"]["containers"][0]["command"][2], "1");
     }

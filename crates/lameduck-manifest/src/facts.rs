@@ -4,14 +4,13 @@
 use std::time::Duration;
 
 use crate::Workload;
-use k8s_openapi::api::core::v1 as core;
 
 /// Annotation: the longest request the workload serves, in seconds or with a unit.
 pub const MAX_REQUEST_ANNOTATION: &str = "lameduck.io/max-request-seconds";
 /// Annotation: the spot provider (`aws`, `gcp`, `azure`).
 pub const SPOT_ANNOTATION: &str = "lameduck.io/spot";
 /// Request length assumed for an inference server when nothing says otherwise.
-pub const ASSUMED_INFERENCE_REQUEST: Duration = Duration::from_secs(150);
+pub const ASSUMED_INFERENCE_REQUEST: Duration = lameduck_pod::engines::ASSUMED_GENERATION;
 
 /// Where a workload's max request duration came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,6 +21,31 @@ pub enum MaxRequestSource {
     Flag,
     /// Assumed: the workload looks like an inference server.
     Assumed,
+}
+
+impl MaxRequestSource {
+    /// Where the figure came from, for messages.
+    pub fn describe(self) -> String {
+        match self {
+            MaxRequestSource::Annotation => format!("its `{MAX_REQUEST_ANNOTATION}` annotation"),
+            MaxRequestSource::Flag => "--max-request".into(),
+            MaxRequestSource::Assumed => "assumed for an inference server".into(),
+        }
+    }
+}
+
+/// The workload's max request duration with where it came from, in words (naming the engine
+/// when it was assumed).
+pub fn max_request_described(
+    w: &Workload<'_>,
+    flag: Option<Duration>,
+) -> Option<(Duration, String)> {
+    let (d, source) = max_request(w, flag)?;
+    let from = match (source, w.model.engine()) {
+        (MaxRequestSource::Assumed, Some(e)) => format!("assumed for {}", e.name),
+        (s, _) => s.describe(),
+    };
+    Some((d, from))
 }
 
 /// A spot provider and its termination notice.
@@ -70,57 +94,9 @@ impl Spot {
     }
 }
 
-/// Known inference engines, matched in images and commands.
-const ENGINES: [&str; 8] = [
-    "vllm",
-    "sglang",
-    "text-generation-inference",
-    "text-generation-launcher",
-    "tritonserver",
-    "tensorrt-llm",
-    "lmdeploy",
-    "ollama",
-];
-
-fn words(c: &core::Container) -> impl Iterator<Item = &str> {
-    c.image
-        .as_deref()
-        .into_iter()
-        .chain(c.command.iter().flatten().map(String::as_str))
-        .chain(c.args.iter().flatten().map(String::as_str))
-}
-
-/// Whether a container looks like an inference server: a known engine's image or command, or
-/// a GPU request.
-pub fn is_inference(c: &core::Container) -> bool {
-    let engine = words(c).any(|w| {
-        let w = w.to_ascii_lowercase();
-        ENGINES.iter().any(|e| w.contains(e))
-    });
-    let gpu = c.resources.as_ref().is_some_and(|r| {
-        r.limits
-            .iter()
-            .flatten()
-            .chain(r.requests.iter().flatten())
-            .any(|(k, _)| k.ends_with("/gpu"))
-    });
-    engine || gpu
-}
-
-/// Whether a container runs `lameduck gate`.
-pub fn is_gate(c: &core::Container) -> bool {
-    let all: Vec<&str> = words(c).collect();
-    all.join(" ").contains("lameduck gate")
-        || (all.iter().any(|w| w.contains("lameduck")) && all.contains(&"gate"))
-}
-
-/// Whether any container of the workload (init containers included) runs the gate.
+/// Whether the gate fronts the workload (in any container, init containers included).
 pub fn gated(w: &Workload<'_>) -> bool {
-    w.spec
-        .containers
-        .iter()
-        .chain(w.spec.init_containers.iter().flatten())
-        .any(is_gate)
+    w.model.gated()
 }
 
 /// The workload's max request duration and where it came from, if known.
@@ -136,11 +112,14 @@ pub fn max_request(
     if let Some(d) = flag {
         return Some((d, MaxRequestSource::Flag));
     }
-    w.spec
-        .containers
-        .iter()
-        .any(is_inference)
-        .then_some((ASSUMED_INFERENCE_REQUEST, MaxRequestSource::Assumed))
+    // What the engine serves decides the assumption (an embedding server's requests are
+    // short); a GPU without a known engine is assumed to generate.
+    let assumed = match w.model.engine() {
+        Some(e) => e.work.assumed_request(),
+        None if w.model.inference() => ASSUMED_INFERENCE_REQUEST,
+        None => return None,
+    };
+    Some((assumed, MaxRequestSource::Assumed))
 }
 
 /// The spot provider the workload is scheduled on, from the annotation or known node labels in

@@ -3,9 +3,9 @@
 //!
 //! - [`load`]: files, directories and stdin; multi-document streams and `List` objects; every
 //!   node's `line:column` kept by path.
-//! - [`workload`]: the pod template of a Deployment, StatefulSet, DaemonSet, ReplicaSet, Pod,
-//!   Job or CronJob, typed with `k8s-openapi`, and each container's termination timeline
-//!   (grace period, preStop, probes) as [`lameduck_timeline`] types.
+//! - [`workload`]: the pod templates of every object that runs pods (the built-in kinds,
+//!   LeaderWorkerSet, Argo Rollouts, Knative and KServe), typed with `k8s-openapi` and read
+//!   into the pod model ([`lameduck_pod::PodModel`]), with paths into the object.
 //! - [`facts`]: what is known beyond the spec: request length, inference engine, spot
 //!   capacity, the gate.
 //!
@@ -13,9 +13,10 @@
 
 pub mod edit;
 pub mod facts;
+pub mod lenient;
 pub mod load;
 pub mod workload;
 
 pub use edit::{EditError, Editor};
 pub use load::{LoadError, Loaded, Object, Pos, Positions, load_paths, load_str};
-pub use workload::{ContainerTimeline, Workload, WorkloadKind};
+pub use workload::{Lifecycle, Template, Workload, WorkloadKind};

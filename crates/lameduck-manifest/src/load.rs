@@ -271,7 +271,19 @@ fn load_chunk(
     doc_offset: usize,
 ) -> (Loaded, usize) {
     let mut out = Loaded::default();
-    let docs = match MarkedYaml::load_from_str(text) {
+    // A layout kubectl accepts and the YAML spec does not (see `lenient`): read it the same way.
+    let relaxed;
+    let parsed = match MarkedYaml::load_from_str(text) {
+        Err(e) if e.info().starts_with("invalid indentation") => {
+            relaxed = crate::lenient::relax_flow_indentation(text);
+            match &relaxed {
+                Some(r) => MarkedYaml::load_from_str(r).map_err(|_| e),
+                None => Err(e),
+            }
+        }
+        other => other,
+    };
+    let docs = match parsed {
         Ok(d) => d,
         Err(e) => {
             let m = e.marker();
@@ -463,7 +475,7 @@ fn pos_of(node: &MarkedYaml<'_>, line_offset: usize) -> Pos {
 }
 
 /// Converts a node to JSON, with the positions of it and of everything below it.
-fn convert(node: &MarkedYaml<'_>, line_offset: usize) -> (Value, Positions) {
+pub(crate) fn convert(node: &MarkedYaml<'_>, line_offset: usize) -> (Value, Positions) {
     convert_at(node, line_offset, None)
 }
 

@@ -1,13 +1,15 @@
-//! Workloads: the pod template of any object that runs pods, typed with `k8s-openapi`, and
-//! each container's termination timeline in [`lameduck_timeline`] terms.
+//! Workloads: the pod templates of every object that runs pods — the built-in kinds and the
+//! common workload CRDs (LeaderWorkerSet, Argo Rollouts, Knative and KServe) — typed with
+//! `k8s-openapi`, read into the pod model ([`lameduck_pod::PodModel`]), with the paths that
+//! let findings and edits point into the object.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use lameduck_timeline::{PreStop, Probe, Termination, parse_duration};
+use lameduck_pod::{PodModel, Slot};
+use serde_json::Value;
 
 use crate::load::Object;
 
@@ -28,29 +30,113 @@ pub enum WorkloadKind {
     Job,
     /// batch/v1 CronJob.
     CronJob,
+    /// leaderworkerset.x-k8s.io LeaderWorkerSet: groups of a leader and workers, rolled as
+    /// groups.
+    LeaderWorkerSet,
+    /// argoproj.io Rollout (Argo Rollouts): a Deployment with canary or blue-green steps.
+    Rollout,
+    /// serving.knative.dev Service: Knative's queue-proxy drains the pod.
+    KnativeService,
+    /// serving.kserve.io InferenceService.
+    InferenceService,
+    /// serving.kserve.io ServingRuntime or ClusterServingRuntime: the containers KServe runs
+    /// for a model format.
+    ServingRuntime,
+}
+
+/// How a kind is rolled out and drained, where that differs from a Deployment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lifecycle {
+    /// Pods behind a load balancer, replaced by a controller: every rule applies.
+    Served,
+    /// Batch work, not behind a load balancer: no drain rules.
+    Batch,
+    /// Knative drains through its queue-proxy for the revision's `timeoutSeconds`; the gate
+    /// rules do not apply, the timeout does.
+    Knative,
 }
 
 impl WorkloadKind {
-    /// The kind for an object's `kind`, if it runs pods.
-    pub fn of(kind: &str) -> Option<Self> {
-        Some(match kind {
-            "Deployment" => Self::Deployment,
-            "StatefulSet" => Self::StatefulSet,
-            "DaemonSet" => Self::DaemonSet,
-            "ReplicaSet" => Self::ReplicaSet,
-            "Pod" => Self::Pod,
-            "Job" => Self::Job,
-            "CronJob" => Self::CronJob,
+    /// The kind for an object's `apiVersion` and `kind`, if it runs pods.
+    pub fn of(api_version: &str, kind: &str) -> Option<Self> {
+        let group = api_version.split('/').next().unwrap_or("");
+        Some(match (group, kind) {
+            (_, "Deployment") if !group.contains('.') || group == "apps" => Self::Deployment,
+            ("apps", "StatefulSet") => Self::StatefulSet,
+            ("apps", "DaemonSet") => Self::DaemonSet,
+            ("apps", "ReplicaSet") => Self::ReplicaSet,
+            (_, "Pod") if !api_version.contains('/') => Self::Pod,
+            ("batch", "Job") => Self::Job,
+            ("batch", "CronJob") => Self::CronJob,
+            ("leaderworkerset.x-k8s.io", "LeaderWorkerSet") => Self::LeaderWorkerSet,
+            ("argoproj.io", "Rollout") => Self::Rollout,
+            ("serving.knative.dev", "Service") => Self::KnativeService,
+            ("serving.kserve.io", "InferenceService") => Self::InferenceService,
+            ("serving.kserve.io", "ServingRuntime" | "ClusterServingRuntime") => {
+                Self::ServingRuntime
+            }
             _ => return None,
         })
     }
 
-    /// Where the pod spec is in such an object.
-    pub fn pod_path(self) -> &'static str {
+    /// The pod templates of such an object: (pod spec path, labels path, role).
+    fn templates(self, value: &Value) -> Vec<Template> {
+        let t = |pod: &str, labels: &str, role: Option<&'static str>| Template {
+            pod_path: pod.to_owned(),
+            labels_path: labels.to_owned(),
+            role,
+            model_container: None,
+        };
         match self {
-            Self::Pod => "spec",
-            Self::CronJob => "spec.jobTemplate.spec.template.spec",
-            _ => "spec.template.spec",
+            Self::Pod => vec![t("spec", "metadata.labels", None)],
+            Self::CronJob => vec![t(
+                "spec.jobTemplate.spec.template.spec",
+                "spec.jobTemplate.spec.template.metadata.labels",
+                None,
+            )],
+            Self::LeaderWorkerSet => {
+                let base = "spec.leaderWorkerTemplate";
+                let mut out = Vec::new();
+                if value
+                    .pointer("/spec/leaderWorkerTemplate/leaderTemplate")
+                    .is_some()
+                {
+                    out.push(t(
+                        &format!("{base}.leaderTemplate.spec"),
+                        &format!("{base}.leaderTemplate.metadata.labels"),
+                        Some("leader"),
+                    ));
+                }
+                out.push(t(
+                    &format!("{base}.workerTemplate.spec"),
+                    &format!("{base}.workerTemplate.metadata.labels"),
+                    Some(if out.is_empty() {
+                        "leader and workers"
+                    } else {
+                        "workers"
+                    }),
+                ));
+                out
+            }
+            Self::InferenceService => ["predictor", "transformer", "explainer"]
+                .into_iter()
+                .filter(|c| value.pointer(&format!("/spec/{c}")).is_some())
+                .map(|c| {
+                    let mut tpl = t(&format!("spec.{c}"), &format!("spec.{c}.labels"), Some(c));
+                    // The single-model form: the container is `model` (KServe fills in the
+                    // rest from the ServingRuntime).
+                    if value.pointer(&format!("/spec/{c}/model")).is_some() {
+                        tpl.model_container = Some(format!("spec.{c}.model"));
+                    }
+                    tpl
+                })
+                .collect(),
+            Self::ServingRuntime => vec![t("spec", "metadata.labels", None)],
+            _ => vec![t(
+                "spec.template.spec",
+                "spec.template.metadata.labels",
+                None,
+            )],
         }
     }
 
@@ -58,22 +144,61 @@ impl WorkloadKind {
     pub fn has_replicas(self) -> bool {
         matches!(
             self,
-            Self::Deployment | Self::StatefulSet | Self::ReplicaSet
+            Self::Deployment
+                | Self::StatefulSet
+                | Self::ReplicaSet
+                | Self::LeaderWorkerSet
+                | Self::Rollout
         )
+    }
+
+    /// How it is drained and rolled out.
+    pub fn lifecycle(self) -> Lifecycle {
+        match self {
+            Self::Job | Self::CronJob => Lifecycle::Batch,
+            Self::KnativeService => Lifecycle::Knative,
+            _ => Lifecycle::Served,
+        }
     }
 }
 
-/// An object that runs pods, with its pod spec typed.
+/// Where one pod template is in its object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Template {
+    /// Path of the pod spec (`spec.template.spec`).
+    pub pod_path: String,
+    /// Path of the pods' labels.
+    pub labels_path: String,
+    /// Which pods of the object it makes, when there are several templates (`leader`).
+    pub role: Option<&'static str>,
+    /// KServe's single-model form: the path of the one container (`spec.predictor.model`).
+    pub model_container: Option<String>,
+}
+
+impl Template {
+    /// Whether clients reach these pods through a Service: not a LeaderWorkerSet's workers
+    /// when it has a leader template (only the leader serves; the group is replaced whole).
+    pub fn behind_service(&self) -> bool {
+        self.role != Some("workers")
+    }
+}
+
+/// A pod template of an object, with its pod spec typed and read.
 #[derive(Debug, Clone)]
 pub struct Workload<'a> {
     /// The object.
     pub object: &'a Object,
     /// Its kind.
     pub kind: WorkloadKind,
-    /// `spec.replicas` (default 1) where the kind has it.
+    /// Which of its templates this is.
+    pub template: Template,
+    /// The replica count (`spec.replicas`, default 1) where the kind has one; KServe's
+    /// `minReplicas`.
     pub replicas: Option<i32>,
     /// The pod spec.
     pub spec: core::PodSpec,
+    /// The pod, read.
+    pub model: PodModel,
 }
 
 /// Why a workload's pod spec could not be read.
@@ -89,94 +214,197 @@ pub struct SpecError {
     /// `kind/name`.
     pub object: String,
     /// The pod spec's path.
-    pub path: &'static str,
+    pub path: String,
     /// The cause.
     pub source: serde_json::Error,
 }
 
+fn pointer(path: &str) -> String {
+    format!("/{}", path.replace('.', "/"))
+}
+
 impl<'a> Workload<'a> {
-    /// The workload view of `object`; `None` when its kind does not run pods.
+    /// Every pod template of `object`; empty when its kind does not run pods.
+    pub fn all(object: &'a Object) -> Vec<Result<Self, SpecError>> {
+        let Some(kind) = WorkloadKind::of(&object.api_version, &object.kind) else {
+            return Vec::new();
+        };
+        kind.templates(&object.value)
+            .into_iter()
+            .map(|template| Self::read(object, kind, template))
+            .collect()
+    }
+
+    /// The first pod template of `object` (most kinds have one); `None` when its kind does not
+    /// run pods.
     pub fn from_object(object: &'a Object) -> Option<Result<Self, SpecError>> {
-        let kind = WorkloadKind::of(&object.kind)?;
-        let path = kind.pod_path();
-        let pointer = format!("/{}", path.replace('.', "/"));
-        let empty = serde_json::Value::Object(Default::default());
-        let raw = object.value.pointer(&pointer).unwrap_or(&empty);
-        // Deserialized from the borrowed value: no copy of the tree.
-        let spec = match <core::PodSpec as serde::Deserialize>::deserialize(raw) {
-            Ok(s) => s,
-            Err(source) => {
-                let pos = object.pos(path);
-                return Some(Err(SpecError {
-                    file: object.file.display().to_string(),
-                    line: pos.line,
-                    col: pos.col,
-                    object: object.display_name(),
-                    path,
-                    source,
-                }));
+        Self::all(object).into_iter().next()
+    }
+
+    fn read(object: &'a Object, kind: WorkloadKind, template: Template) -> Result<Self, SpecError> {
+        let empty = Value::Object(Default::default());
+        let raw = object
+            .value
+            .pointer(&pointer(&template.pod_path))
+            .unwrap_or(&empty);
+        let err = |source| {
+            let pos = object.pos(&template.pod_path);
+            SpecError {
+                file: object.file.display().to_string(),
+                line: pos.line,
+                col: pos.col,
+                object: object.display_name(),
+                path: template.pod_path.clone(),
+                source,
             }
         };
-        let replicas = kind.has_replicas().then(|| {
-            object
-                .value
-                .pointer("/spec/replicas")
-                .and_then(serde_json::Value::as_i64)
-                .and_then(|r| i32::try_from(r).ok())
-                .unwrap_or(1)
-        });
-        Some(Ok(Workload {
+        let spec = match &template.model_container {
+            // KServe's model form: the model is the one container; the rest of the predictor
+            // is the pod spec.
+            Some(path) => {
+                let mut pod = raw.clone();
+                let mut model = object
+                    .value
+                    .pointer(&pointer(path))
+                    .cloned()
+                    .unwrap_or_default();
+                if let Value::Object(m) = &mut model {
+                    m.entry("name").or_insert_with(|| "kserve-container".into());
+                    m.retain(|k, _| {
+                        !matches!(
+                            k.as_str(),
+                            "modelFormat"
+                                | "runtime"
+                                | "storageUri"
+                                | "protocolVersion"
+                                | "storage"
+                        )
+                    });
+                }
+                if let Value::Object(p) = &mut pod {
+                    p.insert("containers".into(), Value::Array(vec![model]));
+                }
+                <core::PodSpec as serde::Deserialize>::deserialize(&pod).map_err(err)?
+            }
+            None if raw.get("containers").is_none() => {
+                let mut pod = raw.clone();
+                if let Value::Object(p) = &mut pod {
+                    p.insert("containers".into(), Value::Array(Vec::new()));
+                }
+                <core::PodSpec as serde::Deserialize>::deserialize(&pod).map_err(err)?
+            }
+            // Deserialized from the borrowed value: no copy of the tree.
+            None => <core::PodSpec as serde::Deserialize>::deserialize(raw).map_err(err)?,
+        };
+        let replicas = match kind {
+            WorkloadKind::InferenceService => Some(
+                object
+                    .value
+                    .pointer(&format!("{}/minReplicas", pointer(&template.pod_path)))
+                    .and_then(Value::as_i64)
+                    .and_then(|r| i32::try_from(r).ok())
+                    .unwrap_or(1),
+            ),
+            k if k.has_replicas() => Some(
+                object
+                    .value
+                    .pointer("/spec/replicas")
+                    .and_then(Value::as_i64)
+                    .and_then(|r| i32::try_from(r).ok())
+                    .unwrap_or(1),
+            ),
+            _ => None,
+        };
+        let model = PodModel::new(&spec);
+        Ok(Workload {
             object,
             kind,
+            template,
             replicas,
             spec,
-        }))
+            model,
+        })
+    }
+
+    /// The object's name for people, with the template's role when it has several.
+    pub fn display_name(&self) -> String {
+        match self.template.role {
+            Some(role)
+                if self.kind == WorkloadKind::LeaderWorkerSet
+                    || self.kind == WorkloadKind::InferenceService =>
+            {
+                format!("{} ({role})", self.object.display_name())
+            }
+            _ => self.object.display_name(),
+        }
+    }
+
+    /// Path of the pod spec (`spec.template.spec`).
+    pub fn pod_path(&self) -> &str {
+        &self.template.pod_path
+    }
+
+    /// Path of a container in the object.
+    pub fn container_path(&self, slot: Slot) -> String {
+        match (&self.template.model_container, slot) {
+            (Some(model), Slot::App(0)) => model.clone(),
+            _ => format!("{}.{}", self.template.pod_path, slot.path()),
+        }
+    }
+
+    /// The container at `slot`, as written.
+    pub fn container(&self, slot: Slot) -> Option<&core::Container> {
+        match slot {
+            Slot::App(i) => self.spec.containers.get(i),
+            Slot::Sidecar(i) | Slot::Init(i) => self.spec.init_containers.as_ref()?.get(i),
+        }
     }
 
     /// `terminationGracePeriodSeconds`, or the kubelet's default.
-    pub fn grace(&self) -> Duration {
-        self.spec
-            .termination_grace_period_seconds
-            .and_then(|s| u64::try_from(s).ok())
-            .map_or(lameduck_timeline::DEFAULT_GRACE, Duration::from_secs)
+    pub fn grace(&self) -> std::time::Duration {
+        self.model.grace
     }
 
     /// Path of `terminationGracePeriodSeconds` (or where it would go).
     pub fn grace_path(&self) -> String {
-        format!("{}.terminationGracePeriodSeconds", self.kind.pod_path())
+        format!("{}.terminationGracePeriodSeconds", self.template.pod_path)
     }
 
-    /// The labels its pods get (a Pod's own labels, else the template's).
+    /// The labels its pods get.
     pub fn pod_labels(&self) -> BTreeMap<String, String> {
-        let pointer = match self.kind {
-            WorkloadKind::Pod => "/metadata/labels".to_owned(),
-            k => format!(
-                "/{}/metadata/labels",
-                k.pod_path().trim_end_matches(".spec").replace('.', "/")
-            ),
-        };
         self.object
             .value
-            .pointer(&pointer)
+            .pointer(&pointer(&self.template.labels_path))
             .and_then(|v| serde_json::from_value(v.clone()).ok())
             .unwrap_or_default()
     }
 
-    /// A Deployment's rolling-update limits as pod counts (`None` for other kinds and for the
-    /// `Recreate` strategy).
+    /// Rolling-update limits as pod counts: a Deployment's `spec.strategy.rollingUpdate`, a
+    /// LeaderWorkerSet's `rolloutStrategy.rollingUpdateConfiguration` (in groups), an Argo
+    /// canary's `maxSurge`/`maxUnavailable`. `None` for other kinds, `Recreate`, and blue-green
+    /// (which brings the whole new set up before switching).
     pub fn rolling_update(&self) -> Option<RollingUpdate> {
-        if self.kind != WorkloadKind::Deployment {
-            return None;
-        }
-        let strategy = self.object.value.pointer("/spec/strategy");
-        if strategy
-            .and_then(|s| s.get("type"))
-            .and_then(|t| t.as_str())
-            == Some("Recreate")
-        {
-            return None;
-        }
-        let rolling = strategy.and_then(|s| s.get("rollingUpdate"));
+        let v = &self.object.value;
+        let (rolling, defaults) = match self.kind {
+            WorkloadKind::Deployment => {
+                let strategy = v.pointer("/spec/strategy");
+                if strategy.and_then(|s| s.get("type")).and_then(Value::as_str) == Some("Recreate")
+                {
+                    return None;
+                }
+                (strategy.and_then(|s| s.get("rollingUpdate")), (25, 25))
+            }
+            WorkloadKind::LeaderWorkerSet => (
+                v.pointer("/spec/rolloutStrategy/rollingUpdateConfiguration"),
+                // LWS: maxUnavailable 1 group, maxSurge 0 by default.
+                (0, -1),
+            ),
+            WorkloadKind::Rollout => {
+                let canary = v.pointer("/spec/strategy/canary")?;
+                (Some(canary), (25, 25))
+            }
+            _ => return None,
+        };
         let field = |k: &str| -> Option<IntOrString> {
             rolling
                 .and_then(|r| r.get(k))
@@ -185,51 +413,47 @@ impl<'a> Workload<'a> {
         let replicas = self.replicas.unwrap_or(1).max(1);
         let surge_field = field("maxSurge");
         let unavailable_field = field("maxUnavailable");
+        let scaled_default = |f: Option<&IntOrString>, pct: i32, up: bool| {
+            if pct < 0 {
+                // A fixed count of one (LWS's maxUnavailable default).
+                f.map_or(1, |f| scaled(Some(f), replicas, 0, up))
+            } else {
+                scaled(f, replicas, pct, up)
+            }
+        };
         Some(RollingUpdate {
-            max_surge: scaled(surge_field.as_ref(), replicas, 25, true).max(0),
-            max_unavailable: scaled(unavailable_field.as_ref(), replicas, 25, false).max(0),
+            max_surge: scaled_default(surge_field.as_ref(), defaults.0, true).max(0),
+            max_unavailable: scaled_default(unavailable_field.as_ref(), defaults.1, false).max(0),
             surge_set: surge_field.is_some(),
             unavailable_set: unavailable_field.is_some(),
         })
     }
 
-    /// Every long-running container: the app containers, then native sidecars (init containers
-    /// with `restartPolicy: Always`).
-    pub fn containers(&self) -> Vec<ContainerTimeline> {
-        let grace = self.grace();
-        let pod = self.kind.pod_path();
-        let apps =
-            self.spec.containers.iter().enumerate().map(|(i, c)| {
-                ContainerTimeline::of(c, format!("{pod}.containers[{i}]"), false, grace)
-            });
-        let sidecars = self
-            .spec
-            .init_containers
-            .iter()
-            .flatten()
-            .enumerate()
-            .filter(|(_, c)| c.restart_policy.as_deref() == Some("Always"))
-            .map(|(i, c)| {
-                ContainerTimeline::of(c, format!("{pod}.initContainers[{i}]"), true, grace)
-            });
-        apps.chain(sidecars).collect()
+    /// Path of the rollout strategy (where rollout findings point).
+    pub fn strategy_path(&self) -> &'static str {
+        match self.kind {
+            WorkloadKind::LeaderWorkerSet => "spec.rolloutStrategy.rollingUpdateConfiguration",
+            WorkloadKind::Rollout => "spec.strategy.canary",
+            _ => "spec.strategy.rollingUpdate",
+        }
     }
 }
 
-/// A Deployment's `spec.strategy.rollingUpdate`, resolved to pod counts.
+/// Rolling-update limits resolved to pod counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RollingUpdate {
     /// Pods that may exist above `replicas` (maxSurge, rounded up).
     pub max_surge: i32,
     /// Pods that may be unavailable (maxUnavailable, rounded down).
     pub max_unavailable: i32,
-    /// Whether maxSurge was written (not the 25% default).
+    /// Whether maxSurge was written (not the default).
     pub surge_set: bool,
-    /// Whether maxUnavailable was written (not the 25% default).
+    /// Whether maxUnavailable was written (not the default).
     pub unavailable_set: bool,
 }
 
-/// A percentage or count of `replicas` (rolling-update fields), rounded as the controller does.
+/// A percentage or count of `replicas`, rounded as the controllers do (rolling-update fields:
+/// surge up, unavailable down).
 pub fn scaled(v: Option<&IntOrString>, replicas: i32, default_pct: i32, round_up: bool) -> i32 {
     match v {
         Some(IntOrString::Int(n)) => *n,
@@ -269,109 +493,12 @@ pub fn selects(sel: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
     by_labels && by_exprs
 }
 
-/// One container's part in the pod's termination.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ContainerTimeline {
-    /// The container's name.
-    pub name: String,
-    /// Its path in the object (`spec.template.spec.containers[0]`).
-    pub path: String,
-    /// A native sidecar (SIGTERM only after every app container exited).
-    pub sidecar: bool,
-    /// Grace period and preStop.
-    pub termination: Termination,
-    /// Readiness probe timing.
-    pub readiness: Option<Probe>,
-    /// Liveness probe timing.
-    pub liveness: Option<Probe>,
-    /// Startup probe timing.
-    pub startup: Option<Probe>,
-}
-
-impl ContainerTimeline {
-    fn of(c: &core::Container, path: String, sidecar: bool, grace: Duration) -> Self {
-        ContainerTimeline {
-            name: c.name.clone(),
-            path,
-            sidecar,
-            termination: Termination {
-                grace,
-                pre_stop: pre_stop(c.lifecycle.as_ref().and_then(|l| l.pre_stop.as_ref())),
-            },
-            readiness: c.readiness_probe.as_ref().map(probe),
-            liveness: c.liveness_probe.as_ref().map(probe),
-            startup: c.startup_probe.as_ref().map(probe),
-        }
-    }
-}
-
-/// A preStop handler in timeline terms.
-pub fn pre_stop(handler: Option<&core::LifecycleHandler>) -> PreStop {
-    let Some(h) = handler else {
-        return PreStop::None;
-    };
-    if let Some(sleep) = &h.sleep {
-        return PreStop::Sleep(Duration::from_secs(
-            u64::try_from(sleep.seconds).unwrap_or(0),
-        ));
-    }
-    if let Some(exec) = &h.exec {
-        let cmd = exec.command.as_deref().unwrap_or_default();
-        return PreStop::Exec {
-            sleep: sleep_in_command(cmd),
-        };
-    }
-    if h.http_get.is_some() {
-        return PreStop::HttpGet { expected: None };
-    }
-    // tcpSocket is deprecated and does nothing useful as a hook.
-    PreStop::None
-}
-
-/// The total of the `sleep N` steps in a command (`["sh", "-c", "touch /tmp/x && sleep 15"]`,
-/// `["/bin/sleep", "15"]`), or `None` when there is none. GNU `sleep`'s units (`s`, `m`, `h`)
-/// are understood.
-pub fn sleep_in_command(command: &[String]) -> Option<Duration> {
-    let text = command.join(" ");
-    let tokens: Vec<&str> = text
-        .split(|c: char| c.is_whitespace() || matches!(c, ';' | '&' | '|' | '(' | ')' | '"' | '\''))
-        .filter(|t| !t.is_empty())
-        .collect();
-    let mut total: Option<Duration> = None;
-    for pair in tokens.windows(2) {
-        let is_sleep = pair[0].rsplit('/').next() == Some("sleep");
-        if is_sleep && let Ok(d) = parse_duration(pair[1]) {
-            total = Some(total.unwrap_or_default() + d);
-        }
-    }
-    total
-}
-
-/// A probe's timing, with Kubernetes' defaults for missing fields.
-pub fn probe(p: &core::Probe) -> Probe {
-    // The API server defaults a zero period, timeout or threshold as if it were unset.
-    let secs = |v: Option<i32>, default: u64| {
-        v.and_then(|v| u64::try_from(v).ok())
-            .filter(|v| *v > 0 || default == 0)
-            .map_or(Duration::from_secs(default), Duration::from_secs)
-    };
-    let count = |v: Option<i32>, default: u32| {
-        v.and_then(|v| u32::try_from(v).ok())
-            .filter(|v| *v > 0)
-            .unwrap_or(default)
-    };
-    Probe {
-        initial_delay: secs(p.initial_delay_seconds, 0),
-        period: secs(p.period_seconds, 10),
-        timeout: secs(p.timeout_seconds, 1),
-        success_threshold: count(p.success_threshold, 1),
-        failure_threshold: count(p.failure_threshold, 3),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::path::Path;
+    use std::time::Duration;
+
+    use lameduck_timeline::PreStop;
 
     use super::*;
     use crate::load::load_str;
@@ -392,47 +519,18 @@ spec:
             httpGet: {path: /health, port: 8000}
 ";
 
-    /// The shell pattern: marker file + sleep, drain-aware readiness, long grace.
-    const SHELL: &str = "\
-apiVersion: apps/v1
-kind: StatefulSet
-metadata: {name: vllm}
-spec:
-  template:
-    spec:
-      terminationGracePeriodSeconds: 180
-      containers:
-        - name: vllm
-          image: vllm/vllm-openai:latest
-          lifecycle:
-            preStop:
-              exec:
-                command: [\"/bin/sh\", \"-c\", \"touch /tmp/draining && sleep 15\"]
-          readinessProbe:
-            exec: {command: [\"/bin/sh\", \"-c\", \"test ! -f /tmp/draining\"]}
-            periodSeconds: 2
-            failureThreshold: 1
-          livenessProbe:
-            httpGet: {path: /health, port: 8000}
-            periodSeconds: 20
-      initContainers:
-        - name: gate
-          image: lameduck
-          restartPolicy: Always
-          lifecycle:
-            preStop:
-              sleep: {seconds: 5}
-        - name: setup
-          image: busybox
-";
-
-    fn workload(text: &str) -> Vec<ContainerTimeline> {
+    fn workloads(text: &str) -> Vec<(String, String, Vec<String>)> {
         let l = load_str(Path::new("w.yaml"), text);
         assert!(l.errors.is_empty(), "{:?}", l.errors);
-        let w = Workload::from_object(&l.objects[0])
-            .expect("workload")
-            .expect("spec");
-        w.containers()
+        l.objects
+            .iter()
+            .flat_map(Workload::all)
+            .map(|w| {
+                let w = w.expect("spec");
+                let names = w.model.containers.iter().map(|c| c.name.clone()).collect();
+                (w.display_name(), w.template.pod_path.clone(), names)
+            })
+            .collect()
     }
 
     #[test]
@@ -448,90 +546,91 @@ spec:
             7,
             "points at the pod spec"
         );
-        let c = &w.containers()[0];
+        let c = &w.model.containers[0];
         assert_eq!(c.termination.pre_stop, PreStop::None);
-        assert_eq!(c.termination.sigterm_at(), Duration::ZERO);
-        let r = c.readiness.expect("readiness");
-        assert_eq!(
-            (r.period, r.failure_threshold),
-            (Duration::from_secs(10), 3)
-        );
-        assert_eq!(c.liveness, None);
-        assert_eq!(c.path, "spec.template.spec.containers[0]");
+        assert_eq!(c.engine.map(|(e, _)| e.id), Some("vllm"));
+        assert_eq!(w.container_path(c.slot), "spec.template.spec.containers[0]");
     }
 
     #[test]
-    fn shell_pattern_and_native_sidecars() {
-        let cs = workload(SHELL);
-        assert_eq!(cs.len(), 2, "the plain init container is not long-running");
-        let app = &cs[0];
-        assert_eq!(app.termination.grace, Duration::from_secs(180));
-        assert_eq!(
-            app.termination.pre_stop,
-            PreStop::Exec {
-                sleep: Some(Duration::from_secs(15))
-            }
-        );
-        assert_eq!(app.termination.after_sigterm(), Duration::from_secs(165));
-        assert_eq!(
-            app.readiness.map(|p| p.time_to_fail()),
-            Some(Duration::from_secs(2))
-        );
-        let gate = &cs[1];
-        assert!(gate.sidecar);
-        assert_eq!(gate.path, "spec.template.spec.initContainers[0]");
-        assert_eq!(
-            gate.termination.pre_stop,
-            PreStop::Sleep(Duration::from_secs(5))
-        );
-    }
-
-    #[test]
-    fn sleeps_in_commands() {
-        let s = |v: &[&str]| sleep_in_command(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
-        assert_eq!(s(&["/bin/sleep", "15"]), Some(Duration::from_secs(15)));
-        assert_eq!(
-            s(&[
-                "sh",
-                "-c",
-                "sleep 5; curl -s localhost:9901/drain; sleep 2m"
-            ]),
-            Some(Duration::from_secs(125))
-        );
-        assert_eq!(s(&["sh", "-c", "kill -TERM 1"]), None);
-        assert_eq!(s(&["sh", "-c", "sleep $DELAY"]), None);
-    }
-
-    #[test]
-    fn every_kind_finds_its_pod_spec() {
-        for (kind, api, wrap) in [
-            ("Pod", "v1", "spec:\n  containers: [{name: c, image: i}]\n"),
+    fn every_kind_finds_its_pod_templates() {
+        let c = "containers: [{name: c, image: i}]";
+        for (api, kind, body, want) in [
+            ("v1", "Pod", format!("spec: {{{c}}}"), vec!["spec"]),
             (
+                "batch/v1",
                 "Job",
-                "batch/v1",
-                "spec:\n  template:\n    spec:\n      containers: [{name: c, image: i}]\n",
+                format!("spec: {{template: {{spec: {{{c}}}}}}}"),
+                vec!["spec.template.spec"],
             ),
             (
+                "batch/v1",
                 "CronJob",
-                "batch/v1",
-                "spec:\n  schedule: '* * * * *'\n  jobTemplate:\n    spec:\n      template:\n        spec:\n          containers: [{name: c, image: i}]\n",
+                format!(
+                    "spec: {{schedule: '* * * * *', jobTemplate: {{spec: {{template: {{spec: {{{c}}}}}}}}}}}"
+                ),
+                vec!["spec.jobTemplate.spec.template.spec"],
             ),
             (
-                "DaemonSet",
-                "apps/v1",
-                "spec:\n  template:\n    spec:\n      containers: [{name: c, image: i}]\n",
+                "leaderworkerset.x-k8s.io/v1",
+                "LeaderWorkerSet",
+                format!(
+                    "spec: {{leaderWorkerTemplate: {{size: 2, leaderTemplate: {{spec: {{{c}}}}}, workerTemplate: {{spec: {{{c}}}}}}}}}"
+                ),
+                vec![
+                    "spec.leaderWorkerTemplate.leaderTemplate.spec",
+                    "spec.leaderWorkerTemplate.workerTemplate.spec",
+                ],
+            ),
+            (
+                "argoproj.io/v1alpha1",
+                "Rollout",
+                format!("spec: {{template: {{spec: {{{c}}}}}}}"),
+                vec!["spec.template.spec"],
+            ),
+            (
+                "serving.knative.dev/v1",
+                "Service",
+                format!("spec: {{template: {{spec: {{{c}}}}}}}"),
+                vec!["spec.template.spec"],
+            ),
+            (
+                "serving.kserve.io/v1alpha1",
+                "ServingRuntime",
+                format!("spec: {{{c}}}"),
+                vec!["spec"],
+            ),
+            (
+                "serving.kserve.io/v1beta1",
+                "InferenceService",
+                "spec: {predictor: {model: {modelFormat: {name: huggingface}, args: [--x]}}}"
+                    .to_owned(),
+                vec!["spec.predictor"],
             ),
         ] {
-            let text = format!("apiVersion: {api}\nkind: {kind}\nmetadata: {{name: x}}\n{wrap}");
-            let cs = workload(&text);
-            assert_eq!(cs.len(), 1, "{kind}");
-            assert_eq!(cs[0].name, "c", "{kind}");
+            let text = format!("apiVersion: {api}\nkind: {kind}\nmetadata: {{name: x}}\n{body}\n");
+            let got = workloads(&text);
+            let paths: Vec<&str> = got.iter().map(|(_, p, _)| p.as_str()).collect();
+            assert_eq!(paths, want, "{kind}");
+            assert!(
+                got.iter().all(|(_, _, names)| names.len() == 1),
+                "{kind}: {got:?}"
+            );
         }
-        let l = load_str(
-            Path::new("s.yaml"),
-            "apiVersion: v1\nkind: Service\nmetadata: {name: s}\n",
-        );
-        assert!(Workload::from_object(&l.objects[0]).is_none());
+        // A Service is not a workload, a Knative Service is.
+        assert!(workloads("apiVersion: v1\nkind: Service\nmetadata: {name: s}\n").is_empty());
+    }
+
+    #[test]
+    fn kserve_model_container_has_its_own_path() {
+        let text = "apiVersion: serving.kserve.io/v1beta1\nkind: InferenceService\nmetadata: {name: m}\nspec:\n  predictor:\n    minReplicas: 2\n    model:\n      modelFormat: {name: huggingface}\n      args: [--model_name=m]\n";
+        let l = load_str(Path::new("k.yaml"), text);
+        let w = Workload::from_object(&l.objects[0])
+            .expect("w")
+            .expect("spec");
+        assert_eq!(w.replicas, Some(2));
+        assert_eq!(w.container_path(Slot::App(0)), "spec.predictor.model");
+        assert_eq!(w.display_name(), "InferenceService/m (predictor)");
     }
 
     #[test]
@@ -543,5 +642,22 @@ spec:
             .expect_err("invalid");
         let msg = e.to_string();
         assert!(msg.starts_with("bad.yaml:4:1: Pod/p"), "{msg}");
+    }
+
+    #[test]
+    fn rolling_updates_of_each_kind() {
+        let lws = "apiVersion: leaderworkerset.x-k8s.io/v1\nkind: LeaderWorkerSet\nmetadata: {name: x}\nspec:\n  replicas: 4\n  leaderWorkerTemplate: {workerTemplate: {spec: {containers: [{name: c, image: i}]}}}\n";
+        let l = load_str(Path::new("l.yaml"), lws);
+        let w = Workload::from_object(&l.objects[0])
+            .expect("w")
+            .expect("spec");
+        let ru = w.rolling_update().expect("rolling");
+        assert_eq!((ru.max_surge, ru.max_unavailable), (0, 1));
+        let blue = "apiVersion: argoproj.io/v1alpha1\nkind: Rollout\nmetadata: {name: x}\nspec:\n  strategy: {blueGreen: {activeService: a}}\n  template: {spec: {containers: [{name: c, image: i}]}}\n";
+        let l = load_str(Path::new("r.yaml"), blue);
+        let w = Workload::from_object(&l.objects[0])
+            .expect("w")
+            .expect("spec");
+        assert_eq!(w.rolling_update(), None);
     }
 }

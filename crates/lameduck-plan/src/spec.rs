@@ -7,8 +7,8 @@ use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use lameduck_manifest::workload::{scaled, selects};
-use lameduck_manifest::{Object, Workload, facts};
-use lameduck_timeline::{Convergence, DEFAULT_KILL_MARGIN, PreStop, Termination};
+use lameduck_manifest::{Object, Workload};
+use lameduck_timeline::{Convergence, PreStop, Termination};
 use serde::Serialize;
 
 /// What an engine does when it receives SIGTERM while requests are in flight.
@@ -179,8 +179,8 @@ impl FleetSpec {
             .or(w.replicas.and_then(|r| u32::try_from(r).ok()))
             .unwrap_or(1)
             .max(1);
-        let serving = serving_container(&w.spec.containers);
-        let inference = w.spec.containers.iter().any(facts::is_inference);
+        let serving = w.model.serving_container(None).ok().flatten();
+        let inference = w.model.inference();
         let cold = o.cold_start.unwrap_or_else(|| {
             let d = if inference {
                 INFERENCE_COLD_START
@@ -198,8 +198,7 @@ impl FleetSpec {
             ));
             d
         });
-        let timelines = w.containers();
-        let timeline = serving.and_then(|i| timelines.get(i));
+        let timeline = serving.and_then(|i| w.model.containers.get(i));
         let ready_after = match timeline.and_then(|t| t.readiness) {
             Some(p) => {
                 let startup = timeline
@@ -215,10 +214,14 @@ impl FleetSpec {
                 Duration::ZERO
             }
         };
-        let shutdown = if facts::gated(w) {
+        let shutdown = if let Some(g) = &w.model.gate {
             Shutdown::Gate {
-                convergence: gate_convergence(w),
-                margin: DEFAULT_KILL_MARGIN,
+                convergence: Convergence {
+                    min: g.args.convergence_min.0,
+                    quiet: g.args.convergence_quiet.0,
+                    max: g.args.convergence_max.0,
+                },
+                margin: g.args.kill_margin.0,
             }
         } else {
             let pre_stop = match timeline.map(|t| &t.termination.pre_stop) {
@@ -232,7 +235,9 @@ impl FleetSpec {
                 Some(p) => p.duration().unwrap_or_default(),
                 None => Duration::ZERO,
             };
-            let container = serving.and_then(|i| w.spec.containers.get(i));
+            let container = serving
+                .and_then(|i| w.model.containers.get(i))
+                .and_then(|c| w.container(c.slot));
             let on_sigterm = o.on_sigterm.unwrap_or_else(|| {
                 let (mode, why) = container.map_or(
                     (OnSigterm::Drain { limit: None }, "assumed".to_owned()),
@@ -283,17 +288,6 @@ impl FleetSpec {
     }
 }
 
-/// The container clients talk to: the inference engine, else the first with ports.
-pub fn serving_container(cs: &[core::Container]) -> Option<usize> {
-    cs.iter()
-        .position(|c| facts::is_inference(c) && !facts::is_gate(c))
-        .or_else(|| {
-            cs.iter()
-                .position(|c| c.ports.as_ref().is_some_and(|p| !p.is_empty()))
-        })
-        .or(if cs.is_empty() { None } else { Some(0) })
-}
-
 /// A short description of an engine's SIGTERM behaviour.
 pub fn describe(m: OnSigterm) -> String {
     match m {
@@ -315,70 +309,57 @@ fn words(c: &core::Container) -> Vec<&str> {
         .collect()
 }
 
-/// What a container's engine does on SIGTERM, and why we think so.
+/// What a container's engine does on SIGTERM, and why we think so (from what each server is
+/// known to do, `lameduck_pod::engines`, and its own shutdown flags).
 fn detect_on_sigterm(c: &core::Container) -> (OnSigterm, String) {
     let ws = words(c);
-    let vllm = c.image.as_deref().is_some_and(|i| i.contains("vllm"))
-        || ws.iter().any(|w| w.contains("vllm"));
-    if vllm {
-        let timeout = ws.iter().enumerate().find_map(|(i, w)| {
-            w.strip_prefix("--shutdown-timeout=")
-                .or_else(|| {
-                    (*w == "--shutdown-timeout")
-                        .then(|| ws.get(i + 1).copied())
-                        .flatten()
-                })
+    let flag = |name: &str| -> Option<u64> {
+        ws.iter().enumerate().find_map(|(i, w)| {
+            w.strip_prefix(&format!("{name}="))
+                .or_else(|| (*w == name).then(|| ws.get(i + 1).copied()).flatten())
                 .and_then(|v| v.parse::<u64>().ok())
-        });
-        return match timeout {
+        })
+    };
+    let drain = |secs: u64, why: String| {
+        (
+            OnSigterm::Drain {
+                limit: Some(Duration::from_secs(secs)),
+            },
+            why,
+        )
+    };
+    match lameduck_pod::engines::identify(c).map(|(e, _)| e.id) {
+        Some("vllm") => match flag("--shutdown-timeout") {
             Some(0) | None => (
                 OnSigterm::Abort,
                 "vLLM without --shutdown-timeout aborts in-flight requests".into(),
             ),
-            Some(n) => (
-                OnSigterm::Drain {
-                    limit: Some(Duration::from_secs(n)),
-                },
-                format!("vLLM --shutdown-timeout {n}"),
-            ),
-        };
+            Some(n) => drain(n, format!("vLLM --shutdown-timeout {n}")),
+        },
+        Some("ollama") => (
+            OnSigterm::Abort,
+            "Ollama closes its server at once on SIGTERM".into(),
+        ),
+        Some("tgi") => {
+            let n = flag("--graceful-termination-timeout").unwrap_or(90);
+            drain(
+                n,
+                format!("TGI waits up to {n} s (--graceful-termination-timeout)"),
+            )
+        }
+        Some("triton") => {
+            let n = flag("--exit-timeout-secs").unwrap_or(30);
+            drain(n, format!("Triton waits up to {n} s (--exit-timeout-secs)"))
+        }
+        Some("sglang") => (
+            OnSigterm::Drain { limit: None },
+            "SGLang finishes in-flight requests, with no limit of its own".into(),
+        ),
+        _ => (
+            OnSigterm::Drain { limit: None },
+            "assumed for an engine not known to abort".into(),
+        ),
     }
-    (
-        OnSigterm::Drain { limit: None },
-        "assumed for an engine not known to abort".into(),
-    )
-}
-
-/// The gate's convergence window from its `--convergence-*` flags, else its defaults.
-fn gate_convergence(w: &Workload<'_>) -> Convergence {
-    let mut conv = Convergence::default();
-    for c in w
-        .spec
-        .containers
-        .iter()
-        .chain(w.spec.init_containers.iter().flatten())
-        .filter(|c| facts::is_gate(c))
-    {
-        let ws = words(c);
-        let flag = |name: &str| -> Option<Duration> {
-            ws.iter().enumerate().find_map(|(i, w)| {
-                let v = w
-                    .strip_prefix(&format!("{name}="))
-                    .or_else(|| (*w == name).then(|| ws.get(i + 1).copied()).flatten())?;
-                lameduck_timeline::parse_duration(v).ok()
-            })
-        };
-        if let Some(d) = flag("--convergence-min") {
-            conv.min = d;
-        }
-        if let Some(d) = flag("--convergence-quiet") {
-            conv.quiet = d;
-        }
-        if let Some(d) = flag("--convergence-max") {
-            conv.max = d;
-        }
-    }
-    conv
 }
 
 /// The floor of healthy pods set by the PodDisruptionBudget that selects the workload.

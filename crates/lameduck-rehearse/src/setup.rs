@@ -378,7 +378,7 @@ pub fn from_manifest(path: &Path) -> Result<Setup, Error> {
     let mut found = None;
     for object in &loaded.objects {
         if matches!(
-            WorkloadKind::of(&object.kind),
+            WorkloadKind::of(&object.api_version, &object.kind),
             Some(
                 WorkloadKind::Deployment
                     | WorkloadKind::StatefulSet
@@ -416,26 +416,46 @@ fn setup_of(object: &Object) -> Result<Setup, Error> {
         None => unreachable_kind(&where_())?,
     };
     let mut notes = Vec::new();
-    let pick = serving_container(&workload.spec);
-    let Some((container, in_sidecar_gate)) = pick else {
+    let model = &workload.model;
+    // The container clients talk to, from the one pod model (the first app container when it
+    // cannot tell: rehearse runs one engine per pod).
+    let serving = model
+        .serving_container(None)
+        .ok()
+        .flatten()
+        .and_then(|i| workload.container(model.containers[i].slot));
+    let Some(container) = serving.or_else(|| workload.spec.containers.first()) else {
         return Err(Error::Input(format!(
             "{}: the pod has no containers",
             where_()
         )));
     };
-    let gate = gate_container(&workload.spec);
+    let gate = model.gate.as_ref().and_then(|g| {
+        let c = workload.container(g.slot)?;
+        Some((
+            c,
+            g.mode == lameduck_pod::GateMode::Sidecar && g.native(),
+            g,
+        ))
+    });
+    let in_sidecar_gate = gate.as_ref().is_some_and(|(_, sidecar, _)| *sidecar);
     let serve_port;
     let admin_port;
     let server;
     match &gate {
-        Some((g, sidecar)) => {
-            let argv = argv_of(g);
-            let flags = gate_flags(&argv);
-            serve_port = flag_port(&flags, "--listen").unwrap_or(SERVE_PORT);
-            admin_port = flag_port(&flags, "--admin").unwrap_or(ADMIN_PORT);
+        Some((_, sidecar, g)) => {
+            let flags = g
+                .flags
+                .as_ref()
+                .map_err(|e| Error::Input(format!("{}: the gate's flags: {e}", where_())))?;
+            serve_port = g.args.listen.port();
+            admin_port = g.args.admin.port();
+            // Rehearse runs the gate itself, on its own addresses.
+            let mut own = flags.clone();
+            own.command.clear();
             server = Server::Gate {
                 args: strip_flags(
-                    &flags,
+                    &own.render(),
                     &[
                         "--listen",
                         "--admin",
@@ -463,7 +483,7 @@ fn setup_of(object: &Object) -> Result<Setup, Error> {
     }
     let ports = PortMap {
         container,
-        gate: gate.as_ref().map(|(g, _)| *g),
+        gate: gate.as_ref().map(|(g, _, _)| *g),
         serve: serve_port,
         admin: admin_port,
     };
@@ -471,7 +491,7 @@ fn setup_of(object: &Object) -> Result<Setup, Error> {
     // With a sidecar gate, the engine's preStop calls the gate's /drain; in wrapper mode the
     // gate container's own hook is the one that matters.
     let hook_container = match (&gate, in_sidecar_gate) {
-        (Some((g, false)), _) => *g,
+        (Some((g, false, _)), _) => *g,
         _ => container,
     };
     let pre_stop = hook_container
@@ -481,13 +501,13 @@ fn setup_of(object: &Object) -> Result<Setup, Error> {
         .map(|h| lifecycle_handler(h, &ports, &name_of("preStop")))
         .transpose()?
         .flatten();
-    let probe_container = gate.as_ref().map_or(container, |(g, _)| *g);
+    let probe_container = gate.as_ref().map_or(container, |(g, _, _)| *g);
     let probe_of = |p: Option<&core::Probe>, what: &str| -> Result<Option<ProbeSpec>, Error> {
         let Some(p) = p else { return Ok(None) };
         let handler = probe_handler(p, &ports, &name_of(what))?;
         Ok(Some(ProbeSpec {
             handler,
-            timing: lameduck_manifest::workload::probe(p),
+            timing: lameduck_pod::model::probe(p),
         }))
     };
     let readiness = probe_of(probe_container.readiness_probe.as_ref(), "readinessProbe")?.or(
@@ -563,81 +583,7 @@ fn unreachable_kind(at: &str) -> Result<Workload<'static>, Error> {
     Err(Error::Input(format!("{at}: not a workload")))
 }
 
-/// The container that serves requests, and whether it sits behind a sidecar gate: the app
-/// container with a readiness probe or a port, else the first.
-fn serving_container(spec: &core::PodSpec) -> Option<(&core::Container, bool)> {
-    let apps: Vec<&core::Container> = spec.containers.iter().filter(|c| !is_gate(c)).collect();
-    let sidecar_gate = gate_container(spec).is_some_and(|(_, s)| s);
-    let best = apps
-        .iter()
-        .find(|c| c.readiness_probe.is_some() || c.ports.as_ref().is_some_and(|p| !p.is_empty()))
-        .or(apps.first())
-        .copied()
-        .or_else(|| spec.containers.first())?;
-    Some((best, sidecar_gate))
-}
-
-/// The gate's container, and whether it is a native sidecar.
-fn gate_container(spec: &core::PodSpec) -> Option<(&core::Container, bool)> {
-    if let Some(c) = spec.containers.iter().find(|c| is_gate(c)) {
-        return Some((c, false));
-    }
-    spec.init_containers
-        .iter()
-        .flatten()
-        .find(|c| c.restart_policy.as_deref() == Some("Always") && is_gate(c))
-        .map(|c| (c, true))
-}
-
-fn argv_of(c: &core::Container) -> Vec<String> {
-    c.command
-        .iter()
-        .flatten()
-        .chain(c.args.iter().flatten())
-        .cloned()
-        .collect()
-}
-
-/// A container that runs `lameduck gate`.
-fn is_gate(c: &core::Container) -> bool {
-    let argv = argv_of(c);
-    argv.iter()
-        .position(|a| a.rsplit('/').next() == Some("lameduck"))
-        .is_some_and(|i| argv.get(i + 1).map(String::as_str) == Some("gate"))
-        || (c.image.as_deref().is_some_and(|i| i.contains("lameduck"))
-            && argv.first().map(String::as_str) == Some("gate"))
-}
-
-/// The gate's flags: what follows `gate` up to `--`.
-fn gate_flags(argv: &[String]) -> Vec<String> {
-    let start = argv
-        .iter()
-        .position(|a| a == "gate")
-        .map_or(argv.len(), |i| i + 1);
-    argv[start..]
-        .iter()
-        .take_while(|a| *a != "--")
-        .cloned()
-        .collect()
-}
-
-fn flag_value<'a>(flags: &'a [String], name: &str) -> Option<&'a str> {
-    let mut it = flags.iter();
-    while let Some(f) = it.next() {
-        if f == name {
-            return it.next().map(String::as_str);
-        }
-        if let Some(v) = f.strip_prefix(name).and_then(|r| r.strip_prefix('=')) {
-            return Some(v);
-        }
-    }
-    None
-}
-
-fn flag_port(flags: &[String], name: &str) -> Option<u16> {
-    flag_value(flags, name)?.rsplit(':').next()?.parse().ok()
-}
-
+/// The flags with `names` (and their values) taken out.
 fn strip_flags(flags: &[String], names: &[&str]) -> Vec<String> {
     let mut out = Vec::new();
     let mut skip = false;
@@ -968,25 +914,21 @@ mod tests {
 
     #[test]
     fn gate_flags_are_read_and_stripped() {
-        let argv: Vec<String> = [
-            "lameduck",
-            "gate",
-            "--listen=0.0.0.0:8080",
-            "--admin",
-            "0.0.0.0:9000",
-            "--grace-period",
-            "180",
-            "--",
-            "vllm",
-            "serve",
-        ]
-        .map(String::from)
-        .to_vec();
-        let flags = gate_flags(&argv);
-        assert_eq!(flag_port(&flags, "--listen"), Some(8080));
-        assert_eq!(flag_port(&flags, "--admin"), Some(9000));
+        let s = setup_from(
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\nspec:\n  template:\n    spec:\n      terminationGracePeriodSeconds: 180\n      containers:\n        - name: e\n          command: [sh, -c, \"exec lameduck gate --listen=0.0.0.0:8080 --admin 0.0.0.0:9000 --grace-period 180 -- vllm serve m\"]\n",
+        );
+        assert_eq!((s.serve_port, s.admin_port), (8080, 9000));
+        match &s.server {
+            Server::Gate { args } => {
+                assert_eq!(args, &vec!["--grace-period".to_owned(), "180".to_owned()])
+            }
+            other => panic!("{other:?}"),
+        }
+        let flags: Vec<String> = ["--listen=0.0.0.0:8080", "--grace-period", "180"]
+            .map(String::from)
+            .to_vec();
         assert_eq!(
-            strip_flags(&flags, &["--listen", "--admin"]),
+            strip_flags(&flags, &["--listen"]),
             vec!["--grace-period".to_owned(), "180".to_owned()]
         );
     }

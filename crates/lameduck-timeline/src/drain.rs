@@ -231,7 +231,7 @@ impl Default for DrainConfig {
             grace: crate::pod::DEFAULT_GRACE,
             margin: crate::pod::DEFAULT_KILL_MARGIN,
             convergence: Convergence::default(),
-            child_timeout: Some(Duration::from_secs(3)),
+            child_timeout: Some(crate::pod::DEFAULT_CHILD_TIMEOUT),
             deadline_linger: Duration::from_secs(1),
             max_in_flight: None,
         }

@@ -52,6 +52,42 @@ pub fn parse_duration(input: &str) -> Result<Duration, ParseDurationError> {
     Ok(d)
 }
 
+/// A duration as a command-line value: parsed with [`parse_duration`], displayed as plain
+/// seconds (`30`, `1.5`) so that a default written with it reads as the flag's own syntax.
+/// Lets flags take their defaults from the model's constants (`default_value_t = Dur(X)`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Dur(pub Duration);
+
+impl std::fmt::Display for Dur {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&secs_plain(self.0))
+    }
+}
+
+impl std::str::FromStr for Dur {
+    type Err = ParseDurationError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        parse_duration(s).map(Dur)
+    }
+}
+
+impl From<Dur> for Duration {
+    fn from(d: Dur) -> Duration {
+        d.0
+    }
+}
+
+/// Seconds as a person writes them: `30`, `1.5`, `0.25` (no trailing zeros, no unit).
+pub fn secs_plain(d: Duration) -> String {
+    let s = format!("{:.3}", d.as_secs_f64());
+    let s = s.trim_end_matches('0').trim_end_matches('.');
+    if s.is_empty() {
+        "0".to_owned()
+    } else {
+        s.to_owned()
+    }
+}
+
 /// Formats a duration as seconds with millisecond precision, e.g. `12.345s`.
 pub fn fmt_secs(d: Duration) -> String {
     format!("{:.3}s", d.as_secs_f64())
@@ -66,6 +102,22 @@ mod tests {
         assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
         assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
         assert_eq!(parse_duration(" 0 "), Ok(Duration::ZERO));
+    }
+
+    #[test]
+    fn plain_seconds_round_trip() {
+        for (d, s) in [
+            (30_000, "30"),
+            (1_500, "1.5"),
+            (250, "0.25"),
+            (0, "0"),
+            (100, "0.1"),
+        ] {
+            let d = Duration::from_millis(d);
+            assert_eq!(secs_plain(d), s);
+            assert_eq!(s.parse::<Dur>(), Ok(Dur(d)));
+            assert_eq!(Dur(d).to_string(), s);
+        }
     }
 
     #[test]

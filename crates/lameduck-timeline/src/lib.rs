@@ -15,8 +15,8 @@ pub use drain::{
     Action, Admission, ConfigError, DrainConfig, DrainMachine, DrainReport, DrainRequest, Join,
     Outcome, Phase, PhaseMark, Time, Trigger,
 };
-pub use duration::{ParseDurationError, fmt_secs, parse_duration};
+pub use duration::{Dur, ParseDurationError, fmt_secs, parse_duration, secs_plain};
 pub use pod::{
-    Budget, Convergence, DEFAULT_GRACE, DEFAULT_KILL_MARGIN, KUBELET_MIN_STOP_WINDOW, PreStop,
-    Probe, Termination, terminating_peak,
+    Budget, Convergence, DEFAULT_CHILD_TIMEOUT, DEFAULT_GRACE, DEFAULT_KILL_MARGIN, GraceNeed,
+    KUBELET_MIN_STOP_WINDOW, PreStop, Probe, Termination, terminating_peak,
 };

@@ -131,15 +131,21 @@ fn secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
 
 impl Default for Convergence {
     fn default() -> Self {
-        Convergence {
-            min: Duration::from_secs(5),
-            quiet: Duration::from_secs(2),
-            max: Duration::from_secs(30),
-        }
+        Convergence::DEFAULT
     }
 }
 
+/// The gate's default SIGTERM → SIGKILL window for its engine (`--child-timeout`).
+pub const DEFAULT_CHILD_TIMEOUT: Duration = Duration::from_secs(3);
+
 impl Convergence {
+    /// The gate's defaults: serve at least 5 s, end after 2 s without arrivals, at most 30 s.
+    pub const DEFAULT: Convergence = Convergence {
+        min: Duration::from_secs(5),
+        quiet: Duration::from_secs(2),
+        max: Duration::from_secs(30),
+    };
+
     /// A window that covers a measured propagation lag: serve at least the lag (and never
     /// less than the default minimum), and allow up to twice the lag (never less than the
     /// default maximum) for the balancers that are slower than the one measured.
@@ -223,6 +229,63 @@ impl Budget {
             margin,
         }
         .available()
+    }
+}
+
+/// The grace period a pod needs, with the reasoning, in the words every tool prints.
+///
+/// A drain admits requests until some moment after it starts (the end of the gate's
+/// announcing window, or of a preStop sleep); a request admitted then may run as long as the
+/// longest request; and a margin is kept to stop. `lint`, `inject` and `plan` all size the grace
+/// period with this, so they agree on one workload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GraceNeed {
+    /// How long after the drain starts requests are still admitted.
+    pub admitted_until: Duration,
+    /// Why then (`the gate's --convergence-max`, `the preStop hook`).
+    pub admitted_because: String,
+    /// The longest request.
+    pub longest: Duration,
+    /// Where that figure comes from (`the max-request annotation`, `assumed for vLLM`).
+    pub longest_from: String,
+    /// Kept at the end to end streams, stop the engine and exit.
+    pub margin: Duration,
+}
+
+impl GraceNeed {
+    /// The grace period needed.
+    pub fn total(&self) -> Duration {
+        self.admitted_until + self.longest + self.margin
+    }
+
+    /// The same in whole seconds, rounded up (as `terminationGracePeriodSeconds` is written).
+    pub fn seconds(&self) -> u64 {
+        let t = self.total();
+        t.as_secs() + u64::from(t.subsec_nanos() > 0)
+    }
+
+    /// How it was computed, in one sentence.
+    pub fn explain(&self) -> String {
+        let s = crate::duration::secs_plain;
+        let admitted = if self.admitted_until.is_zero() {
+            format!(
+                "a request in flight when the drain starts ({})",
+                self.admitted_because
+            )
+        } else {
+            format!(
+                "a request admitted up to {} s after the drain starts ({})",
+                s(self.admitted_until),
+                self.admitted_because
+            )
+        };
+        format!(
+            "{admitted} may run {} s ({}), and {} s are kept to stop: {} s",
+            s(self.longest),
+            self.longest_from,
+            s(self.margin),
+            self.seconds()
+        )
     }
 }
 
@@ -339,6 +402,27 @@ mod tests {
         };
         assert_eq!(p.time_to_succeed(S(5)), S(10));
         assert_eq!(p.time_to_succeed(S(31)), S(40));
+    }
+
+    #[test]
+    fn grace_need_explains_itself() {
+        let n = GraceNeed {
+            admitted_until: S(15),
+            admitted_because: "the gate's --convergence-max".into(),
+            longest: S(150),
+            longest_from: "assumed for vLLM".into(),
+            margin: S(5),
+        };
+        assert_eq!(n.seconds(), 170);
+        assert_eq!(
+            n.explain(),
+            "a request admitted up to 15 s after the drain starts (the gate's --convergence-max) may run 150 s (assumed for vLLM), and 5 s are kept to stop: 170 s"
+        );
+        let half = GraceNeed {
+            longest: Duration::from_millis(150_500),
+            ..n
+        };
+        assert_eq!(half.seconds(), 171, "rounded up");
     }
 
     #[test]

@@ -1,0 +1,20 @@
+//! One reading of a pod, shared by every part of lameduck.
+//!
+//! - [`engines`]: the inference servers lameduck knows: how to recognise them, their ports
+//!   and how those are set, their health endpoints, how long their requests run.
+//! - [`gate_args`]: `lameduck gate`'s flags, one clap definition for the gate itself and for
+//!   everything that reads or writes a gate's command line.
+//! - [`model`]: a pod spec read into those terms: the containers, the serving one, the gate.
+//!
+//! No file positions here (the manifest crate layers them on top) and no I/O: a live Pod and a
+//! manifest's pod template are read by the same code.
+
+pub mod budget;
+pub mod engines;
+pub mod gate_args;
+pub mod model;
+
+pub use budget::grace_need_gated;
+pub use engines::{ENGINES, Engine, PortSetting, Work};
+pub use gate_args::{DEFAULT_ADMIN_PORT, GateArgs, GateArgsError, GateFlags};
+pub use model::{Container, Gate, GateMode, PodModel, ServingError, Slot};
