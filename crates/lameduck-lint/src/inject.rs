@@ -80,6 +80,11 @@ pub struct Options {
     pub convergence: Duration,
     /// Wrapper mode, for a container without `command`: the image's entrypoint.
     pub entrypoint: Option<Vec<String>>,
+    /// Leave a single replica's rollout strategy as written (by default a rolling update that
+    /// takes the only replica down first becomes maxSurge 1, maxUnavailable 0).
+    pub keep_strategy: bool,
+    /// Loosen disruption budgets in the input that allow no eviction, so that one pod may go.
+    pub fix_budgets: bool,
 }
 
 impl Default for Options {
@@ -95,6 +100,8 @@ impl Default for Options {
             max_request: None,
             convergence: Duration::from_secs(15),
             entrypoint: None,
+            keep_strategy: false,
+            fix_budgets: false,
         }
     }
 }
@@ -149,6 +156,18 @@ pub struct Change {
     pub lines: Vec<String>,
 }
 
+/// A setting of an object changed for its drains or rollouts (not a container put behind the
+/// gate): a rollout strategy, a Knative timeout, a disruption budget.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Adjusted {
+    /// `kind/name` of the object changed.
+    pub object: String,
+    /// The fields set, as paths in the object.
+    pub paths: Vec<String>,
+    /// What was done and why, for people.
+    pub line: String,
+}
+
 /// The result: the new text, and what changed or was left alone.
 #[derive(Debug, Clone)]
 pub struct Injected {
@@ -156,6 +175,8 @@ pub struct Injected {
     pub text: String,
     /// The workloads changed.
     pub changed: Vec<Change>,
+    /// Other settings changed for drains and rollouts.
+    pub adjusted: Vec<Adjusted>,
     /// Workloads left alone, and why.
     pub skipped: Vec<String>,
     /// Things to check by hand.
@@ -165,7 +186,7 @@ pub struct Injected {
 /// One edit, at a path of a document.
 #[derive(Debug, Clone)]
 enum Edit {
-    Set(String, &'static str, Value),
+    Set(String, String, Value),
     Push(String, Value),
     Replace(String, Value),
 }
@@ -205,11 +226,34 @@ pub fn inject(path: &std::path::Path, text: &str, opts: &Options) -> Result<Inje
     let mut out = Injected {
         text: String::new(),
         changed: Vec::new(),
+        adjusted: Vec::new(),
         skipped: Vec::new(),
         warnings: Vec::new(),
     };
     let mut editor = Editor::new(text);
+    let apply = |editor: &mut Editor, object: &lameduck_manifest::Object, edits: Vec<Edit>| {
+        for edit in edits {
+            let doc = object.document;
+            let r = match &edit {
+                Edit::Set(p, key, v) => editor.set(doc, &object.path(p), key, v),
+                Edit::Push(p, v) => editor.push(doc, &object.path(p), v),
+                Edit::Replace(p, v) => editor.replace(doc, &object.path(p), v),
+            };
+            r.map_err(|source| InjectError::Edit {
+                object: object.display_name(),
+                source,
+            })?;
+        }
+        Ok::<(), InjectError>(())
+    };
     for object in &loaded.objects {
+        // Settings of the object itself: the rollout of a single replica, Knative's timeout.
+        if let Some(Ok(w)) = Workload::all(object).into_iter().next() {
+            let (edits, adjusted, warnings) = object_settings(&w, opts);
+            apply(&mut editor, object, edits)?;
+            out.adjusted.extend(adjusted);
+            out.warnings.extend(warnings);
+        }
         for w in Workload::all(object) {
             let w = w.map_err(|e| InjectError::Input(e.to_string()))?;
             let name = w.display_name();
@@ -225,20 +269,33 @@ pub fn inject(path: &std::path::Path, text: &str, opts: &Options) -> Result<Inje
                 out.skipped.push(format!("{name}: no serving container"));
                 continue;
             };
-            let doc = object.document;
-            for edit in edits {
-                let r = match &edit {
-                    Edit::Set(p, key, v) => editor.set(doc, &object.path(p), key, v),
-                    Edit::Push(p, v) => editor.push(doc, &object.path(p), v),
-                    Edit::Replace(p, v) => editor.replace(doc, &object.path(p), v),
-                };
-                r.map_err(|source| InjectError::Edit {
-                    object: name.clone(),
-                    source,
-                })?;
-            }
+            apply(&mut editor, object, edits)?;
             out.warnings.extend(warnings);
             out.changed.push(change);
+        }
+    }
+    // Budgets that let no pod go, when asked to loosen them.
+    for fix in crate::rules::budget_fixes(&loaded.objects) {
+        let Some(object) = loaded.objects.get(fix.object) else {
+            continue;
+        };
+        let name = object.display_name();
+        if opts.fix_budgets {
+            apply(
+                &mut editor,
+                object,
+                vec![Edit::Replace(fix.field.to_owned(), fix.value.clone())],
+            )?;
+            out.adjusted.push(Adjusted {
+                object: name,
+                paths: vec![fix.field.to_owned()],
+                line: format!("{}: {} (was {})", fix.field, fix.value, fix.why),
+            });
+        } else {
+            out.warnings.push(format!(
+                "{name}: {}; it blocks every node drain. `--fix-budgets` sets {}: {} (or change it by hand)",
+                fix.why, fix.field, fix.value
+            ));
         }
     }
     for p in editor.rewritten() {
@@ -252,6 +309,128 @@ pub fn inject(path: &std::path::Path, text: &str, opts: &Options) -> Result<Inje
     }
     out.text = editor.text().into_owned();
     Ok(out)
+}
+
+/// Knative's revision timeout below the longest request: raised (a draining Knative pod keeps
+/// serving for that long, and longer requests are cut). A single replica's rolling update that
+/// takes it down first: a surge instead (unless `keep_strategy`). Returns the edits, what they
+/// do, and what is left to the user.
+fn object_settings(w: &Workload<'_>, opts: &Options) -> (Vec<Edit>, Vec<Adjusted>, Vec<String>) {
+    let (mut edits, mut adjusted, mut warnings) = (Vec::new(), Vec::new(), Vec::new());
+    let name = w.display_name();
+    match w.kind.lifecycle() {
+        Lifecycle::Batch => {}
+        Lifecycle::Knative => {
+            let Some((max_req, from)) = facts::max_request_described(w, opts.max_request) else {
+                return (edits, adjusted, warnings);
+            };
+            let pod = w.pod_path();
+            let timeout = w
+                .object
+                .value
+                .pointer(&format!("/{}/timeoutSeconds", pod.replace('.', "/")))
+                .and_then(Value::as_u64)
+                .unwrap_or(KNATIVE_DEFAULT_TIMEOUT);
+            let need = max_req.as_secs() + u64::from(max_req.subsec_nanos() > 0);
+            if timeout < need {
+                edits.push(Edit::Set(
+                    pod.to_owned(),
+                    "timeoutSeconds".into(),
+                    json!(need),
+                ));
+                adjusted.push(Adjusted {
+                    object: name.clone(),
+                    paths: vec![format!("{pod}.timeoutSeconds")],
+                    line: format!(
+                        "timeoutSeconds: {need} (was {timeout}): requests run up to {} ({from}), and Knative cuts longer ones",
+                        crate::rules::secs(max_req)
+                    ),
+                });
+                if need > KNATIVE_DEFAULT_MAX_TIMEOUT {
+                    warnings.push(format!(
+                        "{name}: timeoutSeconds {need} is above Knative's default max-revision-timeout-seconds ({KNATIVE_DEFAULT_MAX_TIMEOUT}): raise it in the config-defaults ConfigMap, or Knative rejects the revision"
+                    ));
+                }
+            }
+        }
+        Lifecycle::Served => {
+            let single = w.replicas == Some(1);
+            let recreate = w
+                .object
+                .value
+                .pointer("/spec/strategy/type")
+                .and_then(Value::as_str)
+                == Some("Recreate")
+                && w.kind == lameduck_manifest::WorkloadKind::Deployment;
+            if single && recreate {
+                warnings.push(format!(
+                    "{name}: one replica with the Recreate strategy: every rollout stops it before its replacement starts. If a second pod can run during a rollout (a spare GPU, no ReadWriteOnce volume), use a RollingUpdate with maxSurge: 1, maxUnavailable: 0"
+                ));
+            }
+            let Some(ru) = w.rolling_update() else {
+                return (edits, adjusted, warnings);
+            };
+            if !single || ru.max_unavailable < 1 {
+                return (edits, adjusted, warnings);
+            }
+            if opts.keep_strategy {
+                warnings.push(format!(
+                    "{name}: one replica, and its rollout takes it down before the replacement is ready (kept as written: --keep-strategy)"
+                ));
+                return (edits, adjusted, warnings);
+            }
+            let path = w.strategy_path();
+            let fields = json!({"maxSurge": 1, "maxUnavailable": 0});
+            edits.extend(set_under(&w.object.value, path, &fields));
+            adjusted.push(Adjusted {
+                object: name,
+                paths: vec![format!("{path}.maxSurge"), format!("{path}.maxUnavailable")],
+                line: format!(
+                    "{path}: maxSurge 1, maxUnavailable 0 (was {} unavailable of one replica): the replacement becomes ready before the old pod drains. A rollout then needs room for a second pod (a GPU); without it, it waits and the old pod keeps serving. --keep-strategy leaves it",
+                    ru.max_unavailable
+                ),
+            });
+        }
+    }
+    (edits, adjusted, warnings)
+}
+
+/// Knative's revision timeout when none is written (`revision-timeout-seconds`).
+const KNATIVE_DEFAULT_TIMEOUT: u64 = 300;
+/// Knative's default ceiling for it (`max-revision-timeout-seconds`).
+const KNATIVE_DEFAULT_MAX_TIMEOUT: u64 = 600;
+
+/// The edits that set each field of `fields` in the mapping at `path` (dot-separated, no
+/// indices) of `value`, creating the missing mappings on the way.
+fn set_under(value: &Value, path: &str, fields: &Value) -> Vec<Edit> {
+    let parts: Vec<&str> = path.split('.').collect();
+    // The deepest mapping of the path that exists.
+    let mut depth = 0;
+    let mut at = value;
+    while depth < parts.len() {
+        match at.get(parts[depth]) {
+            Some(next) if next.is_object() => {
+                at = next;
+                depth += 1;
+            }
+            _ => break,
+        }
+    }
+    let existing = parts[..depth].join(".");
+    if depth == parts.len() {
+        return fields
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(k, v)| Edit::Set(existing.clone(), k.clone(), v.clone()))
+            .collect();
+    }
+    // Nest the rest of the path around the fields.
+    let mut nested = fields.clone();
+    for part in parts[depth + 1..].iter().rev() {
+        nested = json!({ *part: nested });
+    }
+    vec![Edit::Set(existing, parts[depth].to_owned(), nested)]
 }
 
 type Planned = (Vec<Edit>, Change, Vec<String>);
@@ -408,7 +587,7 @@ fn plan(w: &Workload<'_>, opts: &Options) -> Result<Option<Planned>, InjectError
             if c.env.as_ref().is_some_and(|e| !e.is_empty()) {
                 edits.push(Edit::Push(format!("{cpath}.env"), var));
             } else {
-                edits.push(Edit::Set(cpath.clone(), "env", json!([var])));
+                edits.push(Edit::Set(cpath.clone(), "env".into(), json!([var])));
             }
             format!("env {name}={value}, added")
         }
@@ -451,11 +630,15 @@ fn plan(w: &Workload<'_>, opts: &Options) -> Result<Option<Planned>, InjectError
         if has_init
             || edits
                 .iter()
-                .any(|e| matches!(e, Edit::Set(_, "initContainers", _)))
+                .any(|e| matches!(e, Edit::Set(_, k, _) if k == "initContainers"))
         {
             edits.push(Edit::Push(init_path.clone(), item));
         } else {
-            edits.push(Edit::Set(pod.clone(), "initContainers", json!([item])));
+            edits.push(Edit::Set(
+                pod.clone(),
+                "initContainers".into(),
+                json!([item]),
+            ));
         }
     };
 
@@ -533,7 +716,7 @@ fn plan(w: &Workload<'_>, opts: &Options) -> Result<Option<Planned>, InjectError
             gate.command = engine_cmd;
             let mut cmd = vec![bin.clone(), "gate".to_owned()];
             cmd.extend(gate.render());
-            edits.push(Edit::Set(cpath.clone(), "command", json!(cmd)));
+            edits.push(Edit::Set(cpath.clone(), "command".into(), json!(cmd)));
             list_edits(&mut edits, &cpath, "args", c.args.as_ref(), args.as_ref());
             lines.push(format!("command wrapped: {bin} gate … -- <engine>"));
             if opts.binary.is_none() {
@@ -552,13 +735,17 @@ fn plan(w: &Workload<'_>, opts: &Options) -> Result<Option<Planned>, InjectError
                 if w.spec.volumes.as_ref().is_some_and(|v| !v.is_empty()) {
                     edits.push(Edit::Push(format!("{pod}.volumes"), volume));
                 } else {
-                    edits.push(Edit::Set(pod.clone(), "volumes", json!([volume])));
+                    edits.push(Edit::Set(pod.clone(), "volumes".into(), json!([volume])));
                 }
                 let mount = json!({"name": VOLUME_NAME, "mountPath": BIN_DIR, "readOnly": true});
                 if c.volume_mounts.as_ref().is_some_and(|v| !v.is_empty()) {
                     edits.push(Edit::Push(format!("{cpath}.volumeMounts"), mount));
                 } else {
-                    edits.push(Edit::Set(cpath.clone(), "volumeMounts", json!([mount])));
+                    edits.push(Edit::Set(
+                        cpath.clone(),
+                        "volumeMounts".into(),
+                        json!([mount]),
+                    ));
                 }
                 lines.push(format!(
                     "init container `{INSTALL_NAME}` copies the binary into volume `{VOLUME_NAME}` at {BIN_DIR}"
@@ -566,7 +753,7 @@ fn plan(w: &Workload<'_>, opts: &Options) -> Result<Option<Planned>, InjectError
             }
             edits.push(Edit::Set(
                 cpath.clone(),
-                "livenessProbe",
+                "livenessProbe".into(),
                 gate_probe("/live", 10, 3),
             ));
             lines.push("livenessProbe → the gate's /live".into());
@@ -575,7 +762,7 @@ fn plan(w: &Workload<'_>, opts: &Options) -> Result<Option<Planned>, InjectError
             if c.startup_probe.is_some() {
                 edits.push(Edit::Set(
                     cpath.clone(),
-                    "startupProbe",
+                    "startupProbe".into(),
                     json!({"httpGet": {"path": "/ready", "port": admin}, "periodSeconds": 10, "failureThreshold": startup_failures(c)}),
                 ));
                 lines.push("startupProbe → the gate's /ready (same patience)".into());
@@ -586,16 +773,20 @@ fn plan(w: &Workload<'_>, opts: &Options) -> Result<Option<Planned>, InjectError
     // Both modes: readiness from the gate, the preStop is the gate's drain.
     edits.push(Edit::Set(
         cpath.clone(),
-        "readinessProbe",
+        "readinessProbe".into(),
         gate_probe("/ready", 2, 1),
     ));
     let pre_stop = json!({"httpGet": {"path": "/drain", "port": admin}});
     if c.lifecycle.is_some() {
-        edits.push(Edit::Set(format!("{cpath}.lifecycle"), "preStop", pre_stop));
+        edits.push(Edit::Set(
+            format!("{cpath}.lifecycle"),
+            "preStop".into(),
+            pre_stop,
+        ));
     } else {
         edits.push(Edit::Set(
             cpath.clone(),
-            "lifecycle",
+            "lifecycle".into(),
             json!({"preStop": pre_stop}),
         ));
     }
@@ -614,7 +805,7 @@ fn plan(w: &Workload<'_>, opts: &Options) -> Result<Option<Planned>, InjectError
             match existing {
                 None => edits.push(Edit::Set(
                     pod.clone(),
-                    "securityContext",
+                    "securityContext".into(),
                     json!({"sysctls": [sysctl]}),
                 )),
                 Some(sc) if sc.sysctls.as_ref().is_some_and(|v| !v.is_empty()) => {
@@ -622,7 +813,7 @@ fn plan(w: &Workload<'_>, opts: &Options) -> Result<Option<Planned>, InjectError
                 }
                 Some(_) => edits.push(Edit::Set(
                     format!("{pod}.securityContext"),
-                    "sysctls",
+                    "sysctls".into(),
                     json!([sysctl]),
                 )),
             }
@@ -636,7 +827,7 @@ fn plan(w: &Workload<'_>, opts: &Options) -> Result<Option<Planned>, InjectError
     if old != i64::try_from(grace_secs).ok() {
         edits.push(Edit::Set(
             pod.clone(),
-            "terminationGracePeriodSeconds",
+            "terminationGracePeriodSeconds".into(),
             json!(grace_secs),
         ));
     }
@@ -683,7 +874,7 @@ fn list_edits(
     new: Option<&Vec<String>>,
 ) {
     match (old, new) {
-        (None, Some(new)) => edits.push(Edit::Set(cpath.to_owned(), field, json!(new))),
+        (None, Some(new)) => edits.push(Edit::Set(cpath.to_owned(), field.to_owned(), json!(new))),
         (Some(old), Some(new)) => {
             for (i, v) in new.iter().enumerate() {
                 match old.get(i) {
@@ -1047,7 +1238,11 @@ fn repoint(p: &core::Probe, c: &core::Container, from: u16, to: u16, path: &str)
             })
             .collect();
         if &new != cmd {
-            return Some(Edit::Set(format!("{path}.exec"), "command", json!(new)));
+            return Some(Edit::Set(
+                format!("{path}.exec"),
+                "command".into(),
+                json!(new),
+            ));
         }
     }
     None

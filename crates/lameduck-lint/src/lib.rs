@@ -1,8 +1,10 @@
 //! `lameduck lint`: static analysis of Kubernetes manifests for drain mistakes, with exact
 //! `file:line:column` positions.
 //!
-//! All objects of a run are analysed together (a PodDisruptionBudget in another file counts).
-//! The budget arithmetic is [`lameduck_timeline::Budget`]'s. Rules: [`rules::ALL`].
+//! All objects of a run are analysed together (a PodDisruptionBudget in another file counts),
+//! as they are read: each workload is checked and dropped, keeping only what the checks against
+//! the rest of the input need ([`rules::Linter`]). The budget arithmetic is
+//! [`lameduck_timeline::Budget`]'s. Rules: [`rules::ALL`].
 
 pub mod config;
 pub use lameduck_manifest::facts;
@@ -109,6 +111,8 @@ pub struct Report {
     pub notes: Vec<String>,
     /// Objects analysed.
     pub objects: usize,
+    /// The text of each file with a finding (by the finding's `file`), for source snippets.
+    pub sources: std::collections::HashMap<String, std::sync::Arc<String>>,
 }
 
 impl Report {
@@ -120,19 +124,20 @@ impl Report {
 
 /// Lints everything loaded.
 pub fn lint(loaded: &Loaded, options: &Options) -> Report {
-    let (mut findings, mut notes, suppressed) = rules::check(&loaded.objects, options);
-    if suppressed > 0 {
-        notes.push(format!(
-            "{suppressed} finding(s) suppressed by `{}` annotations",
-            rules::IGNORE_ANNOTATION
-        ));
+    let mut linter = rules::Linter::new(options);
+    for o in &loaded.objects {
+        linter.visit(o);
     }
-    findings
-        .sort_by(|a, b| (&a.file, a.line, a.col, a.rule).cmp(&(&b.file, b.line, b.col, b.rule)));
-    Report {
-        findings,
-        input_errors: loaded.errors.iter().map(ToString::to_string).collect(),
-        notes,
-        objects: loaded.objects.len(),
+    for e in &loaded.errors {
+        linter.input_error(e);
     }
+    linter.finish()
+}
+
+/// Reads and lints files, directories and `-` (stdin), one object at a time (see
+/// [`lameduck_manifest::read_paths`]).
+pub fn lint_paths(paths: &[std::path::PathBuf], options: &Options) -> Report {
+    let mut linter = rules::Linter::new(options);
+    lameduck_manifest::read_paths(paths, &mut linter, &|| rules::Linter::new(options));
+    linter.finish()
 }

@@ -1,40 +1,66 @@
 //! Output formats: human (with source snippets) and JSON.
 
-use std::fmt::Write;
+use std::io::Write;
 
 use crate::Report;
 
 /// Human-readable output: `severity[rule]: message`, the position, the source line, the fix.
-pub fn human(report: &Report, source: impl Fn(&str) -> Option<std::sync::Arc<str>>) -> String {
-    let mut out = String::new();
+pub fn human(report: &Report, source: impl Fn(&str) -> Option<std::sync::Arc<String>>) -> String {
+    let mut out = Vec::new();
+    let _ = write_human(report, source, &mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// [`human`], written as it is made.
+pub fn write_human(
+    report: &Report,
+    source: impl Fn(&str) -> Option<std::sync::Arc<String>>,
+    out: impl Write,
+) -> std::io::Result<()> {
+    let mut out = std::io::BufWriter::new(out);
+    // Where each line of each file starts, computed once per file: findings are many and
+    // files can be large.
+    let mut lines: std::collections::HashMap<&str, (std::sync::Arc<String>, Vec<usize>)> =
+        std::collections::HashMap::new();
     for f in &report.findings {
-        let _ = writeln!(out, "{}[{}]: {}", f.severity.as_str(), f.rule, f.object);
-        let _ = writeln!(out, "  --> {}:{}:{}", f.file, f.line, f.col);
-        if let Some(text) = source(&f.file)
-            && let Some(line) = text.lines().nth(f.line.saturating_sub(1))
+        writeln!(out, "{}[{}]: {}", f.severity.as_str(), f.rule, f.object)?;
+        writeln!(out, "  --> {}:{}:{}", f.file, f.line, f.col)?;
+        if !lines.contains_key(f.file.as_str())
+            && let Some(text) = source(&f.file)
         {
+            let starts = std::iter::once(0)
+                .chain(text.match_indices('\n').map(|(i, _)| i + 1))
+                .collect();
+            lines.insert(&f.file, (text, starts));
+        }
+        let line = lines.get(f.file.as_str()).and_then(|(text, starts)| {
+            let start = *starts.get(f.line.checked_sub(1)?)?;
+            let end = starts.get(f.line).map_or(text.len(), |e| e - 1);
+            text.get(start..end).map(|l| l.trim_end_matches('\r'))
+        });
+        if let Some(line) = line {
             let n = f.line.to_string();
             let pad = " ".repeat(n.len());
-            let _ = writeln!(out, "{pad} |");
-            let _ = writeln!(out, "{n} | {line}");
-            let _ = writeln!(out, "{pad} | {}^", " ".repeat(f.col.saturating_sub(1)));
+            writeln!(out, "{pad} |")?;
+            writeln!(out, "{n} | {line}")?;
+            writeln!(out, "{pad} | {}^", " ".repeat(f.col.saturating_sub(1)))?;
         }
         match &f.container {
             Some(c) => {
-                let _ = writeln!(out, "  = container {c}: {}", f.message);
+                writeln!(out, "  = container {c}: {}", f.message)?;
             }
             None => {
-                let _ = writeln!(out, "  = {}", f.message);
+                writeln!(out, "  = {}", f.message)?;
             }
         }
-        let _ = writeln!(out, "  = fix: {}", f.fix);
-        out.push('\n');
+        writeln!(out, "  = fix: {}", f.fix)?;
+        writeln!(out)?;
     }
     for e in &report.input_errors {
-        let _ = writeln!(out, "error: {e}");
+        writeln!(out, "error: {e}")?;
     }
     for n in &report.notes {
-        let _ = writeln!(out, "note: {n}");
+        writeln!(out, "note: {n}")?;
     }
     let count = |s| report.findings.iter().filter(|f| f.severity == s).count();
     let unread = if report.input_errors.is_empty() {
@@ -45,23 +71,44 @@ pub fn human(report: &Report, source: impl Fn(&str) -> Option<std::sync::Arc<str
             report.input_errors.len()
         )
     };
-    let _ = writeln!(
+    writeln!(
         out,
         "{} object(s): {} error(s), {} warning(s){unread}",
         report.objects,
         count(crate::Severity::Error),
         count(crate::Severity::Warning)
-    );
-    out
+    )?;
+    out.flush()
+}
+
+#[derive(serde::Serialize)]
+struct JsonReport<'a> {
+    findings: &'a [crate::Finding],
+    input_errors: &'a [String],
+    notes: &'a [String],
+    objects: usize,
+}
+
+impl<'a> From<&'a Report> for JsonReport<'a> {
+    fn from(r: &'a Report) -> Self {
+        JsonReport {
+            findings: &r.findings,
+            input_errors: &r.input_errors,
+            notes: &r.notes,
+            objects: r.objects,
+        }
+    }
 }
 
 /// JSON output: `{"findings": [...], "input_errors": [...], "notes": [...], "objects": N}`.
 pub fn json(report: &Report) -> String {
-    serde_json::json!({
-        "findings": report.findings,
-        "input_errors": report.input_errors,
-        "notes": report.notes,
-        "objects": report.objects,
-    })
-    .to_string()
+    serde_json::to_string(&JsonReport::from(report)).unwrap_or_default()
+}
+
+/// [`json`], written as it is made (no copy of the whole output in memory).
+pub fn write_json(report: &Report, out: impl std::io::Write) -> std::io::Result<()> {
+    let mut out = std::io::BufWriter::new(out);
+    serde_json::to_writer(&mut out, &JsonReport::from(report))?;
+    std::io::Write::write_all(&mut out, b"\n")?;
+    std::io::Write::flush(&mut out)
 }

@@ -10,18 +10,28 @@ use crate::rules::{ALL, Rule};
 use crate::{Finding, Report, Severity};
 
 #[derive(Serialize)]
-struct Log {
+struct Log<'a> {
     #[serde(rename = "$schema")]
     schema: &'static str,
     version: &'static str,
-    runs: [Run; 1],
+    runs: [Run<'a>; 1],
 }
 
 #[derive(Serialize)]
-struct Run {
+struct Run<'a> {
     tool: Tool,
     invocations: [Invocation; 1],
-    results: Vec<SarifResult>,
+    results: Results<'a>,
+}
+
+/// The findings as SARIF results, each made as it is written (a large report's results are
+/// never all in memory at once).
+struct Results<'a>(&'a [Finding]);
+
+impl Serialize for Results<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(result))
+    }
 }
 
 /// The run itself: whether it could read every input, and what it could not.
@@ -214,6 +224,15 @@ fn result(f: &Finding) -> SarifResult {
 
 /// The report as a SARIF 2.1.0 log.
 pub fn sarif(report: &Report) -> String {
+    let mut out = Vec::new();
+    let _ = write_sarif(report, &mut out);
+    let mut s = String::from_utf8(out).unwrap_or_default();
+    s.truncate(s.trim_end().len());
+    s
+}
+
+/// [`sarif`], written as it is made, with a final newline.
+pub fn write_sarif(report: &Report, out: impl std::io::Write) -> std::io::Result<()> {
     let log = Log {
         schema: "https://json.schemastore.org/sarif-2.1.0.json",
         version: "2.1.0",
@@ -241,8 +260,11 @@ pub fn sarif(report: &Report) -> String {
                     }))
                     .collect(),
             }],
-            results: report.findings.iter().map(result).collect(),
+            results: Results(&report.findings),
         }],
     };
-    serde_json::to_string_pretty(&log).unwrap_or_default()
+    let mut out = std::io::BufWriter::new(out);
+    serde_json::to_writer_pretty(&mut out, &log)?;
+    std::io::Write::write_all(&mut out, b"\n")?;
+    std::io::Write::flush(&mut out)
 }

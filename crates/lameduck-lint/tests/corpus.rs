@@ -43,13 +43,15 @@ const EXPECTED_FAILURES: &[(&str, &str)] = &[
     ),
 ];
 
-/// Rules about settings inject leaves to the user: other objects (disruption budgets), the
-/// rollout strategy (a surge needs spare GPUs), Knative's own drain.
-const NOT_INJECTS: &[&str] = &[
+/// Rules about settings inject leaves to the user unless told: disruption budgets (other
+/// objects, often owned by another team; `--fix-budgets` loosens them), a Recreate strategy
+/// (often chosen because no second GPU or volume attachment is available during a rollout),
+/// budgets that share pods (which one to drop is the owner's call). Inject must name each one
+/// it leaves in its warnings.
+const LEFT_UNLESS_TOLD: &[&str] = &[
     "pdb-blocks-drains",
     "multiple-pdbs",
     "single-replica-outage",
-    "knative-timeout-too-short",
 ];
 
 /// Every leaf path whose value differs between `a` and `b` (added and removed ones too).
@@ -206,12 +208,18 @@ fn lint_and_inject_work_on_the_manifests_people_have() {
                 .iter()
                 .filter(|c| c.object.starts_with(&a.display_name()))
                 .collect();
+            let adjusted: Vec<&String> = out
+                .adjusted
+                .iter()
+                .filter(|c| c.object.starts_with(&a.display_name()))
+                .flat_map(|c| &c.paths)
+                .collect();
             for p in &paths {
                 let fine = Workload::all(a).into_iter().flatten().any(|w| {
                     changed
                         .iter()
                         .any(|c| c.object == w.display_name() && allowed(&w, &c.container, p))
-                });
+                }) || adjusted.contains(&p);
                 assert!(
                     fine,
                     "{name}: {} changed at `{p}`, which inject must not touch",
@@ -219,16 +227,16 @@ fn lint_and_inject_work_on_the_manifests_people_have() {
                 );
             }
         }
-        // The pod's own drain lints without an error; what inject does not touch (disruption
-        // budgets, the rollout strategy, Knative's timeout) is reported the same before and
-        // after. Second run is the same, valid against the schema.
-        let errors = |r: &lameduck_lint::Report, outside: bool| -> Vec<String> {
+        // The output lints without an error, except what inject leaves unless told, and each
+        // of those is named in its warnings; told to fix budgets, only what is never changed
+        // is left. What it leaves is reported the same before and after.
+        let errors = |r: &lameduck_lint::Report, left: bool| -> Vec<(String, String, String)> {
             r.findings
                 .iter()
                 .filter(|f| {
-                    f.severity == Severity::Error && NOT_INJECTS.contains(&f.rule) == outside
+                    f.severity == Severity::Error && LEFT_UNLESS_TOLD.contains(&f.rule) == left
                 })
-                .map(|f| format!("{} {}", f.rule, f.object))
+                .map(|f| (f.rule.to_owned(), f.kind.clone(), f.name.clone()))
                 .collect()
         };
         let after_report = lint(&after, &lameduck_lint::Options::default());
@@ -238,10 +246,39 @@ fn lint_and_inject_work_on_the_manifests_people_have() {
             "{name}: after inject: {own:#?}\n{}",
             out.text
         );
-        assert_eq!(
-            errors(&report, true),
-            errors(&after_report, true),
-            "{name}: inject changed what it does not own"
+        let left = errors(&after_report, true);
+        for (rule, kind, obj) in &left {
+            assert!(
+                out.warnings
+                    .iter()
+                    .any(|w| w.starts_with(&format!("{kind}/{obj}"))),
+                "{name}: inject left {rule} on {kind}/{obj} without a word: {:#?}",
+                out.warnings
+            );
+        }
+        let told = Options {
+            fix_budgets: true,
+            ..Options::default()
+        };
+        let fixed = inject(Path::new(name), text, &told)
+            .unwrap_or_else(|e| panic!("{name}: with --fix-budgets: {e}"));
+        let fixed_report = lint(
+            &load_str(Path::new(name), &fixed.text),
+            &lameduck_lint::Options::default(),
+        );
+        let still: Vec<_> = errors(&fixed_report, true)
+            .into_iter()
+            .filter(|(rule, ..)| rule == "pdb-blocks-drains")
+            .collect();
+        assert!(
+            still.is_empty(),
+            "{name}: --fix-budgets left {still:?}\n{}",
+            fixed.text
+        );
+        validate(&format!("fixed-{name}"), &fixed.text, &tmp);
+        assert!(
+            errors(&report, true).len() >= left.len(),
+            "{name}: inject added errors it does not own: {left:?}"
         );
         let again = inject(Path::new(name), &out.text, &Options::default())
             .unwrap_or_else(|e| panic!("{name}: second run: {e}"));
@@ -268,6 +305,16 @@ fn lint_and_inject_work_on_the_manifests_people_have() {
             ));
             for l in &c.lines {
                 summary.push_str(&format!("    {l}\n"));
+            }
+        }
+        for a in &out.adjusted {
+            summary.push_str(&format!("  adjusted {}: {}\n", a.object, a.line));
+        }
+        for a in &fixed.adjusted {
+            if a.paths.iter().any(|p| p.starts_with("spec.m"))
+                && a.object.starts_with("PodDisruptionBudget")
+            {
+                summary.push_str(&format!("  with --fix-budgets, {}: {}\n", a.object, a.line));
             }
         }
         for s in &out.skipped {

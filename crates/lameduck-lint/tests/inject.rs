@@ -350,3 +350,197 @@ spec:
         Err(InjectError::Input(_))
     ));
 }
+
+/// A vLLM workload of `kind` with one replica and `strategy` (written under `spec`).
+fn single(kind: &str, strategy: &str) -> String {
+    let pod = "      terminationGracePeriodSeconds: 30\n      containers:\n        - name: vllm\n          image: vllm/vllm-openai:v0.9.2\n          args: [--port, '8000']\n          ports: [{containerPort: 8000}]\n          readinessProbe: {httpGet: {path: /health, port: 8000}}\n";
+    if kind == "LeaderWorkerSet" {
+        return format!(
+            "apiVersion: leaderworkerset.x-k8s.io/v1\nkind: LeaderWorkerSet\nmetadata: {{name: d}}\nspec:\n  replicas: 1\n{strategy}  leaderWorkerTemplate:\n    size: 2\n    leaderTemplate:\n      spec:\n{pod}    workerTemplate:\n      spec:\n{pod}",
+            pod = pod
+                .replace("\n      ", "\n        ")
+                .replacen("      ", "        ", 1)
+        );
+    }
+    format!(
+        "apiVersion: apps/v1\nkind: {kind}\nmetadata: {{name: d}}\nspec:\n  replicas: 1\n{strategy}  selector: {{matchLabels: {{app: d}}}}\n  template:\n    metadata: {{labels: {{app: d}}}}\n    spec:\n{pod}"
+    )
+}
+
+/// A single replica whose rollout takes it down first gets a surge, wherever its strategy is
+/// written (or not written); `keep_strategy` and Recreate leave it, with a word.
+#[test]
+fn single_replica_rollouts_get_a_surge() {
+    let cases = [
+        (
+            "Deployment",
+            "  strategy:\n    rollingUpdate:\n      maxUnavailable: 1\n      maxSurge: 0\n",
+            "/spec/strategy/rollingUpdate",
+        ),
+        (
+            "Deployment",
+            "  strategy: {type: RollingUpdate, rollingUpdate: {maxUnavailable: 100%}}\n",
+            "/spec/strategy/rollingUpdate",
+        ),
+        // LeaderWorkerSet's default: one group unavailable, no surge.
+        (
+            "LeaderWorkerSet",
+            "",
+            "/spec/rolloutStrategy/rollingUpdateConfiguration",
+        ),
+        (
+            "LeaderWorkerSet",
+            "  rolloutStrategy:\n    type: RollingUpdate\n",
+            "/spec/rolloutStrategy/rollingUpdateConfiguration",
+        ),
+    ];
+    for (kind, strategy, at) in cases {
+        let text = single(kind, strategy);
+        let before = lameduck_lint::lint(
+            &load_str(Path::new("s.yaml"), &text),
+            &lameduck_lint::Options::default(),
+        );
+        assert!(
+            before
+                .findings
+                .iter()
+                .any(|f| f.rule == "single-replica-outage"),
+            "{kind} {strategy:?}: the fixture must start with the outage"
+        );
+        let out = injected("s.yaml", &text, &sidecar());
+        let v = &objects(&out.text)[0];
+        let ru = v
+            .pointer(at)
+            .unwrap_or_else(|| panic!("{kind}: no {at}\n{}", out.text));
+        assert_eq!(ru["maxSurge"], json!(1), "{}", out.text);
+        assert_eq!(ru["maxUnavailable"], json!(0), "{}", out.text);
+        assert_eq!(out.adjusted.len(), 1, "{:?}", out.adjusted);
+        let kept = inject(
+            Path::new("s.yaml"),
+            &text,
+            &Options {
+                keep_strategy: true,
+                ..Options::default()
+            },
+        )
+        .expect("inject");
+        assert!(kept.adjusted.is_empty());
+        assert!(
+            kept.warnings.iter().any(|w| w.contains("--keep-strategy")),
+            "{:?}",
+            kept.warnings
+        );
+    }
+    // More than one replica, or a rollout that keeps the replica: nothing to do.
+    let two = single(
+        "Deployment",
+        "  strategy: {rollingUpdate: {maxUnavailable: 1}}\n",
+    )
+    .replace("replicas: 1", "replicas: 2");
+    assert!(injected("s.yaml", &two, &sidecar()).adjusted.is_empty());
+    let default = single("Deployment", "");
+    assert!(injected("s.yaml", &default, &sidecar()).adjusted.is_empty());
+    // Recreate is a choice (no room for a second pod): reported, not changed.
+    let recreate = single("Deployment", "  strategy: {type: Recreate}\n");
+    let out = inject(Path::new("s.yaml"), &recreate, &sidecar()).expect("inject");
+    assert!(out.adjusted.is_empty());
+    assert!(
+        out.warnings
+            .iter()
+            .any(|w| w.starts_with("Deployment/d: one replica with the Recreate strategy")),
+        "{:?}",
+        out.warnings
+    );
+}
+
+/// Knative's revision timeout is raised to the longest request; one long enough is kept.
+#[test]
+fn knative_timeout_is_raised() {
+    let ksvc = "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata: {name: k}\nspec:\n  template:\n    spec:\n      timeoutSeconds: 60\n      containers:\n        - image: vllm/vllm-openai:v0.9.2\n          args: [--port, '8080']\n";
+    let out = injected("k.yaml", ksvc, &sidecar());
+    assert_eq!(
+        objects(&out.text)[0].pointer("/spec/template/spec/timeoutSeconds"),
+        Some(&json!(150))
+    );
+    let long = injected(
+        "k.yaml",
+        &ksvc.replace("timeoutSeconds: 60", "timeoutSeconds: 900"),
+        &sidecar(),
+    );
+    assert!(long.adjusted.is_empty());
+    // Unwritten (Knative's default, 300 s) and requests of 20 minutes: written, with a word
+    // about the cluster's ceiling.
+    let unwritten = ksvc.replace("      timeoutSeconds: 60\n", "");
+    let out = injected(
+        "k.yaml",
+        &unwritten,
+        &Options {
+            max_request: Some(Duration::from_secs(1200)),
+            ..Options::default()
+        },
+    );
+    assert_eq!(
+        objects(&out.text)[0].pointer("/spec/template/spec/timeoutSeconds"),
+        Some(&json!(1200))
+    );
+    assert!(
+        out.warnings
+            .iter()
+            .any(|w| w.contains("max-revision-timeout-seconds")),
+        "{:?}",
+        out.warnings
+    );
+}
+
+/// Budgets that let no pod go are named, and loosened only when asked, in their own kind of
+/// value; a budget shared by two workloads is left to people.
+#[test]
+fn blocking_budgets_are_named_and_loosened_when_asked() {
+    let workload = single("Deployment", "").replace("replicas: 1", "replicas: 7");
+    for (spec, field, want) in [
+        ("minAvailable: 100%", "minAvailable", json!("85%")),
+        ("minAvailable: 7", "minAvailable", json!(6)),
+        ("maxUnavailable: 0", "maxUnavailable", json!(1)),
+        ("maxUnavailable: 0%", "maxUnavailable", json!(1)),
+    ] {
+        let text = format!(
+            "{workload}---\napiVersion: policy/v1\nkind: PodDisruptionBudget\nmetadata: {{name: p}}\nspec:\n  {spec}\n  selector: {{matchLabels: {{app: d}}}}\n"
+        );
+        let told = Options {
+            fix_budgets: true,
+            ..Options::default()
+        };
+        let out = injected("b.yaml", &text, &told);
+        assert_eq!(objects(&out.text)[1]["spec"][field], want, "{spec}");
+        let untold = inject(Path::new("b.yaml"), &text, &sidecar()).expect("inject");
+        assert_eq!(objects(&untold.text)[1], objects(&text)[1], "{spec}");
+        assert!(
+            untold
+                .warnings
+                .iter()
+                .any(|w| w.starts_with("PodDisruptionBudget/p:") && w.contains("--fix-budgets")),
+            "{:?}",
+            untold.warnings
+        );
+    }
+    let shared = format!(
+        "{workload}---\n{}---\napiVersion: policy/v1\nkind: PodDisruptionBudget\nmetadata: {{name: p}}\nspec:\n  maxUnavailable: 0\n  selector: {{matchLabels: {{app: d}}}}\n",
+        workload.replace("name: d}", "name: e}")
+    );
+    let out = inject(
+        Path::new("b.yaml"),
+        &shared,
+        &Options {
+            fix_budgets: true,
+            ..Options::default()
+        },
+    )
+    .expect("inject");
+    assert!(
+        out.adjusted
+            .iter()
+            .all(|a| !a.object.starts_with("PodDisruptionBudget")),
+        "{:?}",
+        out.adjusted
+    );
+}

@@ -74,7 +74,7 @@ fn seed_naive_deployment_gets_every_relevant_finding() {
 fn snapshots_of_human_and_json_output() {
     let text = fixture("seed-naive.yaml");
     let r = run("seed-naive.yaml", &text);
-    let src: std::sync::Arc<str> = std::sync::Arc::from(text.as_str());
+    let src = std::sync::Arc::new(text.clone());
     insta::assert_snapshot!("naive_human", report::human(&r, |_| Some(src.clone())));
     let json: serde_json::Value = serde_json::from_str(&report::json(&r)).expect("json");
     insta::assert_snapshot!(
@@ -333,6 +333,32 @@ fn every_rule_has_its_page() {
             rule.id
         );
     }
+}
+
+/// The README lists every rule, as `rules::markdown_table` writes it. Set `UPDATE_README=1` to
+/// rewrite the table in place.
+#[test]
+fn readme_lists_every_rule() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md");
+    let readme = std::fs::read_to_string(&path).expect("README.md");
+    let (start, end) = ("<!-- rules:start -->\n", "<!-- rules:end -->");
+    let a = readme.find(start).expect("README has <!-- rules:start -->") + start.len();
+    let header = "| rule | severity | what it catches |\n|---|---|---|\n";
+    let b = readme[a..]
+        .find(end)
+        .expect("README has <!-- rules:end -->")
+        + a;
+    let want = format!("{header}{}", lameduck_lint::rules::markdown_table());
+    if readme[a..b] != want && std::env::var_os("UPDATE_README").is_some() {
+        let updated = format!("{}{want}{}", &readme[..a], &readme[b..]);
+        std::fs::write(&path, updated).expect("write README.md");
+        return;
+    }
+    assert_eq!(
+        readme[a..b],
+        want,
+        "README's rule table is out of date: run with UPDATE_README=1"
+    );
 }
 
 /// The gate as a native sidecar in front of vLLM, done right.
@@ -605,4 +631,281 @@ fn maxunavailable_above_headroom() {
         )),
         []
     );
+}
+
+/// A Deployment of `replicas` vLLM pods labelled `app: d`, with `strategy` under `spec`.
+fn vllm(replicas: u32, strategy: &str) -> String {
+    format!(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: d, namespace: n}}\nspec:\n  replicas: {replicas}\n{strategy}  template:\n    metadata: {{labels: {{app: d}}}}\n    spec:\n      terminationGracePeriodSeconds: 170\n      containers:\n        - name: vllm\n          image: vllm/vllm-openai:v0.9.2\n          args: [--port, '8000']\n          ports: [{{containerPort: 8000}}]\n"
+    )
+}
+
+fn pdb(api: &str, spec: &str) -> String {
+    format!(
+        "---\napiVersion: {api}\nkind: PodDisruptionBudget\nmetadata: {{name: p, namespace: n}}\nspec:\n{spec}"
+    )
+}
+
+fn rules_of(text: &str) -> Vec<&'static str> {
+    run("x.yaml", text)
+        .findings
+        .iter()
+        .map(|f| f.rule)
+        .collect()
+}
+
+#[test]
+fn pdb_percentages_versions_and_unhealthy_policy() {
+    let blocks = |t: &str| rules_of(t).contains(&"pdb-blocks-drains");
+    let sel = "  selector: {matchLabels: {app: d}}\n  unhealthyPodEvictionPolicy: AlwaysAllow\n";
+    // minAvailable 67% of 3, rounded up, is 3: no eviction.
+    let t = vllm(3, "") + &pdb("policy/v1", &format!("  minAvailable: 67%\n{sel}"));
+    assert!(blocks(&t), "{:?}", rules_of(&t));
+    let msg = run("x.yaml", &t)
+        .findings
+        .into_iter()
+        .find(|f| f.rule == "pdb-blocks-drains")
+        .expect("finding")
+        .message;
+    assert!(
+        msg.contains("minAvailable 67% of 3 pods, rounded up, is 3"),
+        "{msg}"
+    );
+    // 66% is 2 of 3: one eviction at a time.
+    assert!(!blocks(
+        &(vllm(3, "") + &pdb("policy/v1", &format!("  minAvailable: 66%\n{sel}")))
+    ));
+    // maxUnavailable rounds up too: 10% of 3 allows one.
+    assert!(!blocks(
+        &(vllm(3, "") + &pdb("policy/v1", &format!("  maxUnavailable: 10%\n{sel}")))
+    ));
+    assert!(blocks(
+        &(vllm(3, "") + &pdb("policy/v1", &format!("  maxUnavailable: 0%\n{sel}")))
+    ));
+    // policy/v1beta1 budgets are read (clusters still hold them).
+    let beta = vllm(3, "")
+        + &pdb(
+            "policy/v1beta1",
+            "  maxUnavailable: 0\n  selector: {matchLabels: {app: d}}\n",
+        );
+    assert!(blocks(&beta), "{:?}", rules_of(&beta));
+    // An empty selector selects every pod of the namespace in v1, none in v1beta1.
+    let empty = "  maxUnavailable: 0\n  selector: {}\n";
+    assert!(blocks(&(vllm(3, "") + &pdb("policy/v1", empty))));
+    assert!(!blocks(&(vllm(3, "") + &pdb("policy/v1beta1", empty))));
+    // No selector at all selects nothing.
+    assert!(!blocks(
+        &(vllm(3, "") + &pdb("policy/v1", "  maxUnavailable: 0\n"))
+    ));
+    // The unhealthy-pod policy: one disruption allowed under the default policy.
+    let one = vllm(3, "")
+        + &pdb(
+            "policy/v1",
+            "  maxUnavailable: 1\n  selector: {matchLabels: {app: d}}\n",
+        );
+    assert!(rules_of(&one).contains(&"pdb-unhealthy-blocks"));
+    let explicit = one.replace(
+        "  maxUnavailable: 1\n",
+        "  maxUnavailable: 1\n  unhealthyPodEvictionPolicy: IfHealthyBudget\n",
+    );
+    assert!(rules_of(&explicit).contains(&"pdb-unhealthy-blocks"));
+    // Two allowed: one unready pod leaves room.
+    let two = one.replace("maxUnavailable: 1", "maxUnavailable: 2");
+    assert!(!rules_of(&two).contains(&"pdb-unhealthy-blocks"));
+}
+
+#[test]
+fn single_replica_rollouts() {
+    let fires = |t: &str| rules_of(t).contains(&"single-replica-outage");
+    assert!(fires(&vllm(
+        1,
+        "  strategy:\n    rollingUpdate: {maxUnavailable: 1, maxSurge: 0}\n"
+    )));
+    assert!(fires(&vllm(
+        1,
+        "  strategy:\n    rollingUpdate: {maxUnavailable: 100%, maxSurge: 1}\n"
+    )));
+    assert!(fires(&vllm(1, "  strategy: {type: Recreate}\n")));
+    // The surge alternative, and the defaults (25% of one rounds down to 0 unavailable).
+    assert!(!fires(&vllm(
+        1,
+        "  strategy:\n    rollingUpdate: {maxUnavailable: 0, maxSurge: 1}\n"
+    )));
+    assert!(!fires(&vllm(1, "")));
+    assert!(!fires(&vllm(
+        2,
+        "  strategy:\n    rollingUpdate: {maxUnavailable: 1, maxSurge: 0}\n"
+    )));
+    let r = run(
+        "x.yaml",
+        &vllm(
+            1,
+            "  strategy:\n    rollingUpdate: {maxUnavailable: 1, maxSurge: 0}\n",
+        ),
+    );
+    let f = r
+        .findings
+        .iter()
+        .find(|f| f.rule == "single-replica-outage")
+        .expect("finding");
+    assert!(f.fix.contains("maxSurge: 1"), "{}", f.fix);
+    assert!(f.message.contains("model takes to load"), "{}", f.message);
+    // A LeaderWorkerSet of one group rolls it with maxUnavailable 1 by default.
+    let lws = "apiVersion: leaderworkerset.x-k8s.io/v1\nkind: LeaderWorkerSet\nmetadata: {name: l}\nspec:\n  replicas: 1\n  leaderWorkerTemplate:\n    size: 2\n    workerTemplate:\n      spec:\n        terminationGracePeriodSeconds: 170\n        containers: [{name: v, image: vllm/vllm-openai:latest, ports: [{containerPort: 8000}]}]\n";
+    assert!(fires(lws), "{:?}", rules_of(lws));
+}
+
+#[test]
+fn long_request_servers_are_known() {
+    for (image, args) in [
+        ("ghcr.io/berriai/litellm:main-stable", "[--port, '4000']"),
+        ("ghcr.io/ggml-org/llama.cpp:server", "[--port, '8080']"),
+        ("ollama/ollama:latest", "[serve]"),
+        ("localai/localai:latest", "[]"),
+    ] {
+        let text = format!(
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: d}}\nspec:\n  template:\n    spec:\n      containers:\n        - name: s\n          image: {image}\n          args: {args}\n          ports: [{{containerPort: 8000}}]\n"
+        );
+        let r = run("x.yaml", &text);
+        assert!(
+            r.findings
+                .iter()
+                .any(|f| f.rule == "grace-period-too-short"),
+            "{image}: a 30 s grace period passed"
+        );
+        assert!(
+            r.notes
+                .iter()
+                .any(|n| n.contains("assuming requests of up to 150 s")),
+            "{image}: {:?}",
+            r.notes
+        );
+    }
+}
+
+#[test]
+fn machine_readable_output_names_the_object() {
+    let r = run("x.yaml", &vllm(1, "  strategy: {type: Recreate}\n"));
+    let v: serde_json::Value =
+        serde_json::from_str(&lameduck_lint::report::json(&r)).expect("json");
+    let f = &v["findings"][0];
+    assert_eq!(f["apiVersion"], "apps/v1");
+    assert_eq!(f["kind"], "Deployment");
+    assert_eq!(f["namespace"], "n");
+    assert_eq!(f["name"], "d");
+    assert!(v["input_errors"].as_array().is_some_and(|e| e.is_empty()));
+    // An input that cannot be read: an error of its own, in JSON and in SARIF.
+    let mut loaded = load_str(Path::new("bad.yaml"), "a: [\n");
+    loaded
+        .objects
+        .extend(load_str(Path::new("x.yaml"), &vllm(2, "")).objects);
+    let r = lint(&loaded, &Options::default());
+    assert_eq!(r.input_errors.len(), 1, "{:?}", r.input_errors);
+    let v: serde_json::Value =
+        serde_json::from_str(&lameduck_lint::report::json(&r)).expect("json");
+    assert!(
+        v["input_errors"][0]
+            .as_str()
+            .is_some_and(|e| e.contains("bad.yaml"))
+    );
+    let s: serde_json::Value =
+        serde_json::from_str(&lameduck_lint::sarif::sarif(&r)).expect("sarif");
+    let inv = &s["runs"][0]["invocations"][0];
+    assert_eq!(inv["executionSuccessful"], false);
+    let n = &inv["toolExecutionNotifications"][0];
+    assert_eq!(n["level"], "error");
+    assert!(
+        n["message"]["text"]
+            .as_str()
+            .is_some_and(|t| t.contains("bad.yaml"))
+    );
+    // The human summary does not look clean when an input was not read.
+    let human = lameduck_lint::report::human(&r, |_| None);
+    assert!(human.contains("error: bad.yaml"), "{human}");
+    assert!(human.contains("could not be read"), "{human}");
+}
+
+/// Budgets and autoscalers count wherever they are in the input: before or after their
+/// workload, in another part of a large stream (read in parts on several threads), or in
+/// another file. `lint_paths` checks each object as it is read and keeps only what these
+/// checks need; the findings must be exactly those of each workload's own budget and HPA.
+#[test]
+fn cross_object_checks_hold_across_order_parts_and_files() {
+    let dir = std::env::temp_dir().join(format!("lameduck-stream-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let (mut stream, mut budgets) = (String::new(), String::new());
+    let (mut blocked, mut crowded) = (Vec::new(), Vec::new());
+    for i in 0..3000 {
+        let ns = format!("n{}", i % 7);
+        let workload = vllm(10, "")
+            .replace(
+                "name: d, namespace: n",
+                &format!("name: d{i}, namespace: {ns}"),
+            )
+            .replace("app: d", &format!("app: d{i}"));
+        // Every third workload has a budget that blocks (minAvailable: 100%), every fifth an
+        // HPA at 90 % whose one spare pod is fewer than the default maxUnavailable (3 of 10).
+        let pdb = (i % 3 == 0).then(|| {
+            blocked.push(format!("d{i}"));
+            format!(
+                "---\napiVersion: policy/v1\nkind: PodDisruptionBudget\nmetadata: {{name: p{i}, namespace: {ns}}}\nspec:\n  minAvailable: 100%\n  selector: {{matchLabels: {{app: d{i}}}}}\n"
+            )
+        });
+        let hpa = (i % 5 == 0).then(|| {
+            crowded.push(format!("d{i}"));
+            format!(
+                "---\napiVersion: autoscaling/v2\nkind: HorizontalPodAutoscaler\nmetadata: {{name: h{i}, namespace: {ns}}}\nspec:\n  scaleTargetRef: {{apiVersion: apps/v1, kind: Deployment, name: d{i}}}\n  minReplicas: 10\n  maxReplicas: 20\n  metrics:\n    - type: Resource\n      resource: {{name: cpu, target: {{type: Utilization, averageUtilization: 90}}}}\n"
+            )
+        });
+        // Budgets before, after, or in another file; HPAs before or after.
+        let (pdb, hpa) = (pdb.unwrap_or_default(), hpa.unwrap_or_default());
+        match i % 4 {
+            0 => stream.push_str(&format!("{pdb}{hpa}---\n{workload}")),
+            1 => stream.push_str(&format!("---\n{workload}{pdb}{hpa}")),
+            2 => {
+                stream.push_str(&format!("{hpa}---\n{workload}"));
+                budgets.push_str(&pdb);
+            }
+            _ => stream.push_str(&format!("---\n{workload}{hpa}{pdb}")),
+        }
+    }
+    assert!(stream.len() > 1 << 20, "the stream must be read in parts");
+    let (a, b) = (dir.join("a.yaml"), dir.join("b.yaml"));
+    std::fs::write(&a, &stream).expect("write");
+    std::fs::write(&b, &budgets).expect("write");
+    let r = lameduck_lint::lint_paths(&[a, b], &Options::default());
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(r.input_errors.is_empty(), "{:?}", r.input_errors);
+    let about = |rule: &str, f: &dyn Fn(&lameduck_lint::Finding) -> String| {
+        let mut v: Vec<String> = r
+            .findings
+            .iter()
+            .filter(|x| x.rule == rule)
+            .map(f)
+            .collect();
+        v.sort();
+        v
+    };
+    let sorted = |mut v: Vec<String>| {
+        v.sort();
+        v
+    };
+    // Reported at the budget, naming the workload.
+    let pdb_workload = |f: &lameduck_lint::Finding| {
+        let w = f
+            .message
+            .split(" of Deployment/")
+            .nth(1)
+            .unwrap_or_default();
+        w.split(' ').next().unwrap_or_default().to_owned()
+    };
+    assert_eq!(about("pdb-blocks-drains", &pdb_workload), sorted(blocked));
+    assert_eq!(
+        about("maxunavailable-above-headroom", &|f| f.name.clone()),
+        sorted(crowded)
+    );
+    // Each workload's own rules ran once: the fixture has no preStop.
+    let own: Vec<String> = (0..3000).map(|i| format!("d{i}")).collect();
+    assert_eq!(about("no-prestop", &|f| f.name.clone()), sorted(own));
+    assert_eq!(r.objects, 3000 + 1000 + 600);
 }

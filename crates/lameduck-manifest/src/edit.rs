@@ -99,11 +99,11 @@ fn json_at<'v>(mut v: &'v mut Value, path: &str) -> Option<&'v mut Value> {
 
 /// Every document of a text as JSON (`Null` for an empty one), read as the loader reads them.
 fn read_docs(text: &str) -> Result<Vec<Value>, EditError> {
-    let docs = MarkedYaml::load_from_str(text).map_err(|e| EditError::Syntax {
-        line: e.marker().line(),
-        message: e.info().to_owned(),
+    let docs = crate::yaml::parse(text, 0).map_err(|e| EditError::Syntax {
+        line: e.line,
+        message: e.message,
     })?;
-    Ok(docs.iter().map(|d| crate::load::convert(d, 0).0).collect())
+    Ok(docs.into_iter().map(|d| d.value).collect())
 }
 
 /// Marks, in [`Editor::rewritten`], that multi-line flow collections were re-indented before
@@ -1038,5 +1038,164 @@ metadata: {name: web}
             "{err}"
         );
         assert_eq!(e.text(), DOC);
+    }
+}
+
+#[cfg(test)]
+mod layouts {
+    //! The same object written in every layout people use, edited the same way: each must
+    //! read back as intended, keep its comments, and (but for the cases that need it) keep its
+    //! layout rather than fall back to a flow rewrite.
+
+    use super::*;
+    use serde_json::json;
+
+    /// (name, text, whether a flow rewrite is acceptable).
+    fn layouts() -> Vec<(&'static str, String, bool)> {
+        let indented = "\
+# top comment
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: d
+spec:
+  template:
+    spec:
+      containers:
+        - name: vllm
+          image: vllm/vllm-openai
+          args:
+            - --port
+            - \"8000\"
+          env:
+            - name: A
+              valueFrom:
+                secretKeyRef: {name: s, key: k}
+          volumeMounts:
+            - name: cache
+              mountPath: /c
+      volumes:
+        - name: cache
+          emptyDir: {}
+";
+        // kubectl's style: every list's dashes at its key's column.
+        let indentless = "\
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: d
+spec:
+  template:
+    spec:
+      containers:
+      - name: vllm
+        image: vllm/vllm-openai
+        args:
+        - --port
+        - \"8000\"
+        env:
+        - name: A
+          valueFrom:
+            secretKeyRef: {name: s, key: k}
+        volumeMounts:
+        - name: cache
+          mountPath: /c
+      volumes:
+      - name: cache
+        emptyDir: {}
+"
+        .to_owned();
+        let commented = indented
+            .replace(
+                "            - name: A\n",
+                "            # the secret\n            - name: A\n",
+            )
+            .replace(
+                "      volumes:\n        - name: cache\n",
+                "      volumes:\n        # the cache\n        - name: cache\n\n",
+            );
+        let flow = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\nspec:\n  template:\n    spec:\n      containers: [{name: vllm, image: vllm/vllm-openai, args: [--port, \"8000\"], env: [{name: A, value: x}], volumeMounts: [{name: cache, mountPath: /c}]}]\n      volumes: [{name: cache, emptyDir: {}}]\n".to_owned();
+        let json = serde_json::to_string_pretty(&json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"}, "spec": {"template": {"spec": {"containers": [{"name": "vllm", "image": "i", "args": ["--port", "8000"], "env": [{"name": "A", "value": "x"}], "volumeMounts": [{"name": "cache", "mountPath": "/c"}]}], "volumes": [{"name": "cache", "emptyDir": {}}]}}}})).unwrap_or_default();
+        let block_scalar = indented.replace(
+            "          args:\n            - --port\n            - \"8000\"\n",
+            "          command: [/bin/sh, -c]\n          args:\n            - |\n              echo start\n              exec vllm serve m \\\n                --port 8000\n",
+        );
+        let crlf = indented.replace('\n', "\r\n");
+        let multi = format!(
+            "# before\n---\n# a service\napiVersion: v1\nkind: Service\nmetadata: {{name: s}}\n--- # the workload\n{indented}---\n"
+        );
+        vec![
+            ("indented", indented.to_owned(), false),
+            ("indentless", indentless, false),
+            ("commented", commented, false),
+            ("flow", flow, false),
+            ("json", json, false),
+            ("block scalar", block_scalar, false),
+            ("crlf", crlf, false),
+            ("multi-document", multi, false),
+        ]
+    }
+
+    fn docs(text: &str) -> Vec<Value> {
+        read_docs(&text.replace("\r\n", "\n")).expect("parses")
+    }
+
+    #[test]
+    fn every_layout_reads_back_as_intended() {
+        for (name, text, flow_ok) in layouts() {
+            let doc = docs(&text)
+                .iter()
+                .position(|d| d["kind"] == "Deployment")
+                .expect("a Deployment");
+            let mut e = Editor::new(text.clone());
+            let c = "spec.template.spec.containers[0]";
+            let ops = [
+                Op::Set(
+                    c.into(),
+                    "readinessProbe".into(),
+                    json!({"httpGet": {"path": "/ready", "port": 9901}}),
+                ),
+                Op::Push(format!("{c}.env"), json!({"name": "B", "value": "2"})),
+                Op::Push(
+                    format!("{c}.volumeMounts"),
+                    json!({"name": "bin", "mountPath": "/b", "readOnly": true}),
+                ),
+                Op::Push(
+                    "spec.template.spec.volumes".into(),
+                    json!({"name": "bin", "emptyDir": {}}),
+                ),
+                Op::Set(
+                    "spec.template.spec".into(),
+                    "initContainers".into(),
+                    json!([{"name": "g", "image": "x", "restartPolicy": "Always"}]),
+                ),
+                Op::Set(
+                    "spec.template.spec".into(),
+                    "terminationGracePeriodSeconds".into(),
+                    json!(170),
+                ),
+            ];
+            let mut expected = docs(&text);
+            for op in ops {
+                op.apply(&mut expected[doc]).expect("the op applies");
+                e.edit(doc, op.clone())
+                    .unwrap_or_else(|err| panic!("{name}: {op:?}: {err}"));
+            }
+            let out = e.text().into_owned();
+            assert_eq!(docs(&out), expected, "{name}:\n{out}");
+            assert!(
+                flow_ok || e.rewritten().is_empty(),
+                "{name}: fell back for {:?}:\n{out}",
+                e.rewritten()
+            );
+            for line in text.lines().filter(|l| l.trim_start().starts_with('#')) {
+                assert!(out.contains(line), "{name}: lost {line:?}");
+            }
+            assert_eq!(
+                text.contains("\r\n"),
+                out.contains("\r\n"),
+                "{name}: line ends"
+            );
+        }
     }
 }

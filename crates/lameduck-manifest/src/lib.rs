@@ -16,7 +16,11 @@ pub mod facts;
 pub mod lenient;
 pub mod load;
 pub mod workload;
+mod yaml;
 
 pub use edit::{EditError, Editor};
-pub use load::{LoadError, Loaded, Object, Pos, Positions, load_paths, load_str};
+pub use load::{
+    LoadError, Loaded, Object, Pos, Positions, Sink, load_paths, load_str, load_string, read_paths,
+    read_string,
+};
 pub use workload::{Lifecycle, Template, Workload, WorkloadKind};

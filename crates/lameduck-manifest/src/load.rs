@@ -4,8 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use saphyr::{LoadableYamlNode, MarkedYaml, Scalar, YamlData};
-use serde_json::{Map, Number, Value};
+use serde_json::Value;
 
 /// A position in a source file: 1-based line and column.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -23,17 +22,75 @@ impl Default for Pos {
     }
 }
 
-/// Where every node of an object is, in the shape of its value: a mapping entry at its key, a
-/// sequence item at the item. Looked up by path (`spec.template.spec.containers[0].image`)
-/// together with the value, so that no path string is built while reading.
+/// Where every node of an object is: one position per node of its value, in pre-order (a
+/// mapping entry at its key, a sequence item at the item). Looked up by path
+/// (`spec.template.spec.containers[0].image`) together with the value, whose shape gives each
+/// node's index, so that no path string is built while reading and a node costs 8 bytes.
 #[derive(Debug, Clone, Default)]
 pub struct Positions {
-    pos: Pos,
-    /// Children in the value's order: mapping entries in key order, sequence items.
-    kids: Vec<Positions>,
+    nodes: Vec<(u32, u32)>,
+}
+
+/// The number of nodes of a value (itself and everything below it).
+fn size(v: &Value) -> usize {
+    match v {
+        Value::Array(a) => 1 + a.iter().map(size).sum::<usize>(),
+        Value::Object(m) => 1 + m.values().map(size).sum::<usize>(),
+        _ => 1,
+    }
+}
+
+fn clamp(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
 }
 
 impl Positions {
+    /// From positions in pre-order.
+    pub(crate) fn from_nodes(nodes: Vec<(u32, u32)>) -> Self {
+        Positions { nodes }
+    }
+
+    /// A node's position as a pre-order entry.
+    pub(crate) fn entry(pos: Pos) -> (u32, u32) {
+        (clamp(pos.line), clamp(pos.col))
+    }
+
+    fn at(&self, i: usize) -> Pos {
+        self.nodes
+            .get(i)
+            .map_or_else(Pos::default, |&(line, col)| Pos {
+                line: line as usize,
+                col: col as usize,
+            })
+    }
+
+    /// The position of the root node.
+    pub fn root(&self) -> Pos {
+        self.at(0)
+    }
+
+    /// The positions of the subtree rooted at pre-order index `start` of `value`.
+    pub(crate) fn subtree(&self, start: usize, value: &Value) -> Positions {
+        let end = (start + size(value)).min(self.nodes.len());
+        Positions {
+            nodes: self
+                .nodes
+                .get(start..end)
+                .map(<[_]>::to_vec)
+                .unwrap_or_default(),
+        }
+    }
+
+    /// The pre-order index of child `k` of the node at `index` with value `value`.
+    pub(crate) fn child_index(index: usize, value: &Value, k: usize) -> usize {
+        let before: usize = match value {
+            Value::Array(a) => a.iter().take(k).map(size).sum(),
+            Value::Object(m) => m.values().take(k).map(size).sum(),
+            _ => 0,
+        };
+        index + 1 + before
+    }
+
     /// The position of the node at `path` in `value` (which this mirrors), if it exists.
     pub fn get(&self, value: &Value, path: &str) -> Option<Pos> {
         let (pos, rest) = self.walk(value, path);
@@ -48,11 +105,11 @@ impl Positions {
 
     /// Follows `path` as far as it goes: the last position reached and what is left.
     fn walk<'p>(&self, value: &Value, path: &'p str) -> (Pos, &'p str) {
-        let (mut node, mut value, mut rest) = (self, value, path);
+        let (mut index, mut value, mut rest) = (0usize, value, path);
         loop {
             rest = rest.strip_prefix('.').unwrap_or(rest);
             if rest.is_empty() {
-                return (node.pos, rest);
+                return (self.at(index), rest);
             }
             let next = match value {
                 Value::Object(map) => {
@@ -73,13 +130,13 @@ impl Positions {
                 }),
                 _ => None,
             };
-            match next.and_then(|(i, v, r)| Some((node.kids.get(i)?, v, r))) {
-                Some((kid, v, r)) => {
-                    node = kid;
+            match next {
+                Some((i, v, r)) if Self::child_index(index, value, i) < self.nodes.len() => {
+                    index = Self::child_index(index, value, i);
                     value = v;
                     rest = r;
                 }
-                None => return (node.pos, rest),
+                _ => return (self.at(index), rest),
             }
         }
     }
@@ -91,7 +148,7 @@ pub struct Object {
     /// The file it came from (`-` for stdin).
     pub file: Arc<PathBuf>,
     /// The whole text of that file (for source snippets).
-    pub source: Arc<str>,
+    pub source: Arc<String>,
     /// The document's index in the file, from 0.
     pub document: usize,
     /// Path of the object inside its document: empty, or `items[3]` inside a `List`.
@@ -182,6 +239,19 @@ pub enum LoadError {
     },
 }
 
+/// Receives what a load reads, as it is read: a consumer that keeps only what it needs (the
+/// linter) never holds a whole stream's objects.
+pub trait Sink: Send + Sized {
+    /// An object read.
+    fn object(&mut self, object: Object);
+    /// A part of the input that could not be read.
+    fn error(&mut self, error: LoadError);
+    /// Takes over what `later` received, from a later part of the same stream, which had
+    /// `documents_before` documents before it (a large stream is read in parts on several
+    /// threads, each part into its own sink).
+    fn append(&mut self, later: Self, documents_before: usize);
+}
+
 /// Everything read from a set of inputs: the objects, and the errors of the parts that could
 /// not be read (the rest is still returned).
 #[derive(Debug, Default)]
@@ -192,26 +262,68 @@ pub struct Loaded {
     pub errors: Vec<LoadError>,
 }
 
+impl Sink for Loaded {
+    fn object(&mut self, object: Object) {
+        self.objects.push(object);
+    }
+
+    fn error(&mut self, error: LoadError) {
+        self.errors.push(error);
+    }
+
+    fn append(&mut self, mut later: Self, documents_before: usize) {
+        for o in &mut later.objects {
+            o.document += documents_before;
+        }
+        for e in &mut later.errors {
+            if let LoadError::NotAnObject { document, .. } = e {
+                *document += documents_before;
+            }
+        }
+        self.objects.extend(later.objects);
+        self.errors.extend(later.errors);
+    }
+}
+
 /// Streams at least this large are split at document markers and parsed on several threads.
 const PARALLEL_MIN: usize = 1 << 20;
 
 /// Reads `text` (the contents of `path`).
 pub fn load_str(path: &Path, text: &str) -> Loaded {
+    load_string(path, text.to_owned())
+}
+
+/// [`load_str`] for a text already owned (no copy of it is made).
+pub fn load_string(path: &Path, text: String) -> Loaded {
+    let mut out = Loaded::default();
+    read_string(path, text, &mut out, &Loaded::default);
+    out
+}
+
+/// Reads `text` (the contents of `path`) into `sink`; `new` makes the sinks of the parts a
+/// large stream is split into.
+pub fn read_string<S: Sink>(path: &Path, text: String, sink: &mut S, new: &(dyn Fn() -> S + Sync)) {
     let file = Arc::new(path.to_path_buf());
-    let source: Arc<str> = Arc::from(text);
+    let source: Arc<String> = Arc::new(text);
+    let text: &str = &source;
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(8);
     if text.len() < PARALLEL_MIN || threads < 2 {
-        return load_chunk(path, text, &source, &file, 0, 0).0;
+        read_chunk(path, text, &source, &file, 0, sink);
+        return;
     }
     let chunks = split_documents(text, threads);
-    let parts: Vec<(Loaded, usize)> = std::thread::scope(|scope| {
+    let parts: Vec<(S, usize)> = std::thread::scope(|scope| {
         let handles: Vec<_> = chunks
             .iter()
             .map(|&(start, end, lines)| {
                 let (source, file) = (&source, &file);
-                scope.spawn(move || load_chunk(path, &text[start..end], source, file, lines, 0))
+                scope.spawn(move || {
+                    let mut part = new();
+                    let docs = read_chunk(path, &text[start..end], source, file, lines, &mut part);
+                    (part, docs)
+                })
             })
             .collect();
         handles
@@ -220,22 +332,12 @@ pub fn load_str(path: &Path, text: &str) -> Loaded {
             .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
             .collect()
     });
-    // Renumber documents: each part counted from 0.
-    let mut out = Loaded::default();
+    // Each part counted its documents from 0.
     let mut docs_before = 0;
-    for (mut part, docs) in parts {
-        for o in &mut part.objects {
-            o.document += docs_before;
-        }
-        for e in &mut part.errors {
-            if let LoadError::NotAnObject { document, .. } = e {
-                *document += docs_before;
-            }
-        }
+    for (part, docs) in parts {
+        sink.append(part, docs_before);
         docs_before += docs;
-        merge(&mut out, part);
     }
-    out
 }
 
 /// Splits a stream into about `parts` chunks at document-start lines (`---` at column 0,
@@ -260,144 +362,154 @@ fn split_documents(text: &str, parts: usize) -> Vec<(usize, usize, usize)> {
         .collect()
 }
 
-/// Reads one chunk of a stream that starts `line_offset` lines into the file; returns what it
-/// read and how many documents it had.
-fn load_chunk(
+/// Reads one chunk of a stream that starts `line_offset` lines into the file into `sink`, one
+/// document at a time; returns how many documents it had.
+fn read_chunk<S: Sink>(
     path: &Path,
     text: &str,
-    source: &Arc<str>,
+    source: &Arc<String>,
     file: &Arc<PathBuf>,
     line_offset: usize,
-    doc_offset: usize,
-) -> (Loaded, usize) {
-    let mut out = Loaded::default();
-    // A layout kubectl accepts and the YAML spec does not (see `lenient`): read it the same way.
-    let relaxed;
-    let parsed = match MarkedYaml::load_from_str(text) {
-        Err(e) if e.info().starts_with("invalid indentation") => {
-            relaxed = crate::lenient::relax_flow_indentation(text);
-            match &relaxed {
-                Some(r) => MarkedYaml::load_from_str(r).map_err(|_| e),
-                None => Err(e),
+    sink: &mut S,
+) -> usize {
+    // Documents after the first `skip` go to `sink`, numbered from 0.
+    let mut each = |text: &str, skip: usize| {
+        let mut document = 0;
+        crate::yaml::parse_each(text, line_offset, |doc| {
+            if document >= skip {
+                for r in objects(path, source, file, document, doc) {
+                    match r {
+                        Ok(o) => sink.object(o),
+                        Err(e) => sink.error(e),
+                    }
+                }
+            }
+            document += 1;
+        })
+    };
+    // A layout kubectl accepts and the YAML spec does not (see `lenient`): read it the same
+    // way. The relaxed text has the same documents; those already handed on are skipped.
+    let result = match each(text, 0) {
+        Err((e, read)) if e.message.starts_with("invalid indentation") => {
+            match crate::lenient::relax_flow_indentation(text) {
+                Some(r) => each(&r, read).map_err(|(_, n)| (e, n.max(read))),
+                None => Err((e, read)),
             }
         }
         other => other,
     };
-    let docs = match parsed {
-        Ok(d) => d,
-        Err(e) => {
-            let m = e.marker();
-            out.errors.push(LoadError::Syntax {
+    match result {
+        Ok(docs) => docs,
+        Err((e, read)) => {
+            sink.error(LoadError::Syntax {
                 path: path.to_path_buf(),
                 pos: Pos {
-                    line: m.line() + line_offset,
-                    col: m.col() + 1,
+                    line: e.line,
+                    col: e.col + 1,
                 },
-                message: e.info().to_owned(),
+                message: e.message,
             });
-            return (out, 0);
-        }
-    };
-    let count = docs.len();
-    for (document, node) in docs.iter().enumerate() {
-        let document = document + doc_offset;
-        let (value, positions) = convert(node, line_offset);
-        if value.is_null() {
-            continue; // an empty document (`---` at the end)
-        }
-        let at = pos_of(node, line_offset);
-        let object =
-            |prefix: String, value: Value, positions: Positions| -> Result<Object, LoadError> {
-                let get = |k: &str| value.get(k).and_then(Value::as_str).map(str::to_owned);
-                let not = |why| LoadError::NotAnObject {
-                    path: path.to_path_buf(),
-                    pos: positions.pos,
-                    document,
-                    why,
-                };
-                let kind = get("kind").ok_or_else(|| not("no `kind`"))?;
-                let api_version = get("apiVersion").ok_or_else(|| not("no `apiVersion`"))?;
-                let meta = value.get("metadata");
-                let name = meta
-                    .and_then(|m| m.get("name"))
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_owned();
-                let namespace = meta
-                    .and_then(|m| m.get("namespace"))
-                    .and_then(Value::as_str)
-                    .map(str::to_owned);
-                Ok(Object {
-                    file: file.clone(),
-                    source: source.clone(),
-                    document,
-                    prefix,
-                    api_version,
-                    kind,
-                    name,
-                    namespace,
-                    value,
-                    positions,
-                })
-            };
-        if !value.is_object() {
-            out.errors.push(LoadError::NotAnObject {
-                path: path.to_path_buf(),
-                pos: at,
-                document,
-                why: "not a mapping",
-            });
-            continue;
-        }
-        let is_list = value
-            .get("kind")
-            .and_then(Value::as_str)
-            .is_some_and(|k| k.ends_with("List"))
-            && value.get("items").is_some_and(Value::is_array);
-        if is_list {
-            let at_items = value
-                .as_object()
-                .and_then(|m| m.keys().position(|k| k == "items"))
-                .and_then(|i| positions.kids.get(i));
-            let items = value
-                .get("items")
-                .and_then(Value::as_array)
-                .cloned()
-                .unwrap_or_default();
-            for (i, item) in items.into_iter().enumerate() {
-                let pos = at_items
-                    .and_then(|p| p.kids.get(i))
-                    .cloned()
-                    .unwrap_or_default();
-                match object(format!("items[{i}]"), item, pos) {
-                    Ok(o) => out.objects.push(o),
-                    Err(e) => out.errors.push(e),
-                }
-            }
-        } else {
-            match object(String::new(), value, positions) {
-                Ok(o) => out.objects.push(o),
-                Err(e) => out.errors.push(e),
-            }
+            read
         }
     }
-    (out, count)
+}
+
+/// The objects of one document: itself, or the items of a `List`.
+fn objects(
+    path: &Path,
+    source: &Arc<String>,
+    file: &Arc<PathBuf>,
+    document: usize,
+    doc: crate::yaml::Doc,
+) -> Vec<Result<Object, LoadError>> {
+    let crate::yaml::Doc { value, positions } = doc;
+    if value.is_null() {
+        return Vec::new(); // an empty document (`---` at the end)
+    }
+    let at = positions.root();
+    let object =
+        |prefix: String, value: Value, positions: Positions| -> Result<Object, LoadError> {
+            let get = |k: &str| value.get(k).and_then(Value::as_str).map(str::to_owned);
+            let not = |why| LoadError::NotAnObject {
+                path: path.to_path_buf(),
+                pos: positions.root(),
+                document,
+                why,
+            };
+            let kind = get("kind").ok_or_else(|| not("no `kind`"))?;
+            let api_version = get("apiVersion").ok_or_else(|| not("no `apiVersion`"))?;
+            let meta = value.get("metadata");
+            let name = meta
+                .and_then(|m| m.get("name"))
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned();
+            let namespace = meta
+                .and_then(|m| m.get("namespace"))
+                .and_then(Value::as_str)
+                .map(str::to_owned);
+            Ok(Object {
+                file: file.clone(),
+                source: source.clone(),
+                document,
+                prefix,
+                api_version,
+                kind,
+                name,
+                namespace,
+                value,
+                positions,
+            })
+        };
+    if !value.is_object() {
+        return vec![Err(LoadError::NotAnObject {
+            path: path.to_path_buf(),
+            pos: at,
+            document,
+            why: "not a mapping",
+        })];
+    }
+    let is_list = value
+        .get("kind")
+        .and_then(Value::as_str)
+        .is_some_and(|k| k.ends_with("List"))
+        && value.get("items").is_some_and(Value::is_array);
+    if !is_list {
+        return vec![object(String::new(), value, positions)];
+    }
+    let items_index = value
+        .as_object()
+        .and_then(|m| m.keys().position(|k| k == "items"))
+        .map(|k| Positions::child_index(0, &value, k));
+    let items_value = value.get("items").cloned().unwrap_or(Value::Null);
+    let items = items_value.as_array().cloned().unwrap_or_default();
+    items
+        .into_iter()
+        .enumerate()
+        .map(|(i, item)| {
+            let pos = items_index
+                .map(|at| positions.subtree(Positions::child_index(at, &items_value, i), &item))
+                .unwrap_or_default();
+            object(format!("items[{i}]"), item, pos)
+        })
+        .collect()
 }
 
 /// Parses a single YAML (or JSON) document that is not a Kubernetes object, such as a config
 /// file; `None` when it is empty.
 pub fn parse_value(path: &Path, text: &str) -> Result<Option<Value>, LoadError> {
-    let docs = MarkedYaml::load_from_str(text).map_err(|e| LoadError::Syntax {
+    let docs = crate::yaml::parse(text, 0).map_err(|e| LoadError::Syntax {
         path: path.to_path_buf(),
         pos: Pos {
-            line: e.marker().line(),
-            col: e.marker().col() + 1,
+            line: e.line,
+            col: e.col + 1,
         },
-        message: e.info().to_owned(),
+        message: e.message,
     })?;
     Ok(docs
-        .first()
-        .map(|d| convert(d, 0).0)
+        .into_iter()
+        .next()
+        .map(|d| d.value)
         .filter(|v| !v.is_null()))
 }
 
@@ -405,12 +517,19 @@ pub fn parse_value(path: &Path, text: &str) -> Result<Option<Value>, LoadError> 
 /// (stdin). Unreadable inputs are reported and the others still read.
 pub fn load_paths(inputs: &[PathBuf]) -> Loaded {
     let mut out = Loaded::default();
+    read_paths(inputs, &mut out, &Loaded::default);
+    out
+}
+
+/// [`load_paths`] into `sink`, each object handed on as soon as it is read (see
+/// [`read_string`]).
+pub fn read_paths<S: Sink>(inputs: &[PathBuf], sink: &mut S, new: &(dyn Fn() -> S + Sync)) {
     for input in inputs {
         if input.as_os_str() == "-" {
             let mut text = String::new();
             match std::io::Read::read_to_string(&mut std::io::stdin(), &mut text) {
-                Ok(_) => merge(&mut out, load_str(input, &text)),
-                Err(source) => out.errors.push(LoadError::Io {
+                Ok(_) => read_string(input, text, sink, new),
+                Err(source) => sink.error(LoadError::Io {
                     path: input.clone(),
                     source,
                 }),
@@ -419,7 +538,7 @@ pub fn load_paths(inputs: &[PathBuf]) -> Loaded {
         }
         let mut files = Vec::new();
         if let Err(source) = collect(input, &mut files, true) {
-            out.errors.push(LoadError::Io {
+            sink.error(LoadError::Io {
                 path: input.clone(),
                 source,
             });
@@ -427,17 +546,11 @@ pub fn load_paths(inputs: &[PathBuf]) -> Loaded {
         }
         for f in files {
             match std::fs::read_to_string(&f) {
-                Ok(text) => merge(&mut out, load_str(&f, &text)),
-                Err(source) => out.errors.push(LoadError::Io { path: f, source }),
+                Ok(text) => read_string(&f, text, sink, new),
+                Err(source) => sink.error(LoadError::Io { path: f, source }),
             }
         }
     }
-    out
-}
-
-fn merge(into: &mut Loaded, from: Loaded) {
-    into.objects.extend(from.objects);
-    into.errors.extend(from.errors);
 }
 
 fn collect(path: &Path, files: &mut Vec<PathBuf>, explicit: bool) -> std::io::Result<()> {
@@ -465,81 +578,6 @@ fn collect(path: &Path, files: &mut Vec<PathBuf>, explicit: bool) -> std::io::Re
         files.push(path.to_path_buf());
     }
     Ok(())
-}
-
-fn pos_of(node: &MarkedYaml<'_>, line_offset: usize) -> Pos {
-    Pos {
-        line: node.span.start.line() + line_offset,
-        col: node.span.start.col() + 1,
-    }
-}
-
-/// Converts a node to JSON, with the positions of it and of everything below it.
-pub(crate) fn convert(node: &MarkedYaml<'_>, line_offset: usize) -> (Value, Positions) {
-    convert_at(node, line_offset, None)
-}
-
-/// [`convert`], with the position to record when it is not the node's own (a mapping entry's
-/// key).
-fn convert_at(node: &MarkedYaml<'_>, off: usize, at: Option<Pos>) -> (Value, Positions) {
-    let (value, kids) = match &node.data {
-        YamlData::Value(s) => (scalar(s), Vec::new()),
-        YamlData::Representation(text, style, _) => {
-            let v = if matches!(style, saphyr::ScalarStyle::Plain) {
-                scalar(&Scalar::parse_from_cow(text.clone()))
-            } else {
-                Value::String(text.to_string())
-            };
-            (v, Vec::new())
-        }
-        YamlData::Sequence(items) => {
-            let mut values = Vec::with_capacity(items.len());
-            let mut kids = Vec::with_capacity(items.len());
-            for item in items {
-                let (v, p) = convert_at(item, off, None);
-                values.push(v);
-                kids.push(p);
-            }
-            (Value::Array(values), kids)
-        }
-        YamlData::Mapping(map) => {
-            let mut out = Map::new();
-            let mut kids: Vec<Positions> = Vec::with_capacity(map.len());
-            for (k, v) in map {
-                let key = match convert(k, off).0 {
-                    Value::String(s) => s,
-                    other => other.to_string(),
-                };
-                // A mapping entry is located at its key, as people point at `replicas:`.
-                let (v, p) = convert_at(v, off, Some(pos_of(k, off)));
-                // The parser refuses repeated keys; were one to get through, the map keeps its
-                // first place and so do the positions.
-                let before = out.len();
-                out.insert(key, v);
-                if out.len() > before {
-                    kids.push(p);
-                }
-            }
-            (Value::Object(out), kids)
-        }
-        YamlData::Tagged(_, inner) => return convert_at(inner, off, at),
-        // Aliases are resolved by the loader; anything left is treated as empty.
-        YamlData::Alias(_) | YamlData::BadValue => (Value::Null, Vec::new()),
-    };
-    let pos = at.unwrap_or_else(|| pos_of(node, off));
-    (value, Positions { pos, kids })
-}
-
-fn scalar(s: &Scalar<'_>) -> Value {
-    match s {
-        Scalar::Null => Value::Null,
-        Scalar::Boolean(b) => Value::Bool(*b),
-        Scalar::Integer(i) => Value::Number((*i).into()),
-        Scalar::FloatingPoint(f) => {
-            Number::from_f64(f.into_inner()).map_or(Value::Null, Value::Number)
-        }
-        Scalar::String(s) => Value::String(s.to_string()),
-    }
 }
 
 #[cfg(test)]
@@ -652,13 +690,14 @@ spec:
             text.push_str(&TWO_DOCS.replace("name: a", &format!("name: a{i}")));
         }
         assert!(text.len() > PARALLEL_MIN);
-        let (seq, docs) = load_chunk(
+        let mut seq = Loaded::default();
+        let docs = read_chunk(
             Path::new("big.yaml"),
             &text,
-            &Arc::from(text.as_str()),
+            &Arc::new(text.clone()),
             &Arc::new("big.yaml".into()),
             0,
-            0,
+            &mut seq,
         );
         let par = load_str(Path::new("big.yaml"), &text);
         assert!(

@@ -9,15 +9,18 @@ mod rollout;
 
 /// The rollout model lives with the rest of the timeline arithmetic.
 pub use lameduck_timeline::terminating_peak;
+pub use pdb::{BudgetFix, budget_fixes};
 pub use rollout::{HEADROOM_ANNOTATION, TERMINATING_SURGE_THRESHOLD};
 
 use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use lameduck_manifest::{Lifecycle, Object, Workload};
+use lameduck_manifest::{Lifecycle, LoadError, Object, Sink, Workload};
 
-use crate::{Finding, Options, Severity};
+use crate::{Finding, Options, Report, Severity};
 
 /// A rule's description.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,6 +100,20 @@ rules! {
         "Drains this long are better served by rainbow deployments";
 }
 
+/// The rules as the README's table rows (kept in step with it by a test).
+pub fn markdown_table() -> String {
+    ALL.iter()
+        .map(|r| {
+            format!(
+                "| [`{id}`](docs/rules/{id}.md) | {} | {} |\n",
+                r.severity.as_str(),
+                r.title,
+                id = r.id
+            )
+        })
+        .collect()
+}
+
 /// Annotation: rule ids to skip for this object (`lameduck.io/ignore: no-pdb,multiple-pdbs`,
 /// or `all`).
 pub const IGNORE_ANNOTATION: &str = "lameduck.io/ignore";
@@ -116,6 +133,28 @@ pub(crate) struct Ctx<'a> {
     pub(crate) out: Vec<Finding>,
     pub(crate) notes: Vec<String>,
     pub(crate) suppressed: usize,
+    /// The text of each file with a finding, for source snippets.
+    pub(crate) sources: HashMap<String, Arc<String>>,
+}
+
+/// Where a finding lands, resolved while its object is at hand: findings that need the whole
+/// input (disruption budgets, autoscalers) are decided after the object itself is gone.
+#[derive(Debug, Clone)]
+pub(crate) struct Place {
+    file: Arc<PathBuf>,
+    source: Arc<String>,
+    line: usize,
+    col: usize,
+    /// The object as people read it.
+    display: String,
+    api_version: String,
+    kind: String,
+    namespace: Option<String>,
+    name: String,
+    /// The field's path in the document.
+    path: String,
+    /// The object's `lameduck.io/ignore` annotation.
+    ignore: Option<String>,
 }
 
 impl Ctx<'_> {
@@ -129,8 +168,20 @@ impl Ctx<'_> {
         message: String,
         fix: String,
     ) {
-        let object = at.object;
-        let ignored = object.annotation(IGNORE_ANNOTATION).is_some_and(|v| {
+        let place = at.place(path);
+        self.emit_at(rule, &place, container, message, fix);
+    }
+
+    /// Reports `rule` at `place` (unless suppressed by annotation or config).
+    pub(crate) fn emit_at(
+        &mut self,
+        rule: Rule,
+        place: &Place,
+        container: Option<&str>,
+        message: String,
+        fix: String,
+    ) {
+        let ignored = place.ignore.as_deref().is_some_and(|v| {
             v.split(',')
                 .map(str::trim)
                 .any(|id| id == rule.id || id == "all")
@@ -144,20 +195,23 @@ impl Ctx<'_> {
             Some(Some(s)) => *s,
             None => rule.severity,
         };
-        let pos = object.pos(path);
+        let file = place.file.display().to_string();
+        if !self.sources.contains_key(&file) {
+            self.sources.insert(file.clone(), place.source.clone());
+        }
         self.out.push(Finding {
             rule: rule.id,
             severity,
-            file: object.file.display().to_string(),
-            line: pos.line,
-            col: pos.col,
-            object: at.display.unwrap_or_else(|| object.display_name()),
-            api_version: object.api_version.clone(),
-            kind: object.kind.clone(),
-            namespace: object.namespace.clone(),
-            name: object.name.clone(),
+            file,
+            line: place.line,
+            col: place.col,
+            object: place.display.clone(),
+            api_version: place.api_version.clone(),
+            kind: place.kind.clone(),
+            namespace: place.namespace.clone(),
+            name: place.name.clone(),
             container: container.map(str::to_owned),
-            path: object.path(path),
+            path: place.path.clone(),
             message,
             fix,
         });
@@ -175,6 +229,25 @@ impl<'a> Site<'a> {
         Site {
             object,
             display: None,
+        }
+    }
+
+    /// Where `path` of the object is.
+    pub(crate) fn place(self, path: &str) -> Place {
+        let object = self.object;
+        let pos = object.pos(path);
+        Place {
+            file: object.file.clone(),
+            source: object.source.clone(),
+            line: pos.line,
+            col: pos.col,
+            display: self.display.unwrap_or_else(|| object.display_name()),
+            api_version: object.api_version.clone(),
+            kind: object.kind.clone(),
+            namespace: object.namespace.clone(),
+            name: object.name.clone(),
+            path: object.path(path),
+            ignore: object.annotation(IGNORE_ANNOTATION).map(str::to_owned),
         }
     }
 }
@@ -198,76 +271,113 @@ impl Clone for Site<'_> {
     }
 }
 
+/// An object's identity among its namespace's: (namespace, kind, name).
+pub(crate) type Key = (Option<String>, String, String);
+
+pub(crate) fn key(o: &Object) -> Key {
+    (o.namespace.clone(), o.kind.clone(), o.name.clone())
+}
+
 /// HPAs' smallest `minReplicas` and highest utilization target, by (namespace, kind, name) of
 /// their target.
-pub(crate) struct Hpas<'a> {
-    min: HashMap<(Option<&'a str>, &'a str, &'a str), i32>,
-    target: HashMap<(Option<&'a str>, &'a str, &'a str), i32>,
+#[derive(Default)]
+pub(crate) struct Hpas {
+    pub(crate) min: HashMap<Key, i32>,
+    target: HashMap<Key, i32>,
 }
 
-impl<'a> Hpas<'a> {
-    fn new(objects: &'a [Object], typed: &'a [(&'a Object, HorizontalPodAutoscaler)]) -> Self {
-        let _ = objects;
-        let mut min: HashMap<_, i32> = HashMap::new();
-        let mut target: HashMap<_, i32> = HashMap::new();
-        for (ho, h) in typed {
-            let key = (
-                ho.namespace.as_deref(),
-                h.spec.scale_target_ref.kind.as_str(),
-                h.spec.scale_target_ref.name.as_str(),
-            );
-            let m = h.spec.min_replicas.unwrap_or(1);
-            let e = min.entry(key).or_insert(m);
-            *e = (*e).min(m);
-            let t = h
-                .spec
-                .metrics
-                .iter()
-                .flatten()
-                .filter_map(|m| m.resource.as_ref()?.target.average_utilization)
-                .max();
-            if let Some(t) = t {
-                let e = target.entry(key).or_insert(t);
-                *e = (*e).max(t);
-            }
+impl Hpas {
+    pub(crate) fn add(&mut self, o: &Object, h: &HorizontalPodAutoscaler) {
+        let key = (
+            o.namespace.clone(),
+            h.spec.scale_target_ref.kind.clone(),
+            h.spec.scale_target_ref.name.clone(),
+        );
+        let m = h.spec.min_replicas.unwrap_or(1);
+        let e = self.min.entry(key.clone()).or_insert(m);
+        *e = (*e).min(m);
+        let t = h
+            .spec
+            .metrics
+            .iter()
+            .flatten()
+            .filter_map(|m| m.resource.as_ref()?.target.average_utilization)
+            .max();
+        if let Some(t) = t {
+            let e = self.target.entry(key).or_insert(t);
+            *e = (*e).max(t);
         }
-        Hpas { min, target }
     }
 
-    fn key<'w>(w: &'w Workload<'_>) -> (Option<&'w str>, &'w str, &'w str) {
-        (
-            w.object.namespace.as_deref(),
-            w.object.kind.as_str(),
-            w.object.name.as_str(),
-        )
-    }
-
-    pub(crate) fn min_replicas(&self, w: &Workload<'_>) -> Option<i32> {
-        self.min.get(&Self::key(w)).copied()
-    }
-
-    pub(crate) fn utilization(&self, w: &Workload<'_>) -> Option<i32> {
-        self.target.get(&Self::key(w)).copied()
+    fn merge(&mut self, other: Hpas) {
+        for (k, m) in other.min {
+            let e = self.min.entry(k).or_insert(m);
+            *e = (*e).min(m);
+        }
+        for (k, t) in other.target {
+            let e = self.target.entry(k).or_insert(t);
+            *e = (*e).max(t);
+        }
     }
 }
 
-/// Runs every rule over the workloads and their disruption budgets: findings, notes (inputs
-/// that could not be typed, assumptions made), and how many findings were suppressed.
-pub fn check(objects: &[Object], opts: &Options) -> (Vec<Finding>, Vec<String>, usize) {
-    let mut ctx = Ctx {
-        opts,
-        out: Vec::new(),
-        notes: Vec::new(),
-        suppressed: 0,
-    };
-    let budgets = pdb::Budgets::new(objects, &mut ctx.notes);
-    let hpas: Vec<(&Object, HorizontalPodAutoscaler)> = objects
-        .iter()
-        .filter(|o| o.kind == "HorizontalPodAutoscaler")
-        .filter_map(|o| o.typed().ok().map(|h| (o, h)))
-        .collect();
-    let hpas = Hpas::new(objects, &hpas);
-    for object in objects {
+/// What a workload's checks that need the whole input keep once the workload is read.
+struct Pending {
+    key: Key,
+    pods: pdb::Pods,
+    headroom: Option<rollout::Headroom>,
+}
+
+/// Lints objects as they are read: each workload's own rules run at once and the workload is
+/// dropped, keeping only what the checks against the whole input (disruption budgets,
+/// autoscalers) need, which run in [`Linter::finish`]. A large stream is never held whole.
+pub struct Linter<'a> {
+    ctx: Ctx<'a>,
+    budgets: Vec<pdb::Budget>,
+    hpas: Hpas,
+    pending: Vec<Pending>,
+    objects: usize,
+    input_errors: Vec<String>,
+}
+
+impl<'a> Linter<'a> {
+    /// A linter with these options.
+    pub fn new(opts: &'a Options) -> Self {
+        Linter {
+            ctx: Ctx {
+                opts,
+                out: Vec::new(),
+                notes: Vec::new(),
+                suppressed: 0,
+                sources: HashMap::new(),
+            },
+            budgets: Vec::new(),
+            hpas: Hpas::default(),
+            pending: Vec::new(),
+            objects: 0,
+            input_errors: Vec::new(),
+        }
+    }
+
+    /// Checks one object.
+    pub fn visit(&mut self, object: &Object) {
+        self.objects += 1;
+        let ctx = &mut self.ctx;
+        match object.kind.as_str() {
+            "PodDisruptionBudget" => {
+                if let Some(b) = pdb::Budget::read(object, &mut ctx.notes) {
+                    self.budgets.push(b);
+                }
+                return;
+            }
+            "HorizontalPodAutoscaler" => {
+                if let Ok(h) = object.typed::<HorizontalPodAutoscaler>() {
+                    self.hpas.add(object, &h);
+                }
+                return;
+            }
+            _ => {}
+        }
         for (n, w) in Workload::all(object).into_iter().enumerate() {
             let w = match w {
                 Ok(w) => w,
@@ -280,21 +390,102 @@ pub fn check(objects: &[Object], opts: &Options) -> (Vec<Finding>, Vec<String>, 
                 // Batch work is not served through a load balancer.
                 Lifecycle::Batch => continue,
                 Lifecycle::Knative => {
-                    pod::knative(&mut ctx, &w);
+                    pod::knative(ctx, &w);
                     continue;
                 }
                 Lifecycle::Served => {}
             }
             if w.template.behind_service() {
-                pod::workload(&mut ctx, &w);
-                gate::setup(&mut ctx, &w);
+                pod::workload(ctx, &w);
+                gate::setup(ctx, &w);
             }
             // Budgets and rollouts are the object's, not each template's.
             if n == 0 {
-                pdb::check(&mut ctx, &w, &budgets, hpas.min_replicas(&w));
-                rollout::check(&mut ctx, &w, hpas.utilization(&w));
+                let headroom = rollout::check(ctx, &w);
+                self.pending.push(Pending {
+                    key: key(object),
+                    pods: pdb::Pods::of(&w),
+                    headroom,
+                });
             }
         }
     }
-    (ctx.out, ctx.notes, ctx.suppressed)
+
+    /// Records an input that could not be read.
+    pub fn input_error(&mut self, error: &LoadError) {
+        self.input_errors.push(error.to_string());
+    }
+
+    /// Runs the checks that needed the whole input; the report.
+    pub fn finish(self) -> Report {
+        let Linter {
+            mut ctx,
+            budgets,
+            hpas,
+            pending,
+            objects,
+            input_errors,
+        } = self;
+        let budgets = pdb::Budgets::new(budgets);
+        for p in &pending {
+            pdb::check(&mut ctx, &p.pods, &budgets, hpas.min.get(&p.key).copied());
+            if let Some(h) = &p.headroom {
+                rollout::headroom(&mut ctx, h, hpas.target.get(&p.key).copied());
+            }
+        }
+        let Ctx {
+            out: mut findings,
+            mut notes,
+            suppressed,
+            sources,
+            ..
+        } = ctx;
+        if suppressed > 0 {
+            notes.push(format!(
+                "{suppressed} finding(s) suppressed by `{IGNORE_ANNOTATION}` annotations"
+            ));
+        }
+        findings.sort_by(|a, b| {
+            (&a.file, a.line, a.col, a.rule).cmp(&(&b.file, b.line, b.col, b.rule))
+        });
+        Report {
+            findings,
+            input_errors,
+            notes,
+            objects,
+            sources,
+        }
+    }
+}
+
+impl Sink for Linter<'_> {
+    fn object(&mut self, object: Object) {
+        self.visit(&object);
+    }
+
+    fn error(&mut self, error: LoadError) {
+        self.input_error(&error);
+    }
+
+    fn append(&mut self, later: Self, _documents_before: usize) {
+        let Linter {
+            ctx,
+            budgets,
+            hpas,
+            pending,
+            objects,
+            input_errors,
+        } = later;
+        self.ctx.out.extend(ctx.out);
+        self.ctx.notes.extend(ctx.notes);
+        self.ctx.suppressed += ctx.suppressed;
+        for (k, v) in ctx.sources {
+            self.ctx.sources.entry(k).or_insert(v);
+        }
+        self.budgets.extend(budgets);
+        self.hpas.merge(hpas);
+        self.pending.extend(pending);
+        self.objects += objects;
+        self.input_errors.extend(input_errors);
+    }
 }

@@ -9,8 +9,8 @@ use lameduck_timeline::terminating_peak;
 use serde_json::Value;
 
 use super::{
-    Ctx, LONG_LIVED_WORK, MAXSURGE_ZERO_SLOW_START, MAXUNAVAILABLE_ABOVE_HEADROOM,
-    SINGLE_REPLICA_OUTAGE, TERMINATING_SURGE, secs,
+    Ctx, LONG_LIVED_WORK, MAXSURGE_ZERO_SLOW_START, MAXUNAVAILABLE_ABOVE_HEADROOM, Place,
+    SINGLE_REPLICA_OUTAGE, Site, TERMINATING_SURGE, secs,
 };
 use crate::facts;
 
@@ -35,7 +35,20 @@ fn unbounded_work(w: &Workload<'_>, flag: Option<Duration>) -> Option<String> {
     (d > Duration::from_secs(600)).then(|| format!("requests of up to {}", secs(d)))
 }
 
-pub(crate) fn check(ctx: &mut Ctx<'_>, w: &Workload<'_>, hpa_utilization: Option<i32>) {
+/// What `maxunavailable-above-headroom` needs, kept until the autoscalers are known.
+pub(crate) struct Headroom {
+    replicas: i32,
+    unit: &'static str,
+    unavailable: i32,
+    unavailable_set: bool,
+    /// From the annotation: pods that can be lost, and what said so.
+    annotated: Option<(i32, String)>,
+    place: Place,
+}
+
+/// The rollout rules of one workload; returns what the headroom rule needs once the
+/// autoscalers are known.
+pub(crate) fn check(ctx: &mut Ctx<'_>, w: &Workload<'_>) -> Option<Headroom> {
     let o = w.object;
     let grace = w.grace();
     if grace > Duration::from_secs(600) {
@@ -113,7 +126,7 @@ pub(crate) fn check(ctx: &mut Ctx<'_>, w: &Workload<'_>, hpa_utilization: Option
             );
         }
     }
-    let Some(ru) = ru else { return };
+    let ru = ru?;
     let surge = ru.max_surge;
     let unavailable = ru.max_unavailable;
     // Time for a new pod to become ready: its readiness probe's first success after start.
@@ -178,49 +191,66 @@ pub(crate) fn check(ctx: &mut Ctx<'_>, w: &Workload<'_>, hpa_utilization: Option
             "budget the capacity for the terminating pods, slow the rollout (smaller maxSurge/maxUnavailable, minReadySeconds), or retire old pods by their in-flight work (rainbow deployments)".into(),
         );
     }
-    // Warm headroom: from the annotation, else from the HPA's utilization target.
-    let headroom = o
-        .annotation(HEADROOM_ANNOTATION)
-        .and_then(|v| {
-            let v = v.trim();
-            match v.strip_suffix('%') {
-                Some(p) => p
-                    .trim()
-                    .parse::<f64>()
-                    .ok()
-                    .map(|p| (f64::from(replicas) * p / 100.0).floor() as i32),
-                None => v.parse::<i32>().ok(),
-            }
-            .map(|h| (h, format!("the `{HEADROOM_ANNOTATION}` annotation")))
+    // Warm headroom: from the annotation, else (in `headroom`) from the HPA's utilization
+    // target.
+    let annotated = o.annotation(HEADROOM_ANNOTATION).and_then(|v| {
+        let v = v.trim();
+        match v.strip_suffix('%') {
+            Some(p) => p
+                .trim()
+                .parse::<f64>()
+                .ok()
+                .map(|p| (f64::from(replicas) * p / 100.0).floor() as i32),
+            None => v.parse::<i32>().ok(),
+        }
+        .map(|h| (h, format!("the `{HEADROOM_ANNOTATION}` annotation")))
+    });
+    let path = if ru.unavailable_set {
+        format!("{}.maxUnavailable", w.strategy_path())
+    } else if strategy_written {
+        w.strategy_path().to_owned()
+    } else {
+        "spec.replicas".to_owned()
+    };
+    Some(Headroom {
+        replicas,
+        unit,
+        unavailable,
+        unavailable_set: ru.unavailable_set,
+        annotated,
+        place: Site::from(w).place(&path),
+    })
+}
+
+/// `maxunavailable-above-headroom`, once the autoscalers are known.
+pub(crate) fn headroom(ctx: &mut Ctx<'_>, h: &Headroom, hpa_utilization: Option<i32>) {
+    let Headroom {
+        replicas,
+        unit,
+        unavailable,
+        unavailable_set,
+        ..
+    } = *h;
+    let headroom = h.annotated.clone().or_else(|| {
+        hpa_utilization.filter(|u| *u > 0 && *u <= 100).map(|u| {
+            let spare = f64::from(replicas) * f64::from(100 - u) / 100.0;
+            (
+                spare.floor() as i32,
+                format!("an HPA that keeps pods at {u}% utilization, on {replicas} replicas"),
+            )
         })
-        .or_else(|| {
-            hpa_utilization.filter(|u| *u > 0 && *u <= 100).map(|u| {
-                let spare = f64::from(replicas) * f64::from(100 - u) / 100.0;
-                (
-                    spare.floor() as i32,
-                    format!("an HPA that keeps pods at {u}% utilization, on {replicas} replicas"),
-                )
-            })
-        });
+    });
     if let Some((headroom, from)) = headroom
         && unavailable > headroom.max(0)
     {
-        let path = if ru.unavailable_set {
-            format!("{}.maxUnavailable", w.strategy_path())
-        } else if strategy_written {
-            w.strategy_path().to_owned()
-        } else {
-            "spec.replicas".to_owned()
-        };
-        let default = if !ru.unavailable_set {
+        let default = if !unavailable_set {
             " (the default)"
         } else {
             ""
         };
-        ctx.emit(
+        ctx.emit_at(
             MAXUNAVAILABLE_ABOVE_HEADROOM,
-            w.into(),
-            &path,
+            &h.place,
             None,
             format!(
                 "maxUnavailable{default} lets a rollout take {unavailable} {unit}(s) out of service at once, but the warm headroom is {} ({from}): the others get more load than they can carry, and streams queue or fail",

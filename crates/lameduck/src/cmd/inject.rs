@@ -22,13 +22,17 @@ pub enum ModeArg {
 /// `lameduck inject`: puts each workload's server behind the gate.
 #[derive(Debug, clap::Args)]
 #[command(after_help = "\
-For each Deployment, StatefulSet, DaemonSet, ReplicaSet or Pod, the serving container is put \
-behind the gate: the gate takes the port clients use and the engine moves to the next free port \
-(its --port/--http-port/--server-port flag or PORT env is rewritten); readiness becomes the \
-gate's /ready, the preStop the gate's /drain, and terminationGracePeriodSeconds at least \
-convergence + the longest request + 5 s. Everything else in the file is left as it was, \
-comments included. Workloads already behind the gate are not changed, so running inject twice \
-changes nothing.
+For each workload that serves (Deployments, StatefulSets, DaemonSets, ReplicaSets, Pods, \
+LeaderWorkerSet leaders, Argo Rollouts, KServe ServingRuntimes and InferenceServices with their \
+own containers), the serving container is put behind the gate: the gate takes the port clients \
+use and the engine moves to the next free port, the way its server takes its port (a flag, an \
+environment variable or an address; docs/inject.md has the table). Readiness becomes the gate's \
+/ready, the preStop the gate's /drain, and terminationGracePeriodSeconds what the pod needs \
+behind the gate: convergence + the longest request + 5 s. A single replica whose rolling update \
+takes it down first gets maxSurge 1, maxUnavailable 0 (--keep-strategy leaves it); a Knative \
+Service's timeoutSeconds is raised to the longest request. Disruption budgets that allow no \
+eviction are reported, and loosened with --fix-budgets. Everything else in the file is left as \
+it was, comments included; running inject twice changes nothing.
 
 The longest request comes from the `lameduck.io/max-request-seconds` annotation, else \
 --max-request, else 150 s when the workload looks like an inference server.
@@ -90,6 +94,17 @@ pub struct InjectArgs {
     #[arg(long, value_parser = dur, default_value = "15")]
     pub convergence: Duration,
 
+    /// Leave a single replica's rollout strategy as written, even when a rollout takes it down
+    /// before its replacement is ready.
+    #[arg(long)]
+    pub keep_strategy: bool,
+
+    /// Loosen PodDisruptionBudgets in the input that allow no eviction (minAvailable equal to
+    /// the replicas, 100 %, maxUnavailable 0) so that one pod may go; without it they are only
+    /// reported.
+    #[arg(long)]
+    pub fix_budgets: bool,
+
     /// Print only the manifest, not the summary of changes on stderr.
     #[arg(short, long)]
     pub quiet: bool,
@@ -134,6 +149,8 @@ pub fn run(args: InjectArgs) -> anyhow::Result<i32> {
         max_request: args.max_request,
         convergence: args.convergence,
         entrypoint,
+        keep_strategy: args.keep_strategy,
+        fix_budgets: args.fix_budgets,
     };
     let out = inject::inject(&args.file, &text, &opts)?;
     let target = if args.in_place {
@@ -160,13 +177,16 @@ pub fn run(args: InjectArgs) -> anyhow::Result<i32> {
                 writeln!(err, "  {l}")?;
             }
         }
+        for a in &out.adjusted {
+            writeln!(err, "{}: {}", a.object, a.line)?;
+        }
         for s in &out.skipped {
             writeln!(err, "unchanged: {s}")?;
         }
         for w in &out.warnings {
             writeln!(err, "warning: {w}")?;
         }
-        if out.changed.is_empty() && out.skipped.is_empty() {
+        if out.changed.is_empty() && out.skipped.is_empty() && out.adjusted.is_empty() {
             writeln!(err, "no workload found: nothing changed")?;
         }
     }

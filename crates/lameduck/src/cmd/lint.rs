@@ -85,7 +85,6 @@ pub fn run(args: LintArgs) -> anyhow::Result<i32> {
         },
         None => Config::default(),
     };
-    let loaded = lameduck_manifest::load_paths(&args.paths);
     let options = Options {
         max_request: args.max_request.or(config.max_request),
         convergence: args
@@ -100,22 +99,23 @@ pub fn run(args: LintArgs) -> anyhow::Result<i32> {
         Some("never") => FailOn::Never,
         _ => FailOn::Error,
     });
-    let result = lameduck_lint::lint(&loaded, &options);
-    let text = match args.format {
-        Format::Human => {
-            let sources: std::collections::HashMap<String, std::sync::Arc<str>> = loaded
-                .objects
-                .iter()
-                .map(|o| (o.file.display().to_string(), o.source.clone()))
-                .collect();
-            report::human(&result, |f| sources.get(f).cloned())
-        }
-        Format::Json => report::json(&result) + "\n",
-        Format::Sarif => lameduck_lint::sarif::sarif(&result) + "\n",
+    // Objects are checked as they are read and then dropped (see `Linter`).
+    let result = lameduck_lint::lint_paths(&args.paths, &options);
+    // JSON and SARIF are written as they are made: on a large input the report is tens of
+    // megabytes.
+    let out = std::io::stdout().lock();
+    let _ = match args.format {
+        Format::Json => report::write_json(&result, out),
+        Format::Sarif => lameduck_lint::sarif::write_sarif(&result, out),
+        Format::Human => report::write_human(&result, |f| result.sources.get(f).cloned(), out),
     };
-    let _ = std::io::stdout().write_all(text.as_bytes());
-    if !loaded.errors.is_empty() {
-        return Ok(2);
+    Ok(exit_status(&result, fail_on))
+}
+
+/// 2 when an input could not be read, 1 when a finding reaches `fail_on`, else 0.
+fn exit_status(result: &lameduck_lint::Report, fail_on: FailOn) -> i32 {
+    if !result.input_errors.is_empty() {
+        return 2;
     }
     let worst = result.worst();
     let fail = match fail_on {
@@ -123,5 +123,5 @@ pub fn run(args: LintArgs) -> anyhow::Result<i32> {
         FailOn::Warning => worst >= Some(Severity::Warning),
         FailOn::Never => false,
     };
-    Ok(i32::from(fail))
+    i32::from(fail)
 }
