@@ -46,7 +46,7 @@ pub struct Config {
     /// Decode speed of one request, in tokens per second (> 0).
     #[arg(
         long,
-        value_name = "F",
+        value_name = "RATE",
         env = "LAMEDUCK_SIM_TOKENS_PER_SECOND",
         default_value = "50",
         value_parser = parse_positive_f64
@@ -58,7 +58,7 @@ pub struct Config {
     /// `lognormal:MEDIAN,SIGMA`; samples are clamped to at least 1 token.
     #[arg(
         long,
-        value_name = "SPEC",
+        value_name = "DIST",
         env = "LAMEDUCK_SIM_OUTPUT_TOKENS",
         default_value = "256"
     )]
@@ -67,24 +67,25 @@ pub struct Config {
     /// Cold start: /health and completions answer 503 until this has passed (the port listens
     /// at once), like an engine loading its weights.
     #[arg(
-        long,
+        long = "cold-start",
+        alias = "startup-delay",
         value_name = "DURATION",
-        env = "LAMEDUCK_SIM_STARTUP_DELAY",
+        env = "LAMEDUCK_SIM_COLD_START",
         default_value = "0",
         value_parser = parse_duration_arg
     )]
-    pub startup_delay: Duration,
+    pub cold_start: Duration,
 
     /// Seed for output lengths: the same seed and the same order of requests give the same
     /// lengths. Unset: random.
-    #[arg(long, value_name = "U64", env = "LAMEDUCK_SIM_SEED")]
+    #[arg(long, value_name = "SEED", env = "LAMEDUCK_SIM_SEED")]
     pub seed: Option<u64>,
 
-    /// Speed-up factor (> 0): every duration (ttft, token interval, startup delay, drain
+    /// Speed-up factor (> 0): every duration (ttft, token interval, cold start, drain
     /// timeout) is divided by it; 10 runs ten times faster.
     #[arg(
         long,
-        value_name = "F",
+        value_name = "FACTOR",
         env = "LAMEDUCK_SIM_TIME_SCALE",
         default_value = "1",
         value_parser = parse_positive_f64
@@ -120,7 +121,7 @@ impl Default for Config {
             ttft: Duration::from_millis(200),
             tokens_per_second: 50.0,
             output_tokens: OutputTokens::Fixed(256),
-            startup_delay: Duration::ZERO,
+            cold_start: Duration::ZERO,
             seed: None,
             time_scale: 1.0,
             on_sigterm: OnSigterm::Abort,
@@ -160,6 +161,8 @@ pub enum OnSigterm {
     Drain,
     /// Exit 143 at once; connections drop.
     Exit,
+    /// Keep serving as if nothing happened; only SIGKILL ends it.
+    Ignore,
 }
 
 impl fmt::Display for OnSigterm {
@@ -168,6 +171,7 @@ impl fmt::Display for OnSigterm {
             Self::Abort => "abort",
             Self::Drain => "drain",
             Self::Exit => "exit",
+            Self::Ignore => "ignore",
         })
     }
 }
@@ -411,7 +415,11 @@ mod tests {
         .unwrap();
         assert_eq!(c.listen, "0.0.0.0:9000".parse().unwrap());
         assert_eq!(c.ttft, Duration::from_millis(1500));
-        assert_eq!(c.startup_delay, Duration::from_secs(120));
+        assert_eq!(
+            c.cold_start,
+            Duration::from_secs(120),
+            "the old spelling still works"
+        );
         assert_eq!(c.drain_timeout, Some(Duration::from_millis(250)));
         assert_eq!(c.on_sigterm, OnSigterm::Drain);
         assert_eq!(c.seed, Some(42));
@@ -429,13 +437,13 @@ mod tests {
             "[default: sim-llm]",
             "--ttft <DURATION>",
             "[default: 200ms]",
-            "--tokens-per-second <F>",
+            "--tokens-per-second <RATE>",
             "[default: 50]",
-            "--output-tokens <SPEC>",
+            "--output-tokens <DIST>",
             "[default: 256]",
-            "--startup-delay <DURATION>",
-            "--seed <U64>",
-            "--time-scale <F>",
+            "--cold-start <DURATION>",
+            "--seed <SEED>",
+            "--time-scale <FACTOR>",
             "--on-sigterm <MODE>",
             "[default: abort]",
             "--drain-timeout <DURATION>",

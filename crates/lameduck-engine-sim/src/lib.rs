@@ -13,7 +13,7 @@
 //!   Bad JSON or a missing `messages`/`prompt` get 400 and an OpenAI-style error; bodies over
 //!   1 MiB get 413. A client that disconnects stops its generation.
 //! - `GET /v1/models`: the `--model`.
-//! - `GET /health`: 200, or 503 during `--startup-delay` (completions answer 503 then too).
+//! - `GET /health`: 200, or 503 during `--cold-start` (completions answer 503 then too).
 //! - `GET /metrics`: `lameduck_engine_sim_requests_total{endpoint,outcome}` (outcome: `ok`,
 //!   `aborted`, `rejected`, `bad_request`, `client_abort`), `lameduck_engine_sim_in_flight`,
 //!   `lameduck_engine_sim_tokens_total`, `lameduck_engine_sim_shutting_down`.
@@ -24,7 +24,7 @@
 //!
 //! `--listen` (127.0.0.1:8001), `--model` (sim-llm), `--ttft` (200ms), `--tokens-per-second`
 //! (50), `--output-tokens` (`256` | `uniform:MIN-MAX` | `normal:MEAN,STDDEV` |
-//! `lognormal:MEDIAN,SIGMA`), `--startup-delay` (0), `--seed`, `--time-scale` (1; every duration
+//! `lognormal:MEDIAN,SIGMA`), `--cold-start` (0), `--seed`, `--time-scale` (1; every duration
 //! is divided by it), `--on-sigterm` (abort), `--drain-timeout` (none). Each also reads
 //! `LAMEDUCK_SIM_<FLAG>` from the environment. Durations are written `30`, `1.5`, `250ms`, `2m`.
 //!

@@ -128,7 +128,7 @@ pub async fn bind(config: Config) -> Result<Server, Error> {
         })
     };
     let ttft = scaled("ttft", config.ttft)?;
-    let startup_delay = scaled("startup-delay", config.startup_delay)?;
+    let cold_start = scaled("cold-start", config.cold_start)?;
     let drain_timeout = config
         .drain_timeout
         .map(|d| scaled("drain-timeout", d))
@@ -161,7 +161,7 @@ pub async fn bind(config: Config) -> Result<Server, Error> {
         token_interval,
         output_tokens: config.output_tokens,
         seed,
-        ready_at: now.checked_add(startup_delay).unwrap_or_else(far_future),
+        ready_at: now.checked_add(cold_start).unwrap_or_else(far_future),
         created: unix_now(),
         next_id: AtomicU64::new(1),
         phase: AtomicU8::new(SERVING),
@@ -176,7 +176,7 @@ pub async fn bind(config: Config) -> Result<Server, Error> {
         ttft = ?config.ttft,
         tokens_per_second = tps,
         output_tokens = %config.output_tokens,
-        startup_delay = ?config.startup_delay,
+        cold_start = ?config.cold_start,
         seed,
         time_scale = ts,
         on_sigterm = %config.on_sigterm,
@@ -227,11 +227,18 @@ impl Server {
         loop {
             tokio::select! {
                 r = listener.accept() => conns.accept(r).await,
-                _ = signals.changed() => break,
+                _ = signals.changed() => {
+                    if mode == OnSigterm::Ignore {
+                        // Like a server that installs no handler for it: only SIGKILL ends it.
+                        warn!("signal received and ignored (--on-sigterm ignore): serving until SIGKILL");
+                        continue;
+                    }
+                    break;
+                }
                 Some(_) = conns.set.join_next(), if !conns.set.is_empty() => {}
                 () = sleep_until(state.ready_at), if startup_pending => {
                     startup_pending = false;
-                    info!(addr = %local_addr, "startup delay over: ready");
+                    info!(addr = %local_addr, "cold start over: ready");
                 }
             }
         }
@@ -272,7 +279,7 @@ impl Server {
                     }
                 }
             }
-            OnSigterm::Abort | OnSigterm::Exit => true,
+            OnSigterm::Abort | OnSigterm::Exit | OnSigterm::Ignore => true,
         };
         drop(listener);
         info!("listener closed");

@@ -300,8 +300,8 @@ async fn metrics_count_requests_and_tokens() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn startup_delay_answers_503_then_200() {
-    let sim = Sim::start(&["--startup-delay", "1s"]).await;
+async fn cold_start_answers_503_then_200() {
+    let sim = Sim::start(&["--cold-start", "1s"]).await;
     let r = sim.get("/health").await;
     assert_eq!(r.status(), 503, "health must fail while starting");
     let r = sim

@@ -22,7 +22,7 @@ pub struct Config {
     /// The drain machine's settings.
     pub drain: DrainConfig,
     /// Budget already spent when SIGTERM arrives.
-    pub prestop_spent: Duration,
+    pub pre_stop_spent: Duration,
     /// Marker file.
     pub drain_file: Option<PathBuf>,
     /// Health checking.
@@ -111,7 +111,7 @@ struct Resolver {
     upstream: Option<Uri>,
     grace_period: Duration,
     kill_margin: Duration,
-    prestop_spent: Duration,
+    pre_stop_spent: Duration,
     convergence_min: Duration,
     convergence_quiet: Duration,
     convergence_max: Duration,
@@ -141,7 +141,7 @@ impl From<GateArgs> for Resolver {
             upstream: a.upstream,
             grace_period: a.grace_period.0,
             kill_margin: a.kill_margin.0,
-            prestop_spent: a.prestop_spent.0,
+            pre_stop_spent: a.pre_stop_spent.0,
             convergence_min: a.convergence_min.0,
             convergence_quiet: a.convergence_quiet.0,
             convergence_max: a.convergence_max.0,
@@ -178,7 +178,7 @@ impl Resolver {
             for d in [
                 &mut self.grace_period,
                 &mut self.kill_margin,
-                &mut self.prestop_spent,
+                &mut self.pre_stop_spent,
                 &mut self.convergence_min,
                 &mut self.convergence_quiet,
                 &mut self.convergence_max,
@@ -244,10 +244,10 @@ impl Resolver {
             }
         }
         drain.validate().map_err(|e| Error::Config(e.0))?;
-        if self.prestop_spent + self.kill_margin >= self.grace_period {
+        if self.pre_stop_spent + self.kill_margin >= self.grace_period {
             return Err(Error::Config(format!(
-                "--prestop-spent ({:?}) plus --kill-margin ({:?}) leave nothing of --grace-period ({:?}): a SIGTERM-started drain would cut every stream at once",
-                self.prestop_spent, self.kill_margin, self.grace_period
+                "--pre-stop-spent ({:?}) plus --kill-margin ({:?}) leave nothing of --grace-period ({:?}): a SIGTERM-started drain would cut every stream at once",
+                self.pre_stop_spent, self.kill_margin, self.grace_period
             )));
         }
         let warmup = match self.warmup_request {
@@ -267,7 +267,7 @@ impl Resolver {
             admin: self.admin,
             upstream,
             drain,
-            prestop_spent: self.prestop_spent,
+            pre_stop_spent: self.pre_stop_spent,
             drain_file: self.drain_file,
             health_path: self.health_path,
             health_interval: self.health_interval,

@@ -408,7 +408,7 @@ fn status(shared: &Shared) -> serde_json::Value {
         "budget": {
             "grace_period_s": shared.config.drain.grace.as_secs_f64(),
             "kill_margin_s": shared.config.drain.margin.as_secs_f64(),
-            "prestop_spent_s": shared.config.prestop_spent.as_secs_f64(),
+            "pre_stop_spent_s": shared.config.pre_stop_spent.as_secs_f64(),
             "convergence_min_s": shared.config.drain.convergence.min.as_secs_f64(),
             "convergence_quiet_s": shared.config.drain.convergence.quiet.as_secs_f64(),
             "convergence_max_s": shared.config.drain.convergence.max.as_secs_f64(),

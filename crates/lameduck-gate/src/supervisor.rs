@@ -267,7 +267,7 @@ pub async fn signal_loop(shared: Arc<Shared>, signals: Signals) {
         };
         tracing::info!(signal = name, "Signal received");
         shared.drain(DrainRequest {
-            already_spent: shared.config.prestop_spent,
+            already_spent: shared.config.pre_stop_spent,
             exit: true,
             ..DrainRequest::new(Trigger::Signal)
         });

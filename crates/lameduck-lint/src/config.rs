@@ -5,7 +5,7 @@
 //!   no-pdb: off
 //!   liveness-same-as-readiness: error
 //! maxRequest: 120s
-//! convergence: 20s
+//! convergenceMax: 20s
 //! requirePdb: true
 //! failOn: warning
 //! ```
@@ -37,6 +37,8 @@ struct Raw {
     #[serde(default)]
     rules: HashMap<String, String>,
     max_request: Option<String>,
+    convergence_max: Option<String>,
+    /// The old name of `convergenceMax`.
     convergence: Option<String>,
     require_pdb: Option<bool>,
     fail_on: Option<String>,
@@ -51,8 +53,8 @@ pub struct Config {
     pub rules: HashMap<&'static str, Option<Severity>>,
     /// Default for `--max-request`.
     pub max_request: Option<Duration>,
-    /// Default for `--convergence`.
-    pub convergence: Option<Duration>,
+    /// Default for `--convergence-max`.
+    pub convergence_max: Option<Duration>,
     /// Default for `--require-pdb`.
     pub require_pdb: Option<bool>,
     /// Default for `--fail-on` (`error`, `warning`, `never`).
@@ -107,7 +109,10 @@ impl Config {
             path: Some(path.to_path_buf()),
             rules,
             max_request: dur("maxRequest", raw.max_request)?,
-            convergence: dur("convergence", raw.convergence)?,
+            convergence_max: match raw.convergence_max {
+                Some(v) => dur("convergenceMax", Some(v))?,
+                None => dur("convergence", raw.convergence)?,
+            },
             require_pdb: raw.require_pdb,
             fail_on: raw.fail_on,
         })

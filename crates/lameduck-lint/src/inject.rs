@@ -75,9 +75,9 @@ pub struct Options {
     pub admin_port: u16,
     /// The longest request, for workloads without the annotation.
     pub max_request: Option<Duration>,
-    /// How long load balancers take to stop sending to an unready pod; the gate's
-    /// `--convergence-max`.
-    pub convergence: Duration,
+    /// The convergence window (the gate's `--convergence-max`); `None`: the pod's own preStop
+    /// sleep, else [`lameduck_timeline::DEFAULT_CONVERGENCE_WINDOW`].
+    pub convergence: Option<Duration>,
     /// Wrapper mode, for a container without `command`: the image's entrypoint.
     pub entrypoint: Option<Vec<String>>,
     /// Leave a single replica's rollout strategy as written (by default a rolling update that
@@ -98,7 +98,7 @@ impl Default for Options {
             engine_port: None,
             admin_port: DEFAULT_ADMIN_PORT,
             max_request: None,
-            convergence: Duration::from_secs(15),
+            convergence: None,
             entrypoint: None,
             keep_strategy: false,
             fix_budgets: false,
@@ -154,6 +154,8 @@ pub struct Change {
     pub container: String,
     /// One line per change, for people.
     pub lines: Vec<String>,
+    /// How the grace period the pod needs was computed (the sentence `lint` and `plan` print).
+    pub grace_need: String,
 }
 
 /// A setting of an object changed for its drains or rollouts (not a container put behind the
@@ -536,8 +538,13 @@ fn plan(w: &Workload<'_>, opts: &Options) -> Result<Option<Planned>, InjectError
             ),
         )
     })?;
+    // The pod's own convergence window (its preStop sleep) carries over to the gate, so the
+    // pod needs the same grace before and after.
+    let window = opts.convergence.unwrap_or_else(|| {
+        model.convergence_window(Some(index), lameduck_timeline::DEFAULT_CONVERGENCE_WINDOW)
+    });
     let need = lameduck_pod::grace_need_gated(
-        opts.convergence,
+        window,
         lameduck_timeline::DEFAULT_KILL_MARGIN,
         (max_request, source),
     );
@@ -562,11 +569,12 @@ fn plan(w: &Workload<'_>, opts: &Options) -> Result<Option<Planned>, InjectError
         .set("admin", format!("0.0.0.0:{admin}"))
         .set("upstream", format!("http://127.0.0.1:{engine_port}"))
         .set("grace-period", grace_secs.to_string())
-        .set(
-            "convergence-max",
-            lameduck_timeline::secs_plain(opts.convergence),
-        )
+        .set("convergence-max", lameduck_timeline::secs_plain(window))
         .set("health-path", health.clone());
+    // A window shorter than the gate's default minimum: the minimum follows it down.
+    if window < lameduck_timeline::Convergence::DEFAULT.min {
+        gate.set("convergence-min", lameduck_timeline::secs_plain(window));
+    }
 
     // Move the engine off the port, the way its server is told its port.
     let mut command = c.command.clone();
@@ -849,6 +857,7 @@ fn plan(w: &Workload<'_>, opts: &Options) -> Result<Option<Planned>, InjectError
             object: w.display_name(),
             container: c.name.clone(),
             lines,
+            grace_need: need.explain(),
         },
         warnings,
     )))

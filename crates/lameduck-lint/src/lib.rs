@@ -46,7 +46,8 @@ impl Severity {
 pub struct Options {
     /// `--max-request`: the longest request, for workloads without the annotation.
     pub max_request: Option<Duration>,
-    /// `--convergence`: how long load balancers take to stop sending to an unready pod.
+    /// `--convergence-max`: how long load balancers may still send requests after a drain
+    /// starts.
     pub convergence: Duration,
     /// `--require-pdb`: report workloads that no PodDisruptionBudget selects.
     pub require_pdb: bool,
@@ -58,7 +59,7 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             max_request: None,
-            convergence: Duration::from_secs(15),
+            convergence: lameduck_timeline::DEFAULT_CONVERGENCE_WINDOW,
             require_pdb: false,
             rules: Default::default(),
         }

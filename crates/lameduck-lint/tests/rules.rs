@@ -67,7 +67,8 @@ fn seed_naive_deployment_gets_every_relevant_finding() {
         "{}",
         grace.message
     );
-    assert!(grace.fix.contains("155"), "{}", grace.fix);
+    // No preStop and no gate: the default 15 s window + 150 s + 5 s, what inject writes.
+    assert!(grace.fix.contains("170"), "{}", grace.fix);
 }
 
 #[test]
@@ -169,12 +170,20 @@ fn grace_too_short_with_max_request_annotation_and_flag() {
         "{}",
         r.findings[0].message
     );
-    // Enough grace: 10 + 120 + 5.
+    // Enough grace: the 15 s convergence window (the 10 s preStop sleep is shorter) + 120 + 5.
     let fixed = annotated.replace(
         "    spec:\n      containers",
-        "    spec:\n      terminationGracePeriodSeconds: 135\n      containers",
+        "    spec:\n      terminationGracePeriodSeconds: 140\n      containers",
     );
     assert_eq!(fired(&run("a.yaml", &fixed)), []);
+    let short = fixed.replace(
+        "terminationGracePeriodSeconds: 140",
+        "terminationGracePeriodSeconds: 139",
+    );
+    assert_eq!(
+        fired(&run("a.yaml", &short)),
+        [("grace-period-too-short", 9, 7)]
+    );
     // The flag applies where no annotation is set.
     let opts = Options {
         max_request: Some(Duration::from_secs(60)),
@@ -228,7 +237,7 @@ fn gate_ready_is_drain_aware() {
     assert!(
         r.findings[0]
             .message
-            .contains("(the gate keeps admitting while it announces"),
+            .contains("(the convergence window, while load balancers may still send requests)"),
         "{}",
         r.findings[0].message
     );

@@ -38,6 +38,9 @@ pub struct Latency {
     /// Share of histogram observations above the highest finite bucket (counted at that
     /// bound, so percentiles up there are a lower bound).
     pub overflow: f64,
+    /// When only the longest request is known: where that figure comes from, in the words
+    /// `lint` uses (`--max-request`, `assumed for vLLM`).
+    pub longest_from: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -95,6 +98,7 @@ impl Latency {
                 trim(hi)
             ),
             overflow: 0.0,
+            longest_from: Some("--max-request".into()),
         }
     }
 
@@ -109,6 +113,7 @@ impl Latency {
             source: format!("{} samples", samples.len()),
             dist: Dist::Samples(samples),
             overflow: 0.0,
+            longest_from: None,
         })
     }
 
@@ -124,6 +129,14 @@ impl Latency {
             _ => self.quantile(p / 100.0),
         };
         secs_to_duration(secs)
+    }
+
+    /// When only the longest request is known (`--max-request`, the workload's annotation, the
+    /// assumption for an inference server): that figure. Percentiles of the assumed spread are
+    /// not data, so the grace period covers the longest request itself, as `lint` and `inject`
+    /// size it.
+    pub fn only_max(&self) -> Option<Duration> {
+        matches!(self.dist, Dist::Uniform { .. }).then(|| self.max())
     }
 
     /// The longest duration the data allows.
@@ -421,6 +434,7 @@ fn parse_histogram(text: &str, metric: Option<&str>) -> Result<Latency, LatencyE
         source: format!("histogram `{name}`, {} observations", total as u64),
         dist: Dist::Histogram { bounds, cum },
         overflow,
+        longest_from: None,
     })
 }
 

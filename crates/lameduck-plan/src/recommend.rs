@@ -5,7 +5,9 @@
 use std::time::Duration;
 
 use lameduck_manifest::facts::Spot;
-use lameduck_timeline::{Budget, Convergence, DEFAULT_KILL_MARGIN, Probe};
+use lameduck_timeline::{
+    Budget, Convergence, DEFAULT_CONVERGENCE_WINDOW, DEFAULT_KILL_MARGIN, Probe,
+};
 use serde::Serialize;
 
 use crate::latency::{Latency, trim};
@@ -81,29 +83,42 @@ fn s(d: Duration) -> String {
     format!("{}s", trim(d.as_secs_f64()))
 }
 
-fn ceil_secs(d: Duration) -> Duration {
-    Duration::from_secs(d.as_secs() + u64::from(d.subsec_nanos() > 0))
-}
-
 /// Computes the recommendations for `current`.
 pub fn plan(current: &FleetSpec, i: &Inputs<'_>) -> Plan {
     let mut recs = Vec::new();
     let lag = current.propagation_lag;
-    let conv = Convergence::covering(lag);
+    // The pod's own convergence window (its gate's --convergence-max, its preStop sleep, or
+    // the default), widened to cover the measured lag: the window lint and inject use.
+    let window = match current.pod.shutdown {
+        Shutdown::Gate { convergence, .. } => convergence.max,
+        Shutdown::Plain { pre_stop, .. } => pre_stop.max(DEFAULT_CONVERGENCE_WINDOW),
+    };
+    let conv = Convergence::covering_window(lag, window);
     let margin = DEFAULT_KILL_MARGIN;
-    let request = i.latency.percentile(i.percentile);
-    let grace = ceil_secs(Budget::gated_grace(conv.max, request, margin));
+    // The longest request to cover: the percentile of real data, or the longest request
+    // itself when that is all that is known (the figure lint and inject use).
+    let (request, from) = match i.latency.only_max() {
+        Some(max) => (
+            max,
+            i.latency
+                .longest_from
+                .clone()
+                .unwrap_or_else(|| "--max-request".into()),
+        ),
+        None => (
+            i.latency.percentile(i.percentile),
+            format!("p{} of {}", trim(i.percentile), i.latency.source),
+        ),
+    };
+    let need = lameduck_pod::grace_need_gated(conv.max, margin, (request, from));
+    let grace = Duration::from_secs(need.seconds());
     recs.push(Recommendation {
         setting: "terminationGracePeriodSeconds",
         value: grace.as_secs().to_string(),
         current: Some(current.pod.grace.as_secs().to_string()),
         arithmetic: format!(
-            "convergence max {} + p{} request {} + margin {} = {}{}",
-            s(conv.max),
-            trim(i.percentile),
-            s(request),
-            s(margin),
-            s(Budget::gated_grace(conv.max, request, margin)),
+            "{}{}",
+            need.explain(),
             if i.latency.overflow > 0.0 {
                 format!(
                     " ({}% of the histogram lies above its top bucket: the percentile is a lower bound)",
@@ -130,11 +145,11 @@ pub fn plan(current: &FleetSpec, i: &Inputs<'_>) -> Plan {
         value: format!("{} / {}", s(conv.min), s(conv.max)),
         current: current_conv,
         arithmetic: format!(
-            "min = max(propagation lag {}, {}); max = max(2 × lag = {}, {}): requests that still arrive are served, not refused",
+            "min = max(propagation lag {}, {}); max = max(2 × lag = {}, the pod's window {}): requests that still arrive are served, not refused",
             s(lag),
             s(Convergence::default().min),
             s(lag.saturating_mul(2)),
-            s(Convergence::default().max)
+            s(window)
         ),
     });
     recs.push(Recommendation {

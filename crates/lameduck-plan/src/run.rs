@@ -128,6 +128,33 @@ pub struct Output {
     pub runs: Vec<RunOut>,
 }
 
+/// The recommendations alone, without simulating: the fleet as it is, the plan, the notes.
+pub fn recommend(req: &Request) -> Result<(FleetSpec, Plan, Vec<String>), RunError> {
+    let (current, mut notes, workload) = resolve(req)?;
+    let latency = read_latency(req, workload.as_ref(), &mut notes)?;
+    let mean = latency.mean().as_secs_f64().max(1e-3);
+    let rate = match &req.rate {
+        Some(r) => r.mean(),
+        None => {
+            f64::from(current.replicas) * f64::from(current.pod.concurrency) / mean
+                * DEFAULT_UTILIZATION
+        }
+    };
+    let spot = req
+        .spot
+        .or_else(|| workload.as_ref().and_then(|w| facts::spot(w)));
+    let the_plan = plan(
+        &current,
+        &Inputs {
+            latency: &latency,
+            percentile: req.percentile,
+            rate,
+            spot,
+        },
+    );
+    Ok((current, the_plan, notes))
+}
+
 /// Runs a plan.
 pub fn execute(req: &Request) -> Result<Output, RunError> {
     let (current, mut notes, workload) = resolve(req)?;
@@ -182,7 +209,16 @@ pub fn execute(req: &Request) -> Result<Output, RunError> {
         s.extend(spot.map(Scenario::of));
         s
     } else {
-        req.scenarios.clone()
+        req.scenarios
+            .iter()
+            .map(|&s| match (s, spot) {
+                (Scenario::Spot, Some(p)) => Ok(Scenario::of(p)),
+                (Scenario::Spot, None) => Err(RunError::Input(
+                    "the `spot` scenario needs the workload's provider: pass --spot aws|gcp|azure, or name the scenario spot-aws, spot-gcp or spot-azure".into(),
+                )),
+                (s, _) => Ok(s),
+            })
+            .collect::<Result<Vec<_>, _>>()?
     };
     // Warm up until requests in flight are at their steady state.
     let start = latency
@@ -329,23 +365,16 @@ fn read_latency(
         }
         LatencySource::Max(d) => Ok(Latency::from_max(*d)),
         LatencySource::FromWorkload => {
-            let found = w.and_then(|w| facts::max_request(w, None));
+            let found = w.and_then(|w| facts::max_request_described(w, None));
             match found {
-                Some((d, source)) => {
+                Some((d, from)) => {
                     notes.push(format!(
-                        "longest request {}s from {}; --latency FILE sizes the budget from real data",
-                        d.as_secs(),
-                        match source {
-                            facts::MaxRequestSource::Annotation => {
-                                format!("the {} annotation", facts::MAX_REQUEST_ANNOTATION)
-                            }
-                            facts::MaxRequestSource::Flag => "--max-request".to_owned(),
-                            facts::MaxRequestSource::Assumed => {
-                                "the assumption for an inference server".to_owned()
-                            }
-                        }
+                        "longest request {} s ({from}); --latency FILE sizes the budget from real data",
+                        lameduck_timeline::secs_plain(d)
                     ));
-                    Ok(Latency::from_max(d))
+                    let mut l = Latency::from_max(d);
+                    l.longest_from = Some(from);
+                    Ok(l)
                 }
                 None => Err(RunError::Input(
                     "no request durations: pass --latency FILE (durations, CSV or a Prometheus histogram) or --max-request DURATION".into(),

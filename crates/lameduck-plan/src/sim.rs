@@ -48,6 +48,8 @@ pub enum Scenario {
     SpotGcp,
     /// An Azure spot eviction: 30 s (Scheduled Events `Preempt`); AKS drains the node.
     SpotAzure,
+    /// The spot reclaim of the workload's provider (--spot, or read from the manifest).
+    Spot,
 }
 
 impl Scenario {
@@ -71,6 +73,7 @@ impl Scenario {
             Scenario::SpotAws => "spot-aws",
             Scenario::SpotGcp => "spot-gcp",
             Scenario::SpotAzure => "spot-azure",
+            Scenario::Spot => "spot",
         }
     }
 
@@ -891,7 +894,11 @@ impl<'a> Sim<'a> {
                 }
                 self.reconcile();
             }
-            Scenario::Drain | Scenario::SpotAws | Scenario::SpotGcp | Scenario::SpotAzure => {
+            Scenario::Drain
+            | Scenario::SpotAws
+            | Scenario::SpotGcp
+            | Scenario::SpotAzure
+            | Scenario::Spot => {
                 let Some(node) = self.busiest_node() else {
                     return;
                 };

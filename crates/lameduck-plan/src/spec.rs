@@ -122,7 +122,7 @@ pub struct Overrides {
     pub pods_per_node: Option<u32>,
     /// `--propagation-lag`.
     pub propagation_lag: Option<Duration>,
-    /// `--engine-on-sigterm`.
+    /// `--on-sigterm`.
     pub on_sigterm: Option<OnSigterm>,
     /// `--grace-period` (flags-only runs).
     pub grace: Option<Duration>,
@@ -244,7 +244,7 @@ impl FleetSpec {
                     detect_on_sigterm,
                 );
                 notes.push(format!(
-                    "engine on SIGTERM: {} ({why}); --engine-on-sigterm changes it",
+                    "engine on SIGTERM: {} ({why}); --on-sigterm changes it",
                     describe(mode)
                 ));
                 mode

@@ -140,7 +140,8 @@ fn the_recommended_spec_loses_nothing_where_the_current_one_does() {
             spot: None,
         },
     );
-    assert_eq!(p.fleet.pod.grace, S(30 + 120 + 5));
+    // The default 15 s convergence window (no preStop) + the longest request + the margin.
+    assert_eq!(p.fleet.pod.grace, S(15 + 120 + 5));
     for scenario in [Scenario::Drain, Scenario::Rollout, Scenario::ScaleDown] {
         let before = run(&current, &lat, 2.0, scenario, 3);
         let after = run(&p.fleet, &lat, 2.0, scenario, 3);

@@ -3,13 +3,12 @@
 
 use std::time::Duration;
 
-use lameduck_timeline::GraceNeed;
+use lameduck_timeline::{CONVERGENCE_REASON, GraceNeed};
 
 use crate::model::PodModel;
 
 /// What a pod needs behind the gate: requests are admitted while the gate announces (at most
-/// its `--convergence-max`, after `--prestop-spent` of a preStop sleep when there is one), each
-/// may run `longest`, and the gate's `--kill-margin` is kept.
+/// its `--convergence-max`), each may run `longest`, and the gate's `--kill-margin` is kept.
 pub fn grace_need_gated(
     convergence_max: Duration,
     margin: Duration,
@@ -17,8 +16,7 @@ pub fn grace_need_gated(
 ) -> GraceNeed {
     GraceNeed {
         admitted_until: convergence_max,
-        admitted_because:
-            "the gate keeps admitting while it announces, at most its --convergence-max".into(),
+        admitted_because: CONVERGENCE_REASON.into(),
         longest: longest.0,
         longest_from: longest.1,
         margin,
@@ -26,44 +24,46 @@ pub fn grace_need_gated(
 }
 
 impl PodModel {
-    /// What this pod needs, as it is set up: behind the gate, the gate's own settings; without
-    /// it, requests are admitted until the serving container's preStop ends (SIGTERM stops a
-    /// server from taking new ones), and the default kill margin is kept.
-    pub fn grace_need(&self, serving: Option<usize>, longest: (Duration, String)) -> GraceNeed {
+    /// The pod's convergence window: behind the gate, its `--convergence-max` (after
+    /// `--pre-stop-spent`), since the gate stops admitting then; without it, the serving
+    /// container's preStop sleep when that is longer than `default` (a shorter sleep does not
+    /// make load balancers converge sooner), else `default`.
+    pub fn convergence_window(&self, serving: Option<usize>, default: Duration) -> Duration {
         if let Some(g) = &self.gate {
-            let spent = g.args.prestop_spent.0;
-            let mut need =
-                grace_need_gated(g.args.convergence_max.0, g.args.kill_margin.0, longest);
-            if !spent.is_zero() {
-                need.admitted_until += spent;
-                need.admitted_because = "the preStop before the gate's drain (--prestop-spent), then the gate's announcing window (--convergence-max)".into();
-            }
-            return need;
+            return g.args.pre_stop_spent.0 + g.args.convergence_max.0;
         }
-        let hook = serving
+        serving
             .and_then(|i| self.containers.get(i))
-            .map(|c| c.termination.pre_stop.duration());
-        let (admitted_until, because) = match hook {
-            Some(Some(d)) if !d.is_zero() => (
-                d,
-                "the preStop hook runs first, and the pod can still get requests until it ends"
-                    .to_owned(),
-            ),
-            Some(None) => (
-                Duration::ZERO,
-                "its preStop's run time cannot be read, counted as 0".to_owned(),
-            ),
-            _ => (
-                Duration::ZERO,
-                "no preStop: SIGTERM comes at once".to_owned(),
-            ),
-        };
-        GraceNeed {
-            admitted_until,
-            admitted_because: because,
-            longest: longest.0,
-            longest_from: longest.1,
-            margin: lameduck_timeline::DEFAULT_KILL_MARGIN,
+            .and_then(|c| c.termination.pre_stop.duration())
+            .unwrap_or_default()
+            .max(default)
+    }
+
+    /// What this pod needs, as it is set up: requests are admitted for its convergence window
+    /// ([`PodModel::convergence_window`]; `default` when it states none), each may run
+    /// `longest`, and the kill margin (the gate's, or the default) is kept. The same figure,
+    /// in the same words, before and after `inject`.
+    pub fn grace_need(
+        &self,
+        serving: Option<usize>,
+        longest: (Duration, String),
+        default: Duration,
+    ) -> GraceNeed {
+        let window = self.convergence_window(serving, default);
+        let margin = self
+            .gate
+            .as_ref()
+            .map_or(lameduck_timeline::DEFAULT_KILL_MARGIN, |g| {
+                g.args.kill_margin.0
+            });
+        let mut need = grace_need_gated(window, margin, longest);
+        if self
+            .gate
+            .as_ref()
+            .is_some_and(|g| !g.args.pre_stop_spent.0.is_zero())
+        {
+            need.admitted_because = "a preStop before the gate's drain, --pre-stop-spent, then the gate's convergence window, --convergence-max".into();
         }
+        need
     }
 }

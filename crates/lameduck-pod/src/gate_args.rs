@@ -30,23 +30,33 @@ Drain phases: serving → announcing (unready, still serving, Connection: close 
 finishing (new arrivals get 503 + Retry-After) → deadline (streams end with a terminal \
 `event: error`, the rest aborted) → done.
 
-Deadline = drain start + --grace-period − --prestop-spent − --kill-margin, shortened by \
+Deadline = drain start + --grace-period − --pre-stop-spent − --kill-margin, shortened by \
 `/drain?deadline=`. Set --grace-period to the pod's terminationGracePeriodSeconds.
 
 Admin endpoints (on --admin only): /ready /live /drain /metrics /status.")]
 pub struct GateArgs {
     /// Address the proxy listens on for client traffic.
-    #[arg(long, default_value = "0.0.0.0:8000", env = "LAMEDUCK_LISTEN")]
+    #[arg(
+        long,
+        value_name = "ADDR",
+        default_value = "0.0.0.0:8000",
+        env = "LAMEDUCK_LISTEN"
+    )]
     pub listen: SocketAddr,
 
     /// Address of the admin endpoints (/ready, /live, /drain, /metrics, /status). Never put it
     /// in a Service.
-    #[arg(long, default_value = "0.0.0.0:9901", env = "LAMEDUCK_ADMIN")]
+    #[arg(
+        long,
+        value_name = "ADDR",
+        default_value = "0.0.0.0:9901",
+        env = "LAMEDUCK_ADMIN"
+    )]
     pub admin: SocketAddr,
 
     /// The engine's base URL (http only). Required in sidecar mode; in wrapper mode defaults to
     /// http://127.0.0.1:8001.
-    #[arg(long, env = "LAMEDUCK_UPSTREAM")]
+    #[arg(long, value_name = "URL", env = "LAMEDUCK_UPSTREAM")]
     pub upstream: Option<http::Uri>,
 
     /// The pod's terminationGracePeriodSeconds. The drain budget is computed from it.
@@ -61,8 +71,14 @@ pub struct GateArgs {
     /// Time a preStop hook spends before SIGTERM reaches the gate (for example a `sleep`).
     /// Subtracted from the budget of a SIGTERM-started drain. Not needed when the preStop is
     /// the gate's /drain.
-    #[arg(long, value_name = "DURATION", default_value_t = ZERO, env = "LAMEDUCK_PRESTOP_SPENT")]
-    pub prestop_spent: Dur,
+    #[arg(
+        long = "pre-stop-spent",
+        alias = "prestop-spent",
+        value_name = "DURATION",
+        default_value_t = ZERO,
+        env = "LAMEDUCK_PRE_STOP_SPENT"
+    )]
+    pub pre_stop_spent: Dur,
 
     /// Keep serving at least this long after going unready, while load balancers converge.
     #[arg(long, value_name = "DURATION", default_value_t = Dur(CONVERGENCE.min), env = "LAMEDUCK_CONVERGENCE_MIN")]
@@ -82,11 +98,16 @@ pub struct GateArgs {
     pub child_timeout: Dur,
 
     /// Start a drain when this file appears (compatible with `touch /tmp/draining`).
-    #[arg(long, env = "LAMEDUCK_DRAIN_FILE")]
+    #[arg(long, value_name = "FILE", env = "LAMEDUCK_DRAIN_FILE")]
     pub drain_file: Option<PathBuf>,
 
     /// Path of the engine's health endpoint, mirrored by /ready.
-    #[arg(long, default_value = "/health", env = "LAMEDUCK_HEALTH_PATH")]
+    #[arg(
+        long,
+        value_name = "PATH",
+        default_value = "/health",
+        env = "LAMEDUCK_HEALTH_PATH"
+    )]
     pub health_path: String,
 
     /// How often the engine's health is checked.
@@ -109,19 +130,25 @@ pub struct GateArgs {
 
     /// A JSON body POSTed to --warmup-path once the engine is healthy; /ready stays 503 until
     /// it succeeded.
-    #[arg(long, env = "LAMEDUCK_WARMUP_REQUEST")]
+    #[arg(long, value_name = "FILE", env = "LAMEDUCK_WARMUP_REQUEST")]
     pub warmup_request: Option<PathBuf>,
 
     /// Path the warm-up request is sent to.
     #[arg(
         long,
+        value_name = "PATH",
         default_value = "/v1/chat/completions",
         env = "LAMEDUCK_WARMUP_PATH"
     )]
     pub warmup_path: String,
 
     /// Retry-After (seconds) on responses refused while draining.
-    #[arg(long, default_value = "1", env = "LAMEDUCK_RETRY_AFTER")]
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value = "1",
+        env = "LAMEDUCK_RETRY_AFTER"
+    )]
     pub retry_after: u32,
 
     /// End a response whose upstream sends nothing for this long (an engine can stall a stream
@@ -131,14 +158,19 @@ pub struct GateArgs {
 
     /// Refuse new requests with 503 and Retry-After while this many are in flight, so the
     /// engine is never asked for more than it can hold (0: no limit).
-    #[arg(long, default_value_t = 0, env = "LAMEDUCK_MAX_IN_FLIGHT")]
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 0,
+        env = "LAMEDUCK_MAX_IN_FLIGHT"
+    )]
     pub max_in_flight: u64,
 
     /// Client connections the proxy port holds at most. Default: half of what the process's
     /// file-descriptor limit leaves after a reserve for the admin port and the engine, so that
     /// no client load can starve the probes. When full, connections that have not sent a
     /// request yet and idle keep-alive connections are closed first.
-    #[arg(long, env = "LAMEDUCK_MAX_CONNECTIONS")]
+    #[arg(long, value_name = "N", env = "LAMEDUCK_MAX_CONNECTIONS")]
     pub max_connections: Option<std::num::NonZeroUsize>,
 
     /// A new client connection must complete its first request's headers within this time
@@ -164,13 +196,18 @@ pub struct GateArgs {
 
     /// Require `Authorization: Bearer TOKEN` on /drain. Prefer the environment variable: a
     /// flag's value is visible in the process list.
-    #[arg(long, env = "LAMEDUCK_ADMIN_TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "LAMEDUCK_ADMIN_TOKEN",
+        hide_env_values = true
+    )]
     pub admin_token: Option<String>,
 
     /// Worker threads. Default 1: a single-threaded runtime, the cheapest per request and per
     /// streamed event; one core carries tens of thousands of requests per second. More only
     /// for a gate in front of something much faster than an inference engine.
-    #[arg(long, env = "LAMEDUCK_THREADS")]
+    #[arg(long, value_name = "N", env = "LAMEDUCK_THREADS")]
     pub threads: Option<std::num::NonZeroUsize>,
 
     /// Divide every duration flag by this factor (> 0). Used by `lameduck rehearse` to run a

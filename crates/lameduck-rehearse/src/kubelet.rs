@@ -406,7 +406,7 @@ impl Pod {
                     format!("127.0.0.1:{port}"),
                     "--time-scale".into(),
                     scale.clone(),
-                    "--startup-delay".into(),
+                    "--cold-start".into(),
                     format!("{}", cold_start.as_secs_f64()),
                     "--tokens-per-second".into(),
                     tokens_per_second.to_string(),

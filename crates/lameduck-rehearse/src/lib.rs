@@ -28,6 +28,15 @@ use lameduck_timeline::parse_duration;
 
 pub use run::{Plan, Scenario, SetupResult, Status};
 
+/// What the results look like on stdout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// The table.
+    Human,
+    /// One JSON object.
+    Json,
+}
+
 /// Why a rehearsal could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -64,7 +73,7 @@ and speak the OpenAI chat-completions API with `stream: true`.")]
 pub struct RehearseArgs {
     /// The setup to rehearse, from a manifest (Deployment, StatefulSet, ReplicaSet or Pod;
     /// `-` for stdin). It is compared against the naive setup.
-    #[arg(short = 'f', long = "file", value_name = "MANIFEST")]
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
     pub file: Option<PathBuf>,
 
     /// Setups to compare, in order: naive, shell, lameduck. Default: all three, or naive and
@@ -81,16 +90,21 @@ pub struct RehearseArgs {
     pub replicas: Option<u32>,
 
     /// Mean request arrivals per second (Poisson, open loop).
-    #[arg(long, default_value = "0.5", value_name = "PER_SECOND")]
+    #[arg(long, default_value = "0.5", value_name = "RPS")]
     pub rate: f64,
 
     /// Output length of each request in tokens: N, uniform:MIN-MAX, normal:MEAN,STDDEV or
     /// lognormal:MEDIAN,SIGMA.
-    #[arg(long, default_value = "uniform:100-1200", value_name = "DIST")]
-    pub lengths: OutputTokens,
+    #[arg(
+        long = "output-tokens",
+        alias = "lengths",
+        default_value = "uniform:100-1200",
+        value_name = "DIST"
+    )]
+    pub output_tokens: OutputTokens,
 
     /// engine-sim's decode speed per request (tokens per second).
-    #[arg(long, default_value = "10", value_name = "N")]
+    #[arg(long, default_value = "10", value_name = "RATE")]
     pub tokens_per_second: f64,
 
     /// engine-sim's cold start: /health answers 503 until it has passed.
@@ -98,8 +112,8 @@ pub struct RehearseArgs {
     pub cold_start: Duration,
 
     /// What engine-sim does on SIGTERM: abort (vLLM's default: streams end at once), drain
-    /// (finish in-flight work first) or exit.
-    #[arg(long, value_enum, default_value_t = lameduck_engine_sim::OnSigterm::Abort)]
+    /// (finish in-flight work first), exit (die at once) or ignore (serve until SIGKILL).
+    #[arg(long, value_enum, value_name = "MODE", default_value_t = lameduck_engine_sim::OnSigterm::Abort)]
     pub on_sigterm: lameduck_engine_sim::OnSigterm,
 
     /// Requests arrive during this long after the load starts.
@@ -110,17 +124,29 @@ pub struct RehearseArgs {
     #[arg(long, default_value = "40s", value_parser = dur, value_name = "DURATION")]
     pub at: Duration,
 
-    /// Endpoint propagation lag: MIN-MAX (uniform) or one duration.
-    #[arg(long, default_value = "1s-3s", value_name = "MIN-MAX")]
-    pub lag: balancer::Lag,
+    /// Time for load balancers to act on an endpoint change: one duration, or a range
+    /// (`1s-3s`, each change drawn uniformly from it).
+    #[arg(
+        long = "propagation-lag",
+        alias = "lag",
+        default_value = "1s-3s",
+        value_name = "DURATION"
+    )]
+    pub propagation_lag: balancer::Lag,
 
     /// Spot scenario: time from the preemption notice until the node disappears.
     #[arg(long, default_value = "30s", value_parser = dur, value_name = "DURATION")]
     pub notice: Duration,
 
     /// A stream silent this long is counted as truncated (stalled).
-    #[arg(long, default_value = "30s", value_parser = dur, value_name = "DURATION")]
-    pub idle_timeout: Duration,
+    #[arg(
+        long = "stall-timeout",
+        alias = "idle-timeout",
+        default_value = "30s",
+        value_parser = dur,
+        value_name = "DURATION"
+    )]
+    pub stall_timeout: Duration,
 
     /// Speed-up: every duration is divided by it. Default 10 (1 with -- CMD, whose own
     /// timing cannot be scaled).
@@ -128,19 +154,23 @@ pub struct RehearseArgs {
     pub time_scale: Option<f64>,
 
     /// Seed for arrivals, lengths and lags: every setup gets the same requests.
-    #[arg(long, default_value = "1")]
+    #[arg(long, default_value = "1", value_name = "SEED")]
     pub seed: u64,
 
     /// The `model` field of the requests.
-    #[arg(long, default_value = "lameduck-sim")]
+    #[arg(long, default_value = "lameduck-sim", value_name = "NAME")]
     pub model: String,
 
     /// Write a self-contained HTML report with a timeline per setup.
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
 
-    /// Print the results as JSON on stdout instead of the table.
-    #[arg(long)]
+    /// Output on stdout: the table, or JSON.
+    #[arg(long, value_enum, default_value_t = Format::Human)]
+    pub format: Format,
+
+    /// Same as --format json.
+    #[arg(long, hide = true)]
     pub json: bool,
 
     /// Keep the run directory (each pod's log and files) instead of removing it.
@@ -238,9 +268,9 @@ impl RehearseArgs {
         let load = load::LoadSpec {
             rate: self.rate,
             window: self.load_for,
-            lengths: self.lengths,
+            lengths: self.output_tokens,
             model: self.model.clone(),
-            idle_timeout: self.idle_timeout,
+            idle_timeout: self.stall_timeout,
             seed: self.seed,
         };
         let arrivals = load::arrivals(&load).map_err(Error::Input)?;
@@ -272,7 +302,7 @@ impl RehearseArgs {
                 replicas_forced: self.replicas.is_some(),
                 engine,
                 load: Arc::new(load),
-                lag: self.lag,
+                lag: self.propagation_lag,
                 at: self.at,
                 notice: self.notice,
                 time_scale: scale,

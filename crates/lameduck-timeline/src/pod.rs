@@ -150,11 +150,18 @@ impl Convergence {
     /// less than the default minimum), and allow up to twice the lag (never less than the
     /// default maximum) for the balancers that are slower than the one measured.
     pub fn covering(lag: Duration) -> Convergence {
+        Convergence::covering_window(lag, Convergence::default().max)
+    }
+
+    /// A window that covers a measured propagation lag (at least the lag, up to twice it) and
+    /// never ends before `window`, the pod's own convergence window.
+    pub fn covering_window(lag: Duration, window: Duration) -> Convergence {
         let d = Convergence::default();
+        let max = lag.saturating_mul(2).max(window);
         Convergence {
-            min: lag.max(d.min),
+            min: lag.max(d.min).min(max),
             quiet: d.quiet,
-            max: lag.saturating_mul(2).max(d.max),
+            max,
         }
     }
 }
@@ -232,17 +239,29 @@ impl Budget {
     }
 }
 
+/// The convergence window assumed for a pod that states none (no preStop, no gate): how long
+/// load balancers may still send requests after a drain starts. 15 s is the common preStop
+/// sleep (KServe and llm-d use it). A pod's own preStop sleep, or its gate's
+/// `--convergence-max`, is its statement of the window and wins.
+pub const DEFAULT_CONVERGENCE_WINDOW: Duration = Duration::from_secs(15);
+
+/// Why requests are admitted until the end of the convergence window: the words every tool
+/// uses, for a pod behind the gate and one without it alike.
+pub const CONVERGENCE_REASON: &str =
+    "the convergence window, while load balancers may still send requests";
+
 /// The grace period a pod needs, with the reasoning, in the words every tool prints.
 ///
-/// A drain admits requests until some moment after it starts (the end of the gate's
-/// announcing window, or of a preStop sleep); a request admitted then may run as long as the
-/// longest request; and a margin is kept to stop. `lint`, `inject` and `plan` all size the grace
-/// period with this, so they agree on one workload.
+/// A drain admits requests until the end of the pod's convergence window (its preStop sleep,
+/// its gate's `--convergence-max`, or [`DEFAULT_CONVERGENCE_WINDOW`]); a request admitted then
+/// may run as long as the longest request; and a margin is kept to stop. `lint`, `inject` and
+/// `plan` all size the grace period with this, so they agree on one workload, before and after
+/// `inject` (which gives the gate the pod's own window).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GraceNeed {
     /// How long after the drain starts requests are still admitted.
     pub admitted_until: Duration,
-    /// Why then (`the gate's --convergence-max`, `the preStop hook`).
+    /// Why then ([`CONVERGENCE_REASON`], or a preStop before the gate's drain).
     pub admitted_because: String,
     /// The longest request.
     pub longest: Duration,
@@ -420,7 +439,7 @@ mod tests {
         );
         let half = GraceNeed {
             longest: Duration::from_millis(150_500),
-            ..n
+            ..n.clone()
         };
         assert_eq!(half.seconds(), 171, "rounded up");
     }

@@ -5,6 +5,8 @@
 
 mod cmd;
 mod logging;
+#[cfg(test)]
+mod vocabulary;
 
 use std::process::ExitCode;
 

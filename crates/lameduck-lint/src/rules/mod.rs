@@ -114,6 +114,15 @@ pub fn markdown_table() -> String {
         .collect()
 }
 
+/// The grace period a workload's serving container needs, as `grace-period-too-short`
+/// computes it (and `inject` and `plan` do): `None` when no single container serves or the
+/// longest request is unknown.
+pub fn required_grace(w: &Workload<'_>, opts: &Options) -> Option<lameduck_timeline::GraceNeed> {
+    let serving = w.model.serving_container(None).ok().flatten()?;
+    let max = crate::facts::max_request_described(w, opts.max_request)?;
+    Some(w.model.grace_need(Some(serving), max, opts.convergence))
+}
+
 /// Annotation: rule ids to skip for this object (`lameduck.io/ignore: no-pdb,multiple-pdbs`,
 /// or `all`).
 pub const IGNORE_ANNOTATION: &str = "lameduck.io/ignore";

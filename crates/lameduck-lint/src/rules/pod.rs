@@ -69,7 +69,7 @@ pub(crate) fn workload(ctx: &mut Ctx<'_>, w: &Workload<'_>) {
         } else if let Some((max_req, from)) = &max
             && (serving == Some(i) || serving.is_none())
         {
-            let need = model.grace_need(Some(i), (*max_req, from.clone()));
+            let need = model.grace_need(Some(i), (*max_req, from.clone()), ctx.opts.convergence);
             if grace.as_secs() < need.seconds() {
                 let default = if model.grace_set {
                     ""

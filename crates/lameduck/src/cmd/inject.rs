@@ -28,7 +28,7 @@ own containers), the serving container is put behind the gate: the gate takes th
 use and the engine moves to the next free port, the way its server takes its port (a flag, an \
 environment variable or an address; docs/inject.md has the table). Readiness becomes the gate's \
 /ready, the preStop the gate's /drain, and terminationGracePeriodSeconds what the pod needs \
-behind the gate: convergence + the longest request + 5 s. A single replica whose rolling update \
+behind the gate: the convergence window + the longest request + 5 s. A single replica whose rolling update \
 takes it down first gets maxSurge 1, maxUnavailable 0 (--keep-strategy leaves it); a Knative \
 Service's timeoutSeconds is raised to the longest request. Disruption budgets that allow no \
 eviction are reported, and loosened with --fix-budgets. Everything else in the file is left as \
@@ -74,25 +74,26 @@ pub struct InjectArgs {
     pub container: Option<String>,
 
     /// The port clients use [default: the container's declared port].
-    #[arg(long)]
+    #[arg(long, value_name = "PORT")]
     pub port: Option<u16>,
 
     /// Where the engine moves [default: the next free port after --port].
-    #[arg(long)]
+    #[arg(long, value_name = "PORT")]
     pub engine_port: Option<u16>,
 
     /// The gate's admin port (/ready, /live, /drain; never put it in a Service).
-    #[arg(long, default_value_t = inject::DEFAULT_ADMIN_PORT)]
+    #[arg(long, value_name = "PORT", default_value_t = inject::DEFAULT_ADMIN_PORT)]
     pub admin_port: u16,
 
     /// The longest request, for workloads without the annotation.
-    #[arg(long, value_parser = dur)]
+    #[arg(long, value_name = "DURATION", value_parser = dur)]
     pub max_request: Option<Duration>,
 
-    /// How long load balancers take to stop sending to an unready pod (the gate's
-    /// --convergence-max).
-    #[arg(long, value_parser = dur, default_value = "15")]
-    pub convergence: Duration,
+    /// The convergence window: how long load balancers may still send requests after a drain
+    /// starts; given to the gate as its --convergence-max. Default: the pod's own preStop
+    /// sleep, else 15 s.
+    #[arg(long, value_name = "DURATION", value_parser = dur, alias = "convergence")]
+    pub convergence_max: Option<Duration>,
 
     /// Leave a single replica's rollout strategy as written, even when a rollout takes it down
     /// before its replacement is ready.
@@ -147,7 +148,7 @@ pub fn run(args: InjectArgs) -> anyhow::Result<i32> {
         engine_port: args.engine_port,
         admin_port: args.admin_port,
         max_request: args.max_request,
-        convergence: args.convergence,
+        convergence: args.convergence_max,
         entrypoint,
         keep_strategy: args.keep_strategy,
         fix_budgets: args.fix_budgets,

@@ -52,12 +52,13 @@ pub struct LintArgs {
     pub fail_on: Option<FailOn>,
 
     /// The longest request, for workloads without the annotation.
-    #[arg(long, value_parser = dur)]
+    #[arg(long, value_name = "DURATION", value_parser = dur)]
     pub max_request: Option<Duration>,
 
-    /// How long load balancers take to stop sending to an unready pod [default: 15].
-    #[arg(long, value_parser = dur)]
-    pub convergence: Option<Duration>,
+    /// The convergence window of pods that state none (no preStop sleep, no gate): how long
+    /// load balancers may still send requests after a drain starts [default: 15].
+    #[arg(long, value_name = "DURATION", value_parser = dur, alias = "convergence")]
+    pub convergence_max: Option<Duration>,
 
     /// Report workloads with replicas that no PodDisruptionBudget selects.
     #[arg(long)]
@@ -88,9 +89,9 @@ pub fn run(args: LintArgs) -> anyhow::Result<i32> {
     let options = Options {
         max_request: args.max_request.or(config.max_request),
         convergence: args
-            .convergence
-            .or(config.convergence)
-            .unwrap_or(Duration::from_secs(15)),
+            .convergence_max
+            .or(config.convergence_max)
+            .unwrap_or(lameduck_timeline::DEFAULT_CONVERGENCE_WINDOW),
         require_pdb: args.require_pdb || config.require_pdb.unwrap_or(false),
         rules: config.rules.clone(),
     };

@@ -9,15 +9,13 @@ use lameduck_manifest::facts::Spot;
 use lameduck_plan::run::{self, LatencySource, Request};
 use lameduck_plan::{OnSigterm, Overrides, Rate, Scenario};
 
-/// An engine's reaction to SIGTERM.
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-pub enum SigtermArg {
-    /// Ends in-flight requests at once (vLLM's default).
-    Abort,
-    /// Finishes in-flight requests, refuses new ones, then exits.
-    Drain,
-    /// Keeps serving until SIGKILL.
-    Ignore,
+/// What the results look like on stdout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// The table.
+    Human,
+    /// One JSON object.
+    Json,
 }
 
 /// A spot provider.
@@ -79,7 +77,7 @@ pub struct PlanArgs {
     pub max_request: Option<Duration>,
 
     /// The percentile of request duration the grace period must cover.
-    #[arg(long, default_value_t = 99.9, value_parser = percentile)]
+    #[arg(long, value_name = "PERCENTILE", default_value_t = 99.9, value_parser = percentile)]
     pub percentile: f64,
 
     /// Scenarios to simulate (repeat or comma-separate). Default: drain, rollout,
@@ -100,7 +98,7 @@ pub struct PlanArgs {
     pub rate_profile: Option<PathBuf>,
 
     /// Seed of the simulation's random numbers.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, value_name = "SEED", default_value_t = 1)]
     pub seed: u64,
 
     /// Repeat the disruption this often (e.g. a rollout every `1h`).
@@ -129,14 +127,16 @@ pub struct PlanArgs {
     pub pods_per_node: Option<u32>,
 
     /// Time for load balancers to act on an endpoint change (the gate's drain report measures
-    /// it as propagation_lag).
-    #[arg(long, value_name = "DURATION", value_parser = dur)]
+    /// it as propagation_lag): one duration, or a range (`1s-3s`, whose longest end counts).
+    #[arg(long, value_name = "DURATION", value_parser = lag)]
     pub propagation_lag: Option<Duration>,
 
-    /// What the engine does on SIGTERM (default: detected; vLLM without --shutdown-timeout
-    /// aborts, others are assumed to drain).
-    #[arg(long, value_enum)]
-    pub engine_on_sigterm: Option<SigtermArg>,
+    /// What the engine does on SIGTERM: abort (end in-flight requests at once, vLLM's
+    /// default), drain (finish them, refuse new ones), exit (die at once) or ignore (serve
+    /// until SIGKILL). Default: detected from the manifest; vLLM without --shutdown-timeout
+    /// aborts, others are assumed to drain.
+    #[arg(long, value_enum, value_name = "MODE", alias = "engine-on-sigterm")]
+    pub on_sigterm: Option<lameduck_engine_sim::OnSigterm>,
 
     /// The pods run on spot capacity of this provider (default: from node selectors,
     /// affinity, tolerations or the lameduck.io/spot annotation).
@@ -151,8 +151,12 @@ pub struct PlanArgs {
     #[arg(long, value_name = "DURATION", value_parser = dur, requires = "replicas")]
     pub pre_stop: Option<Duration>,
 
-    /// Print JSON instead of the table.
-    #[arg(long)]
+    /// Output on stdout: the table, or JSON.
+    #[arg(long, value_enum, default_value_t = Format::Human)]
+    pub format: Format,
+
+    /// Same as --format json.
+    #[arg(long, hide = true)]
     pub json: bool,
 
     /// Write an SVG chart of every simulation here.
@@ -167,6 +171,11 @@ fn percentile(s: &str) -> Result<f64, String> {
     } else {
         Err("a percentile is above 0 and at most 100 (e.g. 99.9)".into())
     }
+}
+
+/// A propagation lag: one duration, or a range whose longest end is the one to cover.
+fn lag(s: &str) -> Result<Duration, String> {
+    s.parse::<lameduck_rehearse::balancer::Lag>().map(|l| l.max)
 }
 
 fn rate(s: &str) -> Result<f64, String> {
@@ -240,10 +249,13 @@ pub fn run(args: PlanArgs) -> anyhow::Result<i32> {
             concurrency: args.concurrency,
             pods_per_node: args.pods_per_node,
             propagation_lag: args.propagation_lag,
-            on_sigterm: args.engine_on_sigterm.map(|s| match s {
-                SigtermArg::Abort => OnSigterm::Abort,
-                SigtermArg::Drain => OnSigterm::Drain { limit: None },
-                SigtermArg::Ignore => OnSigterm::Ignore,
+            on_sigterm: args.on_sigterm.map(|s| match s {
+                // A process that exits at once cuts its requests as an abort does.
+                lameduck_engine_sim::OnSigterm::Abort | lameduck_engine_sim::OnSigterm::Exit => {
+                    OnSigterm::Abort
+                }
+                lameduck_engine_sim::OnSigterm::Drain => OnSigterm::Drain { limit: None },
+                lameduck_engine_sim::OnSigterm::Ignore => OnSigterm::Ignore,
             }),
             grace: args.grace_period,
             pre_stop: args.pre_stop,
@@ -256,7 +268,7 @@ pub fn run(args: PlanArgs) -> anyhow::Result<i32> {
         std::fs::write(path, lameduck_plan::chart::render(&runs))
             .with_context(|| format!("cannot write the chart to {}", path.display()))?;
     }
-    if args.json {
+    if args.json || args.format == Format::Json {
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
         print!("{}", run::render_text(&out));

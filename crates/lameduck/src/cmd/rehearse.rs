@@ -13,7 +13,7 @@ use lameduck_rehearse::{RehearseArgs, Status, html, run};
 /// requests, 130 when interrupted.
 pub fn run(args: RehearseArgs) -> anyhow::Result<i32> {
     let exe = std::env::current_exe().context("cannot find the lameduck executable")?;
-    let json = args.json;
+    let json = args.json || args.format == lameduck_rehearse::Format::Json;
     let report_path = args.report.clone();
     let keep = args.keep;
     let rehearsal = args.resolve(exe)?;

@@ -778,7 +778,7 @@ async fn readiness_waits_for_start_up_and_warm_up() {
                 "engine-sim",
                 "--listen",
                 &listen,
-                "--startup-delay",
+                "--cold-start",
                 "1500ms",
             ]),
         )

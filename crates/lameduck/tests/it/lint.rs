@@ -79,10 +79,10 @@ fn config_file_turns_rules_off_changes_severities_and_sets_defaults() {
     assert!(!out.contains("[no-prestop]"), "{out}");
     assert!(out.contains("warning[grace-period-too-short]"), "{out}");
     // failOn from the file; a flag wins over it.
-    std::fs::write(&config, "failOn: warning\nmaxRequest: 20s\n").expect("write");
+    std::fs::write(&config, "failOn: warning\nmaxRequest: 10s\n").expect("write");
     let (code, out) = lint(&["--config", cfg, naive], None);
     assert_eq!(code, 1, "{out}");
-    // maxRequest 20 s: the default 30 s grace period now fits (0 + 20 + 5 s).
+    // maxRequest 10 s: the default 30 s grace period now fits (15 s window + 10 + 5 s).
     assert!(!out.contains("[grace-period-too-short]"), "{out}");
     let (code, _) = lint(&["--config", cfg, "--fail-on", "never", naive], None);
     assert_eq!(code, 0);

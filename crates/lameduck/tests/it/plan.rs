@@ -62,13 +62,14 @@ fn histogram_in_recommendations_and_comparison_out() {
         .iter()
         .find(|r| r["setting"] == "terminationGracePeriodSeconds")
         .expect("grace recommended");
-    // 30 s convergence + 119.4 s + 5 s margin, rounded up.
-    assert_eq!(grace["value"], "155", "{grace}");
+    // The pod's 15 s convergence window (it has no preStop) + 119.4 s + 5 s margin, rounded
+    // up.
+    assert_eq!(grace["value"], "140", "{grace}");
     assert_eq!(grace["current"], "30");
     assert!(
         grace["arithmetic"]
             .as_str()
-            .is_some_and(|a| a.contains("p99.9 request 119.4s")),
+            .is_some_and(|a| a.contains("may run 119.4 s (p99.9 of histogram")),
         "{grace}"
     );
     let runs = v["runs"].as_array().expect("runs");
@@ -121,7 +122,7 @@ fn table_and_chart() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{text}");
     assert!(
-        text.contains("terminationGracePeriodSeconds: 185   (now: 180)"),
+        text.contains("terminationGracePeriodSeconds: 170   (now: 180)"),
         "{text}"
     );
     assert!(
