@@ -101,6 +101,11 @@ pub struct Config {
     )]
     pub on_sigterm: OnSigterm,
 
+    /// Another path answered as /health is (repeat for several): the path a manifest's probe
+    /// or a gate's --health-path asks.
+    #[arg(long = "health-path", value_name = "PATH")]
+    pub health_paths: Vec<String>,
+
     /// With `--on-sigterm drain`: abort whatever is still in flight after this long.
     /// Default: no limit.
     #[arg(
@@ -118,13 +123,14 @@ impl Default for Config {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8001)),
             model: "sim-llm".to_owned(),
-            ttft: Duration::from_millis(200),
+            ttft: DEFAULT_TTFT,
             tokens_per_second: 50.0,
             output_tokens: OutputTokens::Fixed(256),
             cold_start: Duration::ZERO,
             seed: None,
             time_scale: 1.0,
             on_sigterm: OnSigterm::Abort,
+            health_paths: Vec::new(),
             drain_timeout: None,
         }
     }
@@ -149,6 +155,9 @@ impl Config {
         <Cli as clap::Parser>::try_parse_from(args).map(|cli| cli.config)
     }
 }
+
+/// `--ttft` unless told otherwise.
+pub const DEFAULT_TTFT: Duration = Duration::from_millis(200);
 
 /// What the simulator does on SIGTERM/SIGINT.
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]

@@ -53,7 +53,7 @@ mod metrics;
 mod openai;
 mod server;
 
-pub use config::{Config, MAX_OUTPUT_TOKENS, OnSigterm, OutputTokens};
+pub use config::{Config, DEFAULT_TTFT, MAX_OUTPUT_TOKENS, OnSigterm, OutputTokens};
 pub use server::{EXIT_SIGTERM, MAX_BODY_BYTES, Server, ShutdownHandle, bind};
 
 use std::net::SocketAddr;

@@ -80,6 +80,8 @@ const ABORTING: u8 = 2;
 #[derive(Debug)]
 struct State {
     model: String,
+    /// Paths answered as `/health` is (`--health-path`).
+    health_paths: Vec<String>,
     ttft: Duration,
     token_interval: Duration,
     output_tokens: OutputTokens,
@@ -157,6 +159,7 @@ pub async fn bind(config: Config) -> Result<Server, Error> {
     let (tx, signals) = watch::channel(0u32);
     let state = Arc::new(State {
         model: config.model.clone(),
+        health_paths: config.health_paths.clone(),
         ttft,
         token_interval,
         output_tokens: config.output_tokens,
@@ -526,7 +529,7 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
         (&Method::GET, "/v1/models") => {
             json(StatusCode::OK, openai::models(&state.model, state.created))
         }
-        (&Method::GET, "/health") => {
+        (&Method::GET, p) if p == "/health" || state.health_paths.iter().any(|h| h == p) => {
             if Instant::now() < state.ready_at || state.phase() == ABORTING {
                 empty(StatusCode::SERVICE_UNAVAILABLE)
             } else {

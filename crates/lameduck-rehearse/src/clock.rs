@@ -67,6 +67,8 @@ pub enum ProbeKind {
     Readiness,
     /// `livenessProbe`.
     Liveness,
+    /// `startupProbe`.
+    Startup,
 }
 
 /// Something that happened to a pod, as the kubelet or the load balancer saw it.
@@ -99,6 +101,8 @@ pub enum EventKind {
     },
     /// Liveness failed its threshold: the container is killed and restarted.
     LivenessKill,
+    /// The startup probe failed its threshold: the container is killed and restarted.
+    StartupKill,
     /// The pod was deleted (termination and endpoint removal start).
     Deleted,
     /// The preStop hook started.

@@ -392,6 +392,9 @@ fn markers(
             EventKind::Sigkill { reason } => ("#b71c1c", "KILL", format!("SIGKILL: {reason}"), 0.0),
             EventKind::Exited { status } => ("#757575", "exit", format!("exited: {status}"), 2.0),
             EventKind::LivenessKill => ("#6a1b9a", "liveness", "liveness failed".to_owned(), 0.0),
+            EventKind::StartupKill => {
+                ("#6a1b9a", "startup", "startup probe failed".to_owned(), 0.0)
+            }
             _ => continue,
         };
         let _ = write!(

@@ -152,6 +152,8 @@ pub struct Delete {
 pub struct PodHandle {
     /// `<setup>-<n>`.
     pub name: String,
+    /// The port it serves on (the gate's, or the engine's without one), on 127.0.0.1.
+    pub serve_port: u16,
     ready: watch::Receiver<bool>,
     gone: watch::Receiver<bool>,
     delete: Mutex<Option<oneshot::Sender<Delete>>>,
@@ -235,6 +237,7 @@ pub fn spawn_pod(env: Arc<PodEnv>, index: u32) -> std::io::Result<PodHandle> {
     let (ready_tx, ready_rx) = watch::channel(false);
     let (gone_tx, gone_rx) = watch::channel(false);
     let (del_tx, del_rx) = oneshot::channel();
+    let serve_port = ports.serve;
     let pod = Arc::new(Pod {
         env,
         name: name.clone(),
@@ -250,6 +253,7 @@ pub fn spawn_pod(env: Arc<PodEnv>, index: u32) -> std::io::Result<PodHandle> {
     });
     Ok(PodHandle {
         name,
+        serve_port,
         ready: ready_rx,
         gone: gone_rx,
         delete: Mutex::new(Some(del_tx)),
@@ -259,7 +263,8 @@ pub fn spawn_pod(env: Arc<PodEnv>, index: u32) -> std::io::Result<PodHandle> {
 /// How a container generation ended.
 enum Ended {
     Exited,
-    Liveness,
+    /// A liveness or startup probe failed.
+    Probe(ProbeKind),
     Deleted(Delete),
 }
 
@@ -326,32 +331,55 @@ impl Pod {
             };
             let probes = CancellationToken::new();
             let (live_tx, mut live_rx) = mpsc::channel(1);
-            match self.env.setup.readiness.clone() {
-                Some(spec) => {
-                    let pod = self.clone();
-                    let stop = probes.clone();
-                    tokio::spawn(async move {
-                        stop.run_until_cancelled(pod.probe_loop(spec, ProbeKind::Readiness, None))
+            // Readiness and liveness, once the startup probe (if any) has succeeded.
+            let others = {
+                let (pod, probes, live_tx) = (self.clone(), probes.clone(), live_tx.clone());
+                move || {
+                    match pod.env.setup.readiness.clone() {
+                        Some(spec) => {
+                            let (p, stop) = (pod.clone(), probes.clone());
+                            tokio::spawn(async move {
+                                stop.run_until_cancelled(p.probe_loop(
+                                    spec,
+                                    ProbeKind::Readiness,
+                                    None,
+                                ))
+                                .await;
+                            });
+                        }
+                        None => pod.set_ready(true),
+                    }
+                    if let Some(spec) = pod.env.setup.liveness.clone() {
+                        let (p, stop) = (pod.clone(), probes.clone());
+                        tokio::spawn(async move {
+                            stop.run_until_cancelled(p.probe_loop(
+                                spec,
+                                ProbeKind::Liveness,
+                                Some(live_tx),
+                            ))
                             .await;
+                        });
+                    }
+                }
+            };
+            match self.env.setup.startup.clone() {
+                Some(spec) => {
+                    let (pod, stop, tx) = (self.clone(), probes.clone(), live_tx.clone());
+                    tokio::spawn(async move {
+                        let started = stop
+                            .run_until_cancelled(pod.probe_loop(spec, ProbeKind::Startup, Some(tx)))
+                            .await;
+                        if started == Some(true) {
+                            others();
+                        }
                     });
                 }
-                None => self.set_ready(true),
+                None => others(),
             }
-            if let Some(spec) = self.env.setup.liveness.clone() {
-                let pod = self.clone();
-                let stop = probes.clone();
-                tokio::spawn(async move {
-                    stop.run_until_cancelled(pod.probe_loop(
-                        spec,
-                        ProbeKind::Liveness,
-                        Some(live_tx),
-                    ))
-                    .await;
-                });
-            }
+            drop(live_tx);
             let ended = tokio::select! {
                 _ = container.wait() => Ended::Exited,
-                Some(()) = live_rx.recv() => Ended::Liveness,
+                Some(kind) = live_rx.recv() => Ended::Probe(kind),
                 how = &mut del_rx => Ended::Deleted(how.unwrap_or_default()),
             };
             match ended {
@@ -369,8 +397,12 @@ impl Pod {
                         }
                     }
                 }
-                Ended::Liveness => {
-                    self.rec(EventKind::LivenessKill);
+                Ended::Probe(kind) => {
+                    self.rec(if kind == ProbeKind::Startup {
+                        EventKind::StartupKill
+                    } else {
+                        EventKind::LivenessKill
+                    });
                     self.terminate(&container, Delete::default()).await;
                     probes.cancel();
                     self.set_ready(false);
@@ -416,7 +448,15 @@ impl Pod {
                     on_sigterm.to_string(),
                     "--seed".into(),
                     (env.seed.wrapping_add(u64::from(self.index))).to_string(),
-                ],
+                ]
+                .into_iter()
+                .chain(
+                    env.setup
+                        .engine_health_paths()
+                        .into_iter()
+                        .flat_map(|p| ["--health-path".to_owned(), p]),
+                )
+                .collect(),
                 Engine::Command(argv) => argv.clone(),
             }
         };
@@ -626,12 +666,15 @@ impl Pod {
         kill_tree(c.pid);
     }
 
+    /// Probes until cancelled. A startup probe returns `true` at its first success (the other
+    /// probes then start) and `false` after `failureThreshold` failures in a row, when it asks
+    /// for a restart through `live`, as a failed liveness probe does.
     async fn probe_loop(
         self: Arc<Self>,
         spec: ProbeSpec,
         kind: ProbeKind,
-        live: Option<mpsc::Sender<()>>,
-    ) {
+        live: Option<mpsc::Sender<ProbeKind>>,
+    ) -> bool {
         let clock = self.clock();
         let t = spec.timing;
         clock.sleep(t.initial_delay).await;
@@ -668,12 +711,15 @@ impl Pod {
                         self.set_ready(false);
                     }
                 }
-                ProbeKind::Liveness => {
+                ProbeKind::Liveness | ProbeKind::Startup => {
+                    if kind == ProbeKind::Startup && ok {
+                        return true;
+                    }
                     if failures >= t.failure_threshold.max(1) {
                         if let Some(tx) = &live {
-                            let _ = tx.try_send(());
+                            let _ = tx.try_send(kind);
                         }
-                        return;
+                        return false;
                     }
                 }
             }
@@ -688,6 +734,13 @@ impl Pod {
                     .sleep(Duration::from_secs_f64(seconds.max(0.0)))
                     .await;
                 (true, format!("slept {seconds} s"))
+            }
+            Handler::Grpc { port, service } => {
+                match grpc_health(self.ports.of(*port), service).await {
+                    Ok(status) if status == GRPC_SERVING => (true, "SERVING".into()),
+                    Ok(status) => (false, format!("health status {status}, not SERVING")),
+                    Err(e) => (false, e),
+                }
             }
             Handler::TcpSocket { port } => {
                 match tokio::net::TcpStream::connect(("127.0.0.1", self.ports.of(*port))).await {
@@ -804,6 +857,101 @@ pub(crate) async fn http_get(
         .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
         .unwrap_or_default();
     Ok((status, body))
+}
+
+/// `SERVING` in `grpc.health.v1.HealthCheckResponse.ServingStatus`.
+const GRPC_SERVING: u64 = 1;
+
+/// The standard gRPC health check, as the kubelet makes it: `grpc.health.v1.Health/Check`
+/// over HTTP/2 without TLS. Returns the serving status. The two messages are one optional
+/// string field and one enum field, so they are encoded here by hand rather than with a
+/// protobuf code generator for the whole rehearsal.
+pub async fn grpc_health(port: u16, service: &str) -> Result<u64, String> {
+    let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .map_err(|e| e.to_string())?;
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .map_err(|e| format!("no HTTP/2: {e}"))?;
+    tokio::spawn(conn);
+    // HealthCheckRequest { string service = 1; }, in one length-prefixed gRPC message.
+    let mut msg = Vec::new();
+    if !service.is_empty() {
+        msg.push(0x0a);
+        put_varint(&mut msg, service.len() as u64);
+        msg.extend_from_slice(service.as_bytes());
+    }
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&u32::try_from(msg.len()).unwrap_or(u32::MAX).to_be_bytes());
+    frame.extend_from_slice(&msg);
+    let req = http::Request::post(format!(
+        "http://127.0.0.1:{port}/grpc.health.v1.Health/Check"
+    ))
+    .header(http::header::CONTENT_TYPE, "application/grpc")
+    .header(http::header::TE, "trailers")
+    .header(http::header::USER_AGENT, "kube-probe/lameduck-rehearse")
+    .body(http_body_util::Full::new(bytes::Bytes::from(frame)))
+    .map_err(|e| e.to_string())?;
+    let resp = send.send_request(req).await.map_err(|e| e.to_string())?;
+    if resp.status() != http::StatusCode::OK {
+        return Err(format!("HTTP {}", resp.status()));
+    }
+    // A trailers-only answer carries grpc-status in the headers.
+    let status_of = |h: &http::HeaderMap| {
+        h.get("grpc-status")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let early = status_of(resp.headers());
+    let collected = http_body_util::Limited::new(resp.into_body(), 64 * 1024)
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?;
+    let trailers = collected.trailers().and_then(status_of);
+    match trailers.or(early).as_deref() {
+        Some("0") => {}
+        Some(code) => return Err(format!("grpc-status {code}")),
+        None => return Err("no grpc-status".into()),
+    }
+    let body = collected.to_bytes();
+    // HealthCheckResponse { ServingStatus status = 1; } after the 5-byte message prefix.
+    let mut rest = body.get(5..).unwrap_or_default();
+    let mut status = 0; // UNKNOWN when the field is absent
+    while let Some((&tag, after)) = rest.split_first() {
+        let (value, after) = get_varint(after).ok_or("a malformed health response")?;
+        match tag {
+            0x08 => status = value,
+            _ => {
+                return Err(format!(
+                    "an unexpected field (tag {tag:#x}) in the health response"
+                ));
+            }
+        }
+        rest = after;
+    }
+    Ok(status)
+}
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8 & 0x7f) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn get_varint(bytes: &[u8]) -> Option<(u64, &[u8])> {
+    let mut v = 0u64;
+    for (i, &b) in bytes.iter().enumerate().take(10) {
+        v |= u64::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            return Some((v, &bytes[i + 1..]));
+        }
+    }
+    None
 }
 
 /// Where a pod's files are (for error messages).

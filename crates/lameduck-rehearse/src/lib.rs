@@ -14,6 +14,7 @@ pub mod clock;
 pub mod html;
 pub mod kubelet;
 pub mod load;
+pub mod noise;
 mod ports;
 pub mod report;
 pub mod run;
@@ -265,6 +266,16 @@ impl RehearseArgs {
         } else {
             kubelet::Engine::Command(self.command.clone())
         };
+        // A setup the rehearsal would run differently from a cluster stops the run: a verdict
+        // on it would mislead.
+        for s in &setups {
+            if let Some(why) = s.unrehearsable(self.command.is_empty()) {
+                return Err(Error::Input(format!(
+                    "setup {} cannot be rehearsed faithfully: {why}",
+                    s.name
+                )));
+            }
+        }
         let load = load::LoadSpec {
             rate: self.rate,
             window: self.load_for,

@@ -72,10 +72,18 @@ pub struct Summary {
     pub truncated: usize,
     /// Everything but ok.
     pub lost: usize,
-    /// Median time to first token (unscaled seconds).
+    /// Median time to first token, in seconds as a client would see it at real speed: the
+    /// engine's own time to first token (unscaled) plus what the path to it added, counted in
+    /// real time (a proxy's cost does not grow with `--time-scale`). With your own server, as
+    /// measured.
     pub ttft_p50: Option<f64>,
-    /// 99th percentile time to first token.
+    /// 99th percentile time to first token, the same way.
     pub ttft_p99: Option<f64>,
+    /// Median of what the path (balancer, gate) added to the engine's time to first token,
+    /// real milliseconds (engine-sim only, whose own time to first token is known).
+    pub added_p50_ms: Option<f64>,
+    /// 99th percentile of the same.
+    pub added_p99_ms: Option<f64>,
     /// From the deletion (or the rollout's start) until the last deleted pod was gone.
     pub drain_seconds: Option<f64>,
     /// From a deletion until the balancer dropped the endpoint (the longest, over deleted
@@ -208,13 +216,48 @@ pub async fn run_setup(
     // At least 30 real seconds, however fast the run.
     let ready_by = (clock.now() + (cold + Duration::from_secs(120)).as_secs_f64())
         .max(clock.now() + 30.0 * clock.scale());
+    // Pods restarted by their probes twice each before any is ready will not become ready:
+    // say so without waiting for the whole start-up allowance.
+    let restarted = || {
+        rec.events()
+            .iter()
+            .filter(|e| matches!(e.kind, EventKind::LivenessKill | EventKind::StartupKill))
+            .count()
+    };
     while endpoints.ready_count() < replicas as usize {
-        if clock.now() > ready_by {
+        let hopeless = endpoints.ready_count() == 0 && restarted() >= 2 * replicas as usize;
+        if clock.now() > ready_by || hopeless {
             let ready = endpoints.ready_count();
+            let events = rec.events();
+            let restarts = |kind: EventKind| events.iter().filter(|e| e.kind == kind).count();
+            let (liveness, startup) = (
+                restarts(EventKind::LivenessKill),
+                restarts(EventKind::StartupKill),
+            );
+            let why = if liveness > 0 {
+                format!(
+                    ": the liveness probe restarted them {liveness} time(s) while they started (the engine takes {} s to serve); add a startupProbe, or give liveness an initialDelaySeconds longer than the start",
+                    lameduck_timeline::secs_plain(cold)
+                )
+            } else if startup > 0 {
+                format!(
+                    ": the startup probe gave up {startup} time(s) (the engine takes {} s to serve); allow it periodSeconds × failureThreshold longer than that",
+                    lameduck_timeline::secs_plain(cold)
+                )
+            } else {
+                String::new()
+            };
+            let within = if hopeless {
+                format!("after {:.0} s (unscaled)", clock.now())
+            } else {
+                format!(
+                    "within {:.0} s (unscaled)",
+                    (cold + Duration::from_secs(120)).as_secs_f64()
+                )
+            };
             return Err(Error::Run(format!(
-                "setup {}: only {ready} of {replicas} pods became ready within {:.0} s (unscaled); the server's log is in {}",
+                "setup {}: only {ready} of {replicas} pods were ready {within}{why}; the server's log is in {}",
                 setup.name,
-                (cold + Duration::from_secs(120)).as_secs_f64(),
                 pod_log(&dir, &pods[0].name).display()
             )));
         }
@@ -304,12 +347,17 @@ pub async fn run_setup(
     drop(lb);
 
     let deleted_names: Vec<String> = deleted.iter().map(|&i| pods[i].name.clone()).collect();
+    let engine_ttft = match &plan.engine {
+        Engine::Sim { .. } => Some(lameduck_engine_sim::DEFAULT_TTFT),
+        Engine::Command(_) => None,
+    };
     let summary = summarize(
         &requests,
         &events,
         &endpoints.routed(),
         &deleted_names,
         scenario_start,
+        (clock.scale(), engine_ttft),
     );
     Ok(SetupResult {
         verdict: verdict(&summary),
@@ -436,9 +484,22 @@ fn summarize(
     routed: &[(f64, String)],
     deleted: &[String],
     scenario_start: f64,
+    (scale, engine_ttft): (f64, Option<Duration>),
 ) -> Summary {
     let count = |o: Outcome| requests.iter().filter(|r| r.outcome == o).count();
-    let mut ttft: Vec<f64> = requests.iter().filter_map(RequestRecord::ttft).collect();
+    // What the path added to the engine's own time to first token, in real seconds.
+    let mut added: Vec<f64> = match engine_ttft {
+        Some(e) => requests
+            .iter()
+            .filter_map(RequestRecord::ttft)
+            .map(|t| (t / scale - e.as_secs_f64() / scale).max(0.0))
+            .collect(),
+        None => Vec::new(),
+    };
+    let mut ttft: Vec<f64> = match engine_ttft {
+        Some(e) => added.iter().map(|a| e.as_secs_f64() + a).collect(),
+        None => requests.iter().filter_map(RequestRecord::ttft).collect(),
+    };
     let at = |pod: &str, f: &dyn Fn(&EventKind) -> bool| {
         events
             .iter()
@@ -473,6 +534,8 @@ fn summarize(
         lost: requests.len() - ok,
         ttft_p50: load::quantile(&mut ttft, 0.5),
         ttft_p99: load::quantile(&mut ttft, 0.99),
+        added_p50_ms: load::quantile(&mut added, 0.5).map(|s| s * 1000.0),
+        added_p99_ms: load::quantile(&mut added, 0.99).map(|s| s * 1000.0),
         drain_seconds: gone_last.map(|g| g - scenario_start),
         propagation_lag: lag,
         routed_after_delete: after,
@@ -482,7 +545,7 @@ fn summarize(
             .count(),
         liveness_kills: events
             .iter()
-            .filter(|e| e.kind == EventKind::LivenessKill)
+            .filter(|e| matches!(e.kind, EventKind::LivenessKill | EventKind::StartupKill))
             .count(),
     }
 }

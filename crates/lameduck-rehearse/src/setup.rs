@@ -51,6 +51,14 @@ pub enum Handler {
         /// The port.
         port: PortRef,
     },
+    /// `grpc`: the standard health check (`grpc.health.v1.Health/Check`) over HTTP/2
+    /// without TLS; success when the answer is `SERVING`.
+    Grpc {
+        /// The port.
+        port: PortRef,
+        /// The service to ask about (empty: the server as a whole).
+        service: String,
+    },
     /// The `sleep` lifecycle action.
     Sleep {
         /// How long.
@@ -108,6 +116,9 @@ pub struct Setup {
     pub readiness: Option<ProbeSpec>,
     /// Its liveness probe.
     pub liveness: Option<ProbeSpec>,
+    /// Its startup probe: until it succeeds, readiness and liveness are not probed; when it
+    /// fails `failureThreshold` times in a row, the container is restarted.
+    pub startup: Option<ProbeSpec>,
     /// What it runs.
     pub server: Server,
     /// Literal environment variables of the container.
@@ -137,6 +148,7 @@ impl Setup {
             pre_stop: None,
             readiness: None,
             liveness: None,
+            startup: None,
             server: Server::Engine,
             env: Vec::new(),
             serve_port: SERVE_PORT,
@@ -147,6 +159,139 @@ impl Setup {
             notes: Vec::new(),
         }
     }
+}
+
+impl Setup {
+    /// The hooks and probes, with the field each comes from.
+    fn actions(&self) -> Vec<(&'static str, &Handler)> {
+        let mut out = Vec::new();
+        if let Some(h) = &self.pre_stop {
+            out.push(("lifecycle.preStop", h));
+        }
+        for (what, p) in [
+            ("readinessProbe", &self.readiness),
+            ("livenessProbe", &self.liveness),
+            ("startupProbe", &self.startup),
+        ] {
+            if let Some(p) = p {
+                out.push((what, &p.handler));
+            }
+        }
+        out
+    }
+
+    /// The paths engine-sim must answer as its health check: the engine's own httpGet probes
+    /// (without the gate), and the path the gate asks (with it).
+    pub fn engine_health_paths(&self) -> Vec<String> {
+        let mut paths: Vec<String> = match &self.server {
+            Server::Engine => self
+                .actions()
+                .into_iter()
+                .filter_map(|(_, h)| match h {
+                    Handler::HttpGet {
+                        port: PortRef::Serve,
+                        path,
+                    } => Some(path.split('?').next().unwrap_or(path).to_owned()),
+                    _ => None,
+                })
+                .collect(),
+            Server::Gate { args } => gate_flag(args, "--health-path").into_iter().collect(),
+        };
+        paths.retain(|p| p != "/health");
+        paths.sort();
+        paths.dedup();
+        paths
+    }
+
+    /// Why this setup cannot be rehearsed faithfully, if it cannot: a part of it that the
+    /// rehearsal would run differently from a cluster, changing the verdict. `engine_sim`:
+    /// the engine is engine-sim (not the user's own server).
+    pub fn unrehearsable(&self, engine_sim: bool) -> Option<String> {
+        for (what, h) in self.actions() {
+            match h {
+                Handler::Grpc { port, .. } => {
+                    let at_engine = *port == PortRef::Serve && self.server == Server::Engine;
+                    if engine_sim && at_engine {
+                        return Some(format!(
+                            "the {what} is a gRPC health check, which engine-sim does not answer: rehearse your own server with `-- CMD` (it must answer grpc.health.v1 on $PORT)"
+                        ));
+                    }
+                    if *port == PortRef::Admin {
+                        return Some(format!(
+                            "the {what} is a gRPC health check on the gate's admin port, which speaks HTTP only: probe /ready or /live with httpGet"
+                        ));
+                    }
+                }
+                Handler::Exec { command } => {
+                    if let Some(missing) = missing_program(command) {
+                        return Some(format!(
+                            "the {what} runs `{missing}`, which is not installed here: the rehearsal runs exec commands on this machine; install it, or rehearse a copy of the manifest whose {what} uses a command that is"
+                        ));
+                    }
+                }
+                Handler::HttpGet { .. } | Handler::TcpSocket { .. } | Handler::Sleep { .. } => {}
+            }
+        }
+        None
+    }
+}
+
+/// The value of `flag` in a gate's argument list (`--flag value` or `--flag=value`).
+fn gate_flag(args: &[String], flag: &str) -> Option<String> {
+    args.iter().enumerate().find_map(|(i, a)| {
+        if a == flag {
+            args.get(i + 1).cloned()
+        } else {
+            a.strip_prefix(flag)
+                .and_then(|r| r.strip_prefix('='))
+                .map(str::to_owned)
+        }
+    })
+}
+
+/// Shell words that are not programs to look for.
+const SHELL_BUILTINS: &[&str] = &[
+    "[", "[[", "test", "echo", "exit", "true", "false", "cd", "export", "set", "exec", "if",
+    "then", "else", "fi", "while", "do", "done", "for", "in", "case", "esac", "!", "{", "}",
+    "read", "printf", "kill", "trap", "wait", "return", ":", ".", "source", "unset", "shift",
+];
+
+/// The first program an exec action needs that cannot be found here: its argv[0], and in a
+/// `sh -c` script the first word of each command.
+fn missing_program(command: &[String]) -> Option<String> {
+    let found = |p: &str| {
+        if p.contains('/') {
+            Path::new(p).is_file()
+        } else {
+            on_path(p)
+        }
+    };
+    let program = command.first()?;
+    if !found(program) {
+        return Some(program.clone());
+    }
+    let shell = matches!(
+        program.rsplit('/').next(),
+        Some("sh" | "bash" | "dash" | "ash" | "zsh")
+    );
+    let script = shell
+        .then(|| {
+            command
+                .iter()
+                .position(|a| a == "-c" || (a.starts_with('-') && a.ends_with('c')))
+                .and_then(|i| command.get(i + 1))
+        })
+        .flatten()?;
+    script
+        .split(['\n', ';', '|', '&', '(', ')'])
+        .filter_map(|part| {
+            part.split_whitespace()
+                .find(|w| !w.contains('=') || w.starts_with('='))
+        })
+        .map(|w| w.trim_matches(|c| c == '"' || c == '\''))
+        .filter(|w| !w.is_empty() && !SHELL_BUILTINS.contains(w) && !w.starts_with('$'))
+        .find(|w| !found(w))
+        .map(str::to_owned)
 }
 
 /// How the workload's controller replaces a deleted pod.
@@ -516,11 +661,8 @@ fn setup_of(object: &Object) -> Result<Setup, Error> {
     let liveness = probe_of(probe_container.liveness_probe.as_ref(), "livenessProbe")?.or(
         probe_of(container.liveness_probe.as_ref(), "livenessProbe")?,
     );
-    if probe_container.startup_probe.is_some() || container.startup_probe.is_some() {
-        notes.push(
-            "the startup probe is not rehearsed; liveness starts after its initial delay".into(),
-        );
-    }
+    let startup = probe_of(probe_container.startup_probe.as_ref(), "startupProbe")?
+        .or(probe_of(container.startup_probe.as_ref(), "startupProbe")?);
     let env = probe_container
         .env
         .iter()
@@ -562,6 +704,7 @@ fn setup_of(object: &Object) -> Result<Setup, Error> {
         pre_stop,
         readiness,
         liveness,
+        startup,
         server,
         env,
         replace: match workload.kind {
@@ -692,8 +835,15 @@ fn probe_handler(p: &core::Probe, ports: &PortMap<'_>, at: &str) -> Result<Handl
             port: ports.resolve(&t.port, at)?,
         });
     }
+    if let Some(g) = &p.grpc {
+        let port = k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(g.port);
+        return Ok(Handler::Grpc {
+            port: ports.resolve(&port, at)?,
+            service: g.service.clone().unwrap_or_default(),
+        });
+    }
     Err(Error::Input(format!(
-        "{at}: only exec, httpGet and tcpSocket probes can be rehearsed (grpc is not supported yet)"
+        "{at}: a probe needs exec, httpGet, tcpSocket or grpc"
     )))
 }
 

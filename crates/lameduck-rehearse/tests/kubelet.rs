@@ -308,3 +308,175 @@ async fn a_failed_liveness_probe_restarts_the_container() {
     assert_eq!(count(&ev, |k| *k == EventKind::Deleted), 0);
     h.delete_and_wait(&pod).await;
 }
+
+/// A container that becomes healthy (creates `/tmp/up`) 8 unscaled seconds after it starts,
+/// like an engine loading its model, and traps SIGTERM.
+const SLOW_START: &str = "trap 'echo term >> term.log; exit 0' TERM; sleep 0.8; touch tmp/up; while :; do sleep 0.05; done";
+
+fn exec_probe(script: &str, period: u64, failures: u32) -> ProbeSpec {
+    ProbeSpec {
+        handler: Handler::Exec {
+            command: sh(script),
+        },
+        timing: Probe {
+            period: Duration::from_secs(period),
+            failure_threshold: failures,
+            ..Probe::default()
+        },
+    }
+}
+
+/// A startup probe holds readiness and liveness back until it succeeds: the impatient
+/// liveness probe that kills the slow starter without it never runs early with it.
+#[tokio::test]
+async fn a_startup_probe_protects_a_slow_start() {
+    // Without a startup probe: liveness (every 1 s, 2 failures) restarts it during its start.
+    let mut bare = setup("no-startup", 3);
+    bare.liveness = Some(exec_probe("test -f /tmp/up", 1, 2));
+    bare.readiness = Some(exec_probe("test -f /tmp/up", 1, 1));
+    let h = Harness::new(bare, SLOW_START);
+    let pod = h.pod();
+    h.until("the liveness kill", |ev| {
+        at(ev, |k| *k == EventKind::LivenessKill).is_some()
+    })
+    .await;
+    h.delete_and_wait(&pod).await;
+    drop(h);
+
+    // With one (every 1 s, up to 30 failures): no kill, readiness and liveness probe only
+    // after its first success, and the pod becomes ready.
+    let mut guarded = setup("startup", 3);
+    guarded.liveness = Some(exec_probe("test -f /tmp/up", 1, 2));
+    guarded.readiness = Some(exec_probe("test -f /tmp/up", 1, 1));
+    guarded.startup = Some(exec_probe("test -f /tmp/up", 1, 30));
+    let h = Harness::new(guarded, SLOW_START);
+    let pod = h.pod();
+    h.until("readiness", |_| h.endpoints.ready_count() == 1)
+        .await;
+    let ev = h.events();
+    let started = at(&ev, |k| {
+        matches!(
+            k,
+            EventKind::Probe {
+                probe: ProbeKind::Startup,
+                ok: true
+            }
+        )
+    })
+    .expect("the startup probe succeeded");
+    let first_other = at(&ev, |k| {
+        matches!(
+            k,
+            EventKind::Probe {
+                probe: ProbeKind::Readiness | ProbeKind::Liveness,
+                ..
+            }
+        )
+    })
+    .expect("readiness and liveness probed");
+    assert!(started <= first_other, "{ev:#?}");
+    assert!(
+        count(&ev, |k| matches!(
+            k,
+            EventKind::Probe {
+                probe: ProbeKind::Startup,
+                ok: false
+            }
+        )) >= 1,
+        "the startup probe waited through the slow start: {ev:#?}"
+    );
+    assert_eq!(count(&ev, |k| *k == EventKind::LivenessKill), 0, "{ev:#?}");
+    h.delete_and_wait(&pod).await;
+    drop(h);
+
+    // A startup probe that never succeeds restarts the container after its failures.
+    let mut hopeless = setup("never-starts", 3);
+    hopeless.startup = Some(exec_probe("test -f /tmp/never", 1, 2));
+    let h = Harness::new(hopeless, TRAPS_TERM);
+    let pod = h.pod();
+    h.until("the restart", |ev| {
+        count(ev, |k| matches!(k, EventKind::Started { .. })) >= 2
+    })
+    .await;
+    assert_eq!(
+        h.endpoints.ready_count(),
+        0,
+        "never ready: {:#?}",
+        h.events()
+    );
+    h.delete_and_wait(&pod).await;
+}
+
+/// A gRPC health server written with the official `grpcio` library: the whole server is
+/// SERVING, the service `model` NOT_SERVING.
+const GRPC_HEALTH_SERVER: &str = r#"
+import os, time, grpc
+from concurrent import futures
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+servicer = health.HealthServicer()
+health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+servicer.set("model", health_pb2.HealthCheckResponse.NOT_SERVING)
+server.add_insecure_port("127.0.0.1:" + os.environ["PORT"])
+server.start()
+while True:
+    time.sleep(0.05)
+"#;
+
+fn python() -> String {
+    std::env::var("LAMEDUCK_TEST_PYTHON").unwrap_or_else(|_| {
+        panic!("LAMEDUCK_TEST_PYTHON is not set: run the tests with scripts/test, which installs grpcio")
+    })
+}
+
+/// gRPC probes ask `grpc.health.v1.Health/Check` as the kubelet does: a SERVING server is
+/// ready, a NOT_SERVING or unknown service is not.
+#[tokio::test]
+async fn grpc_probes_ask_the_standard_health_service() {
+    let grpc = |service: &str| ProbeSpec {
+        handler: Handler::Grpc {
+            port: lameduck_rehearse::setup::PortRef::Serve,
+            service: service.into(),
+        },
+        timing: Probe {
+            period: Duration::from_secs(1),
+            failure_threshold: 1,
+            ..Probe::default()
+        },
+    };
+    for (service, ready) in [("", true), ("model", false), ("nonexistent", false)] {
+        let mut s = setup(
+            &format!("grpc-{}", if service.is_empty() { "all" } else { service }),
+            3,
+        );
+        s.readiness = Some(grpc(service));
+        let mut h = Harness::new(s, "");
+        let env = Arc::get_mut(&mut h.env).expect("not shared yet");
+        env.engine = Engine::Command(vec![python(), "-c".into(), GRPC_HEALTH_SERVER.into()]);
+        let pod = h.pod();
+        if ready {
+            h.until("readiness", |_| h.endpoints.ready_count() == 1)
+                .await;
+        } else {
+            // Five probes answered, none ready (the server is up: the first ones may fail
+            // while it starts, later ones get its answer).
+            h.until("five failed probes", |ev| {
+                count(ev, |k| matches!(k, EventKind::Probe { ok: false, .. })) >= 5
+            })
+            .await;
+            assert_eq!(h.endpoints.ready_count(), 0, "{service}: {:#?}", h.events());
+        }
+        // The same check, asked directly: what grpcio answered.
+        let answer = lameduck_rehearse::kubelet::grpc_health(pod.serve_port, service).await;
+        match service {
+            "" => assert_eq!(answer, Ok(1), "SERVING"),
+            "model" => assert_eq!(answer, Ok(2), "NOT_SERVING"),
+            _ => assert!(
+                answer.as_ref().is_err_and(|e| e.contains("grpc-status 5")),
+                "NOT_FOUND: {answer:?}"
+            ),
+        }
+        h.delete_and_wait(&pod).await;
+    }
+}

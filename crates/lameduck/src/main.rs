@@ -81,10 +81,27 @@ fn main() -> ExitCode {
         Ok(code) => ExitCode::from(u8::try_from(code.clamp(0, 255)).unwrap_or(1)),
         Err(e) => {
             use std::io::Write;
-            let _ = writeln!(std::io::stderr(), "error: {e:#}");
+            let _ = writeln!(std::io::stderr(), "error: {}", one_statement(&e));
             ExitCode::from(2)
         }
     }
+}
+
+/// An error and its causes in one line, each said once: our errors name their cause in their
+/// own message, so a cause already in the text is not repeated.
+fn one_statement(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
 }
 
 #[cfg(test)]
@@ -94,5 +111,24 @@ mod tests {
     #[test]
     fn cli_is_well_formed() {
         super::Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn errors_say_each_cause_once() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("{name}: {source}")]
+        struct Outer {
+            name: &'static str,
+            source: std::io::Error,
+        }
+        let e = anyhow::Error::new(Outer {
+            name: "m.csv",
+            source: std::io::Error::other("no duration column: pass --column NAME"),
+        })
+        .context("reading the latency");
+        assert_eq!(
+            super::one_statement(&e),
+            "reading the latency: m.csv: no duration column: pass --column NAME"
+        );
     }
 }

@@ -22,6 +22,7 @@ pub fn run(args: RehearseArgs) -> anyhow::Result<i32> {
     // The runtime is dropped before returning: every pod's task goes with it, and with
     // them the last handle on each process group, which kills whatever still runs.
     let outcome = super::runtime()?.block_on(async {
+        let noise = lameduck_rehearse::noise::Noise::start();
         let mut results = Vec::new();
         for setup in &rehearsal.setups {
             let status = Arc::new(Status::default());
@@ -63,7 +64,8 @@ pub fn run(args: RehearseArgs) -> anyhow::Result<i32> {
                 }
             }
         }
-        Ok(Some(RunReport::new(&rehearsal.plan, results)))
+        let timing = noise.finish(rehearsal.plan.time_scale);
+        Ok(Some(RunReport::new(&rehearsal.plan, results, timing)))
     });
     if keep {
         let _ = writeln!(

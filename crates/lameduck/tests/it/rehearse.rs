@@ -127,6 +127,25 @@ fn naive_truncates_streams_and_lameduck_loses_nothing() {
     );
     assert_eq!(n(lameduck, "lost"), 0, "{:?}", outcomes(lameduck));
     assert_eq!(n(lameduck, "ok"), n(lameduck, "requests"));
+    // Latency is reported as a client would see it at real speed: the engine's own time to
+    // first token (0.2 s unscaled) plus what the path added, counted in real time; the
+    // rehearsal says how late its timers ran.
+    for s in [naive, lameduck] {
+        let added = s["summary"]["added_p50_ms"].as_f64().expect("added p50");
+        let ttft = s["summary"]["ttft_p50"].as_f64().expect("ttft p50");
+        assert!((0.0..1000.0).contains(&added), "{}", s["summary"]);
+        assert!(
+            (ttft - 0.2 - added / 1000.0).abs() < 1e-6,
+            "{}",
+            s["summary"]
+        );
+    }
+    assert!(
+        run.json["timing"]["samples"].as_u64().unwrap_or(0) > 100,
+        "{}",
+        run.json["timing"]
+    );
+    assert!(run.json["timing"]["trustworthy"].is_boolean());
     // The deleted pod's streams were served to the end, through the drain.
     let pod = lameduck["deleted"][0].as_str().expect("deleted pod");
     let served = lameduck["requests"]
@@ -434,4 +453,96 @@ fn unusable_input_is_named() {
     );
     assert_eq!(run.code, 2);
     assert!(run.stderr.contains("no Deployment"), "{}", run.stderr);
+}
+
+/// A gated vLLM-style pod whose engine takes 30 s to load: a startup probe (every 5 s, up to
+/// 24 failures) holds back a liveness probe that would restart it after 10 s.
+const SLOW_START: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: slow}
+spec:
+  replicas: 2
+  template:
+    spec:
+      terminationGracePeriodSeconds: 60
+      containers:
+        - name: vllm
+          image: vllm/vllm-openai:v0.10.1
+          args: [--port, "8000"]
+          ports: [{containerPort: 8000}]
+          readinessProbe: {httpGet: {path: /health, port: 8000}, periodSeconds: 5}
+          livenessProbe: {httpGet: {path: /health, port: 8000}, periodSeconds: 5, failureThreshold: 2}
+          startupProbe: {httpGet: {path: /health, port: 8000}, periodSeconds: 5, failureThreshold: 24}
+"#;
+
+#[test]
+fn startup_probes_are_rehearsed_and_unrehearsable_setups_stop() {
+    let run = rehearse(
+        &args(&["-f", "-", "--setups", "naive", "--cold-start", "30s"]),
+        Some(SLOW_START),
+    );
+    let s = setup(&run, "slow");
+    let events = s["events"].as_array().expect("events");
+    let kills = events
+        .iter()
+        .filter(|e| e["kind"] == "liveness_kill" || e["kind"] == "startup_kill")
+        .count();
+    assert_eq!(
+        kills, 0,
+        "the startup probe held liveness back: {}",
+        run.stderr
+    );
+    let startup_failures = events
+        .iter()
+        .filter(|e| e["kind"] == "probe" && e["probe"] == "startup" && e["ok"] == false)
+        .count();
+    assert!(startup_failures >= 2, "it waited through the cold start");
+    assert!(n(s, "requests") >= 10, "{}", run.stderr);
+    // Without the startup probe, the same liveness probe restarts the engine while it loads:
+    // it never serves, and the run says why.
+    let bare = SLOW_START
+        .lines()
+        .filter(|l| !l.contains("startupProbe"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let run = rehearse(
+        &args(&["-f", "-", "--setups", "naive", "--cold-start", "30s"]),
+        Some(&bare),
+    );
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("the liveness probe restarted them")
+            && run.stderr.contains("add a startupProbe"),
+        "{}",
+        run.stderr
+    );
+
+    // What cannot be rehearsed faithfully stops the run, saying why.
+    for (probe, words) in [
+        (
+            "readinessProbe: {grpc: {port: 8000}}",
+            "a gRPC health check, which engine-sim does not answer",
+        ),
+        (
+            "readinessProbe: {exec: {command: [/opt/health/check-ready, --strict]}}",
+            "runs `/opt/health/check-ready`, which is not installed here",
+        ),
+        (
+            "readinessProbe: {exec: {command: [sh, -c, 'nvidia-smi-probe && exit 0']}}",
+            "runs `nvidia-smi-probe`",
+        ),
+    ] {
+        let manifest = SLOW_START.replace(
+            "readinessProbe: {httpGet: {path: /health, port: 8000}, periodSeconds: 5}",
+            probe,
+        );
+        let run = rehearse(&args(&["-f", "-", "--setups", "naive"]), Some(&manifest));
+        assert_eq!(run.code, 2, "{probe}: {}", run.stderr);
+        assert!(
+            run.stderr.contains("cannot be rehearsed faithfully") && run.stderr.contains(words),
+            "{probe}: {}",
+            run.stderr
+        );
+    }
 }
