@@ -197,14 +197,77 @@ fn naive_truncates_streams_and_lameduck_loses_nothing() {
     assert!((0.99..10.0).contains(&lag), "{lag}");
 
     let html = std::fs::read_to_string(&report).expect("report written");
-    let _ = std::fs::remove_file(&report);
     assert!(html.starts_with("<!doctype html>"));
     assert_eq!(html.matches("<svg").count(), 2);
     assert!(
-        !html.contains("src=") && !html.contains("<link"),
+        !html.contains("src=") && !html.contains("<link") && !html.contains("<script"),
         "self-contained"
     );
     assert!(html.contains(pod));
+    // Rendered by a real browser, on screen and in print: no errors, every part there, the
+    // tables visible when printed, no signal label over another.
+    let shot = report.with_extension("png");
+    let rendered = render_in_chromium(
+        &report,
+        &shot,
+        &[
+            "#summary",
+            "#legend",
+            "svg",
+            "#events-naive",
+            "#lost-naive",
+            "#events-lameduck",
+            "#lost-lameduck",
+            "text.mark",
+        ],
+    );
+    let _ = std::fs::remove_file(&report);
+    let png = std::fs::read(&shot).expect("screenshot written");
+    let _ = std::fs::remove_file(&shot);
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 20_000,
+        "{rendered}"
+    );
+    for field in [
+        "console_errors",
+        "missing",
+        "hidden_on_screen",
+        "hidden_in_print",
+        "overlapping_labels",
+    ] {
+        assert_eq!(
+            rendered[field],
+            serde_json::json!([]),
+            "{field}: {rendered}"
+        );
+    }
+    assert!(
+        rendered["pdf_bytes"].as_u64().unwrap_or(0) > 10_000,
+        "{rendered}"
+    );
+}
+
+/// Renders `page` in headless Chromium (tests/clients/render_html.py) and returns what it
+/// found.
+fn render_in_chromium(page: &std::path::Path, shot: &std::path::Path, selectors: &[&str]) -> Value {
+    let python = std::env::var("LAMEDUCK_TEST_PYTHON").unwrap_or_else(|_| {
+        panic!("LAMEDUCK_TEST_PYTHON is not set: run the tests with scripts/test, which installs the Python clients")
+    });
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/clients/render_html.py");
+    let out = std::process::Command::new(python)
+        .arg(script)
+        .arg(page)
+        .arg(shot)
+        .args(selectors)
+        .output()
+        .expect("python runs");
+    assert!(
+        out.status.success(),
+        "render_html.py failed (is the `chromium` package installed? .ci/run installs it): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON from render_html.py")
 }
 
 #[test]
