@@ -194,10 +194,9 @@ fn legend(h: &mut String) {
     ] {
         let _ = write!(h, r#"<span><i style="background:{c}"></i>{what}</span>"#);
     }
-    let _ = write!(
+    let _ = writeln!(
         h,
-        r#"</div><div><b>Probe rows and signals</b><span><i style="background:{ok};height:5px"></i>probe passed (short)</span><span><i style="background:{bad}"></i>probe failed (tall)</span><span>delete, TERM, KILL, exit: vertical lines, labelled above the pod</span></div></div>
-"#,
+        r#"</div><div><b>Probe rows and signals</b><span><i style="background:{ok};height:5px"></i>probe passed (short)</span><span><i style="background:{bad}"></i>probe failed (tall)</span><span>delete, TERM, KILL, exit: vertical lines, labelled above the pod</span></div></div>"#,
         ok = colour::PROBE_OK,
         bad = colour::PROBE_FAILED
     );
