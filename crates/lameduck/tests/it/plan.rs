@@ -139,6 +139,37 @@ fn table_and_chart() {
         3,
         "three panels for one run"
     );
+    // A legend for the shading and the dashed line, labelled time ticks, and no line drawn
+    // on a panel's frame: every point lies strictly inside one of the frames.
+    assert!(svg.contains(r#"<g id="legend">"#) && svg.contains("its start"));
+    assert!(svg.matches(" min</text>").count() + svg.matches(" s</text>").count() >= 4);
+    let attr = |tag: &str, name: &str| -> f64 {
+        let at = tag.find(&format!(" {name}=\"")).expect(name) + name.len() + 3;
+        tag[at..]
+            .split('"')
+            .next()
+            .and_then(|v| v.parse().ok())
+            .expect(name)
+    };
+    let frames: Vec<(f64, f64)> = svg
+        .split("<rect ")
+        .skip(1)
+        .filter(|r| r.contains(r##"fill="#fafafa""##))
+        .map(|r| (attr(r, "y"), attr(r, "y") + attr(r, "height")))
+        .collect();
+    assert_eq!(frames.len(), 3);
+    for line in svg.split("<polyline points=\"").skip(1) {
+        let points = line.split('"').next().unwrap_or_default();
+        for p in points.split_whitespace() {
+            let y: f64 = p.split(',').nth(1).and_then(|v| v.parse().ok()).expect("y");
+            assert!(
+                frames
+                    .iter()
+                    .any(|(top, bottom)| y > top + 1.0 && y < bottom - 1.0),
+                "a point at y {y} is on or outside a frame {frames:?}"
+            );
+        }
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
 
