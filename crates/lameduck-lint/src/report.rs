@@ -63,21 +63,22 @@ pub fn write_human(
         writeln!(out, "note: {n}")?;
     }
     let count = |s| report.findings.iter().filter(|f| f.severity == s).count();
-    let unread = if report.input_errors.is_empty() {
-        String::new()
-    } else {
-        format!(
-            "; {} input(s) could not be read, so the check is incomplete",
-            report.input_errors.len()
-        )
-    };
-    writeln!(
-        out,
-        "{} object(s): {} error(s), {} warning(s){unread}",
-        report.objects,
+    let found = format!(
+        "{} error(s), {} warning(s)",
         count(crate::Severity::Error),
         count(crate::Severity::Warning)
-    )?;
+    );
+    if report.input_errors.is_empty() {
+        writeln!(out, "{} object(s): {found}", report.objects)?;
+    } else {
+        // Not a clean-looking summary: what could not be read comes first.
+        writeln!(
+            out,
+            "INCOMPLETE: {} input(s) could not be read (above); in the {} object(s) that could: {found}",
+            report.input_errors.len(),
+            report.objects
+        )?;
+    }
     out.flush()
 }
 
