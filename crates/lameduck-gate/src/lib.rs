@@ -221,7 +221,10 @@ pub async fn run_with(
     line.insert("msg".into(), "drain report".into());
     line.insert("exit_code".into(), code.into());
     line.insert("child_status".into(), child_status.into());
-    if let serde_json::Value::Object(r) = shared.report_json() {
+    if let Some(serde_json::Value::Object(r)) = shared
+        .gate_report()
+        .and_then(|r| serde_json::to_value(r).ok())
+    {
         line.extend(r);
     }
     // The one machine-readable line a drain leaves behind, whatever the log format, written

@@ -11,6 +11,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use lameduck_gate_api::{BudgetSettings, ChildStatus, DrainAccepted, GateStatus, InFlight, Limits};
 use lameduck_timeline::{DrainRequest, Trigger, parse_duration};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -258,8 +259,8 @@ pub async fn serve_admin(listener: TcpListener, shared: Arc<Shared>) {
     }
 }
 
-fn json(status: StatusCode, v: &serde_json::Value) -> Response<GateBody> {
-    let mut r = text(status, v.to_string());
+fn json(status: StatusCode, v: &impl serde::Serialize) -> Response<GateBody> {
+    let mut r = text(status, serde_json::to_string(v).unwrap_or_default());
     r.headers_mut().insert(
         header::CONTENT_TYPE,
         header::HeaderValue::from_static("application/json"),
@@ -365,56 +366,66 @@ async fn drain(shared: &Arc<Shared>, req: &Request<Incoming>) -> Response<GateBo
     if !wait {
         return json(
             StatusCode::ACCEPTED,
-            &serde_json::json!({ "drain": format!("{join:?}").to_lowercase(), "report": shared.report_json() }),
+            &DrainAccepted {
+                drain: format!("{join:?}").to_lowercase(),
+                report: shared.gate_report(),
+            },
         );
     }
     shared.drained().await;
-    json(StatusCode::OK, &shared.report_json())
+    json(StatusCode::OK, &shared.gate_report())
 }
 
-fn status(shared: &Shared) -> serde_json::Value {
+fn status(shared: &Shared) -> GateStatus {
     let m = &shared.metrics;
     let child = shared.child();
-    serde_json::json!({
-        "phase": shared.phase().as_str(),
-        "ready": shared.readiness().is_ok(),
-        "not_ready_reason": shared.readiness().err(),
-        "live": shared.live(),
-        "upstream": format!("{}://{}", shared.config.upstream.scheme, shared.config.upstream.authority),
-        "upstream_healthy": shared.upstream_healthy.load(Ordering::SeqCst),
-        "in_flight": {
-            "request": m.in_flight(crate::metrics::Kind::Request).get(),
-            "stream": m.in_flight(crate::metrics::Kind::Stream).get(),
-            "upgraded": m.in_flight(crate::metrics::Kind::Upgraded).get(),
+    GateStatus {
+        phase: shared.phase(),
+        ready: shared.readiness().is_ok(),
+        not_ready_reason: shared.readiness().err().map(str::to_owned),
+        live: shared.live(),
+        upstream: format!(
+            "{}://{}",
+            shared.config.upstream.scheme, shared.config.upstream.authority
+        ),
+        upstream_healthy: shared.upstream_healthy.load(Ordering::SeqCst),
+        in_flight: InFlight {
+            request: m.in_flight(crate::metrics::Kind::Request).get(),
+            stream: m.in_flight(crate::metrics::Kind::Stream).get(),
+            upgraded: m.in_flight(crate::metrics::Kind::Upgraded).get(),
         },
         // The program's name only: its arguments can hold secrets.
-        "child": match shared.config.command.first() {
-            None => serde_json::Value::Null,
-            Some(program) => serde_json::json!({
-                "program": crate::supervisor::program_name(program),
-                "pid": match child { crate::state::Child::Running { pid, .. } if pid > 0 => Some(pid), _ => None },
-                "running": matches!(child, crate::state::Child::Running { .. }),
-                "exit_status": match child { crate::state::Child::Exited { status, .. } => Some(status), _ => None },
-            }),
+        child: shared.config.command.first().map(|program| ChildStatus {
+            program: crate::supervisor::program_name(program).to_owned(),
+            pid: match child {
+                crate::state::Child::Running { pid, .. } if pid > 0 => Some(pid),
+                _ => None,
+            },
+            running: matches!(child, crate::state::Child::Running { .. }),
+            exit_status: match child {
+                crate::state::Child::Exited { status, .. } => Some(status),
+                _ => None,
+            },
+        }),
+        limits: Limits {
+            max_connections: shared.limits.max_connections,
+            max_in_flight: shared.limits.max_in_flight,
+            nofile: shared.limits.nofile,
+            header_timeout_s: shared.config.header_timeout.as_secs_f64(),
+            idle_timeout_s: shared.config.idle_timeout.as_secs_f64(),
         },
-        "limits": {
-            "max_connections": shared.limits.max_connections,
-            "max_in_flight": shared.limits.max_in_flight,
-            "nofile": shared.limits.nofile,
-            "header_timeout_s": shared.config.header_timeout.as_secs_f64(),
-            "idle_timeout_s": shared.config.idle_timeout.as_secs_f64(),
+        connections: m.connections.get(),
+        budget: BudgetSettings {
+            grace_period_s: shared.config.drain.grace.as_secs_f64(),
+            kill_margin_s: shared.config.drain.margin.as_secs_f64(),
+            pre_stop_spent_s: shared.config.pre_stop_spent.as_secs_f64(),
+            convergence_min_s: shared.config.drain.convergence.min.as_secs_f64(),
+            convergence_quiet_s: shared.config.drain.convergence.quiet.as_secs_f64(),
+            convergence_max_s: shared.config.drain.convergence.max.as_secs_f64(),
         },
-        "connections": m.connections.get(),
-        "budget": {
-            "grace_period_s": shared.config.drain.grace.as_secs_f64(),
-            "kill_margin_s": shared.config.drain.margin.as_secs_f64(),
-            "pre_stop_spent_s": shared.config.pre_stop_spent.as_secs_f64(),
-            "convergence_min_s": shared.config.drain.convergence.min.as_secs_f64(),
-            "convergence_quiet_s": shared.config.drain.convergence.quiet.as_secs_f64(),
-            "convergence_max_s": shared.config.drain.convergence.max.as_secs_f64(),
-        },
-        "drain": shared.report_json(),
-    })
+        drain: shared.gate_report(),
+        pod: None,
+    }
 }
 
 #[cfg(test)]

@@ -337,16 +337,11 @@ impl Shared {
     }
 
     /// The report as one JSON object, with wall-clock anchors.
-    pub fn report_json(&self) -> serde_json::Value {
-        let report = self.report();
-        let mut v = serde_json::to_value(&report).unwrap_or(serde_json::Value::Null);
-        if let serde_json::Value::Object(map) = &mut v {
-            map.insert(
-                "started_at_unix".into(),
-                serde_json::json!(self.drain_started_unix()),
-            );
-        }
-        v
+    pub fn gate_report(&self) -> Option<lameduck_gate_api::GateReport> {
+        Some(lameduck_gate_api::GateReport {
+            report: self.report()?,
+            started_at_unix: self.drain_started_unix(),
+        })
     }
 }
 

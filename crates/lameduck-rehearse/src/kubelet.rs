@@ -639,20 +639,19 @@ impl Pod {
     /// The gate's `/drain` answers its drain report: its phases, in seconds after the drain
     /// started (real time, so scaled back here).
     fn record_gate_phases(&self, started: f64, body: Option<&str>) {
-        let Some(report) = body.and_then(|b| serde_json::from_str::<serde_json::Value>(b).ok())
+        let Some(report) =
+            body.and_then(|b| serde_json::from_str::<lameduck_gate_api::GateReport>(b).ok())
         else {
             return;
         };
-        for mark in report["phases"].as_array().into_iter().flatten() {
-            if let (Some(phase), Some(at)) = (mark["phase"].as_str(), mark["at"].as_f64()) {
-                self.env.rec.record_at(
-                    &self.name,
-                    started + at * self.clock().scale(),
-                    EventKind::DrainPhase {
-                        phase: phase.to_owned(),
-                    },
-                );
-            }
+        for mark in &report.report.phases {
+            self.env.rec.record_at(
+                &self.name,
+                started + mark.at.as_secs_f64() * self.clock().scale(),
+                EventKind::DrainPhase {
+                    phase: mark.phase.as_str().to_owned(),
+                },
+            );
         }
     }
 

@@ -192,7 +192,7 @@ async fn sigkill_comes_when_the_grace_period_ends() {
     assert!(term < kill && kill <= exited, "{ev:#?}");
     // With no preStop, SIGTERM is immediate and SIGKILL waits for the whole grace period.
     assert!(term - deleted < 2.0, "{ev:#?}");
-    assert!(kill - deleted >= 4.99, "{ev:#?}");
+    assert!(kill - deleted >= 4.9, "{ev:#?}");
 }
 
 #[tokio::test]
@@ -215,9 +215,13 @@ async fn a_prestop_longer_than_grace_is_abandoned_then_two_seconds_of_sigterm() 
     let kill = at(&ev, |k| matches!(k, EventKind::Sigkill { .. })).expect("SIGKILL");
     // The hook ran the whole grace period; SIGTERM came only then, and SIGKILL the
     // kubelet's minimum stop window later, not at once.
-    assert!(abandoned - deleted >= 4.99, "{ev:#?}");
+    assert!(abandoned - deleted >= 4.9, "{ev:#?}");
     assert!(abandoned <= term && term < kill, "{ev:#?}");
-    assert!(kill - term >= 1.99, "{ev:#?}");
+    // The two seconds count from the hook's deadline, not from the moment the SIGTERM
+    // event was logged (which a busy machine can delay), so measure from the deletion
+    // and keep a wide margin against the immediate kill this test guards against.
+    assert!(kill - deleted >= 6.9, "{ev:#?}");
+    assert!(kill - term >= 1.5, "{ev:#?}");
 }
 
 #[tokio::test]

@@ -1076,3 +1076,69 @@ async fn engine_abort_is_not_passed_on_as_success() {
         Some(1.0)
     );
 }
+
+/// The typed client: /status reads into `GateStatus` (the engine's program name, never its
+/// arguments), /drain without the token is refused by name, with it starts (not waiting)
+/// and then ends (waiting) the drain, whose report reads into `GateReport`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_typed_client_reads_status_and_drains() {
+    use lameduck_gate_api::{DrainAnswer, GateClient, GateError, Phase};
+    let gate = Gate::wrapping_sim(
+        &["--admin-token", "s3cret"],
+        &[
+            "--output-tokens",
+            "20",
+            "--tokens-per-second",
+            "20",
+            "--ttft",
+            "1ms",
+            "--model",
+            "secret-model-name",
+        ],
+    )
+    .await;
+    let client = GateClient::new(gate.admin);
+    let status = client.status().await.expect("status");
+    assert_eq!(status.phase, Phase::Serving);
+    assert!(status.ready && status.live && status.drain.is_none());
+    let child = status.child.expect("wrapper mode has a child");
+    assert_eq!(child.program, "lameduck");
+    assert!(child.running && child.pid.is_some());
+    let raw = serde_json::to_string(&gate.status().await).expect("json");
+    assert!(
+        !raw.contains("secret-model-name"),
+        "arguments leaked: {raw}"
+    );
+
+    let stream = gate.open_stream(20);
+    gate.wait_streams(1).await;
+    assert_eq!(client.status().await.expect("status").in_flight_total(), 1);
+    let refused = client.drain(None, false, LONG).await;
+    assert!(
+        matches!(refused, Err(GateError::Unauthorized { .. })),
+        "{refused:?}"
+    );
+    let client = client.with_token(Some("s3cret".into()));
+    match client.drain(None, false, LONG).await.expect("drain") {
+        DrainAnswer::Accepted(a) => {
+            assert_eq!(a.drain, "started");
+            assert_eq!(a.report.expect("report").report.in_flight_at_start, 1);
+        }
+        other => panic!("{other:?}"),
+    }
+    match client.drain(None, true, LONG).await.expect("drain") {
+        DrainAnswer::Done(r) => {
+            assert_eq!((r.report.completed, r.report.in_flight), (1, 0));
+            assert!(r.started_at_unix.is_some_and(|t| t > 1.7e9));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_finished(stream.await.expect("join"), 20);
+    // Another program's port answers something that is not a gate's.
+    let not_a_gate = GateClient::new(gate.proxy);
+    let err = not_a_gate
+        .status()
+        .await
+        .expect_err("the proxy port is no admin port");
+    assert!(err.to_string().contains(&gate.proxy.to_string()), "{err}");
+}

@@ -472,7 +472,7 @@ fn a_manifest_setup_is_read_and_rehearsed() {
         .expect("preStop end");
     assert_eq!(hook["detail"], "slept 5 s");
     let start = event_time(s, pod, "pre_stop_start").expect("start");
-    assert!(hook["t"].as_f64().unwrap_or(0.0) - start >= 4.99);
+    assert!(hook["t"].as_f64().unwrap_or(0.0) - start >= 4.9);
     assert!(n(s, "truncated") >= 1, "{:?}", outcomes(s));
 }
 
