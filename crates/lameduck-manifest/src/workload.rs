@@ -379,6 +379,20 @@ impl<'a> Workload<'a> {
             .unwrap_or_default()
     }
 
+    /// The annotations its pods get (the template's `metadata.annotations`; a bare Pod's own).
+    pub fn pod_annotations(&self) -> BTreeMap<String, String> {
+        let path = match self.template.labels_path.strip_suffix("labels") {
+            Some(base) => format!("{base}annotations"),
+            None => return BTreeMap::new(),
+        };
+        string_map(self.object.value.pointer(&pointer(&path)))
+    }
+
+    /// The object's own annotations (a Deployment's `metadata.annotations`).
+    pub fn object_annotations(&self) -> BTreeMap<String, String> {
+        string_map(self.object.value.pointer("/metadata/annotations"))
+    }
+
     /// Rolling-update limits as pod counts: a Deployment's `spec.strategy.rollingUpdate`, a
     /// LeaderWorkerSet's `rolloutStrategy.rollingUpdateConfiguration` (in groups), an Argo
     /// canary's `maxSurge`/`maxUnavailable`. `None` for other kinds, `Recreate`, and blue-green
@@ -491,6 +505,16 @@ pub fn selects(sel: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
         }
     });
     by_labels && by_exprs
+}
+
+/// A map's string entries (an annotation written as a bare YAML number is not a string and the
+/// API server would refuse it; it is skipped here rather than losing the other entries).
+fn string_map(v: Option<&serde_json::Value>) -> BTreeMap<String, String> {
+    v.and_then(serde_json::Value::as_object)
+        .into_iter()
+        .flatten()
+        .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
+        .collect()
 }
 
 #[cfg(test)]
@@ -661,3 +685,4 @@ spec:
         assert_eq!(w.rolling_update(), None);
     }
 }
+

@@ -4,6 +4,7 @@
 //!   and how those are set, their health endpoints, how long their requests run.
 //! - [`gate_args`]: `lameduck gate`'s flags, one clap definition for the gate itself and for
 //!   everything that reads or writes a gate's command line.
+//! - [`facts`]: what annotations and scheduling say: the longest request, spot capacity.
 //! - [`model`]: a pod spec read into those terms: the containers, the serving one, the gate.
 //!
 //! No file positions here (the manifest crate layers them on top) and no I/O: a live Pod and a
@@ -11,10 +12,12 @@
 
 pub mod budget;
 pub mod engines;
+pub mod facts;
 pub mod gate_args;
 pub mod model;
 
 pub use budget::grace_need_gated;
 pub use engines::{ENGINES, Engine, PortSetting, Work};
+pub use facts::{Annotations, MaxRequestSource, PodFacts, Spot};
 pub use gate_args::{DEFAULT_ADMIN_PORT, GateArgs, GateArgsError, GateFlags};
 pub use model::{Container, Gate, GateMode, PodModel, ServingError, Slot};

@@ -24,7 +24,11 @@ pub const TERMINATING_SURGE_THRESHOLD: i32 = 8;
 /// Why a workload's requests are unbounded or longer than a grace period should be (the
 /// annotation says `unbounded`, or more than 10 minutes).
 fn unbounded_work(w: &Workload<'_>, flag: Option<Duration>) -> Option<String> {
-    let said = w.object.annotation(facts::MAX_REQUEST_ANNOTATION)?.trim();
+    let annotations = facts::WorkloadAnnotations::of(w);
+    let said = annotations
+        .view()
+        .get(facts::MAX_REQUEST_ANNOTATION)?
+        .trim();
     if said.eq_ignore_ascii_case("unbounded") {
         return Some(format!(
             "`{}: unbounded`: streams or WebSockets with no end",

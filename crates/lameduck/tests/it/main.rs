@@ -6,6 +6,7 @@ mod gate;
 mod hardening;
 mod inject;
 mod lint;
+mod live_pod;
 mod plan;
 mod rehearse;
 mod support;
