@@ -47,6 +47,23 @@ pub struct Config {
     pub idle_timeout: Duration,
     /// Child command, empty in sidecar mode.
     pub command: Vec<String>,
+    /// `--kube`: the pod and the cluster, when the gate talks to the API server.
+    pub kube: Option<KubeSettings>,
+    /// `--time-scale` (1 in a pod): the gate's own fixed intervals are divided by it too.
+    pub time_scale: f64,
+}
+
+/// What `--kube` needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KubeSettings {
+    /// This pod's name.
+    pub pod: String,
+    /// This pod's namespace.
+    pub namespace: String,
+    /// Which cluster configuration.
+    pub target: lameduck_kube::Target,
+    /// `--deletion-cost`.
+    pub deletion_cost: bool,
 }
 
 /// The engine's address, split for cheap request rewriting.
@@ -131,6 +148,12 @@ struct Resolver {
     admin_token: Option<String>,
     time_scale: f64,
     command: Vec<String>,
+    kube: bool,
+    deletion_cost: bool,
+    pod_name: Option<String>,
+    pod_namespace: Option<String>,
+    kubeconfig: Option<PathBuf>,
+    context: Option<String>,
 }
 
 impl From<GateArgs> for Resolver {
@@ -161,6 +184,12 @@ impl From<GateArgs> for Resolver {
             admin_token: a.admin_token,
             time_scale: a.time_scale,
             command: a.command,
+            kube: a.kube,
+            deletion_cost: a.deletion_cost,
+            pod_name: a.pod_name,
+            pod_namespace: a.pod_namespace,
+            kubeconfig: a.kubeconfig,
+            context: a.context,
         }
     }
 }
@@ -250,6 +279,39 @@ impl Resolver {
                 self.pre_stop_spent, self.kill_margin, self.grace_period
             )));
         }
+        let kube = if self.kube {
+            let need = |v: Option<String>, flag: &str, env: &str, field: &str| {
+                v.filter(|s| !s.trim().is_empty()).ok_or_else(|| {
+                    Error::Config(format!(
+                        "--kube needs the pod's identity: pass {flag} or set {env} from the downward API (`valueFrom: {{fieldRef: {{fieldPath: {field}}}}}`)"
+                    ))
+                })
+            };
+            Some(KubeSettings {
+                pod: need(
+                    self.pod_name,
+                    "--pod-name",
+                    "LAMEDUCK_POD_NAME",
+                    "metadata.name",
+                )?,
+                namespace: need(
+                    self.pod_namespace,
+                    "--pod-namespace",
+                    "LAMEDUCK_POD_NAMESPACE",
+                    "metadata.namespace",
+                )?,
+                target: lameduck_kube::Target {
+                    kubeconfig: self.kubeconfig,
+                    context: self.context,
+                },
+                deletion_cost: self.deletion_cost,
+            })
+        } else {
+            if self.deletion_cost {
+                return Err(Error::Config("--deletion-cost needs --kube".into()));
+            }
+            None
+        };
         let warmup = match self.warmup_request {
             Some(path) => {
                 let body = std::fs::read(&path).map_err(|e| {
@@ -281,6 +343,8 @@ impl Resolver {
             header_timeout: self.header_timeout,
             idle_timeout: self.idle_timeout,
             command: self.command,
+            kube,
+            time_scale: self.time_scale,
         })
     }
 }

@@ -15,6 +15,7 @@
 //! - [`supervisor`]: the child process, health checks, signals, the marker file.
 
 pub mod body;
+pub mod cluster;
 pub mod config;
 pub mod conn;
 pub mod driver;
@@ -177,6 +178,14 @@ pub async fn run_with(
     tasks.spawn("health", supervisor::health_loop(shared.clone()));
     tasks.spawn("marker", supervisor::marker_loop(shared.clone()));
     tasks.spawn("driver", driver::drive(shared.clone()));
+    let link = shared
+        .config
+        .kube
+        .clone()
+        .map(|k| cluster::Link::new(shared.clone(), k));
+    if let Some(link) = &link {
+        tasks.spawn("kube", link.clone().run());
+    }
 
     let died = tokio::select! {
         // Tasks end once the exit is under way: that is not a death.
@@ -206,6 +215,15 @@ pub async fn run_with(
         .is_err()
     {
         tracing::debug!("Some connections were still open at exit");
+    }
+    // The report as an Event on the pod, so that it outlives the pod; bounded well inside
+    // the kill margin, and skipped when the API server does not answer in time.
+    if let (Some(link), Some(report)) = (&link, shared.report()) {
+        let bound = (shared.config.drain.margin / 2).clamp(
+            std::time::Duration::from_millis(200),
+            std::time::Duration::from_secs(3),
+        );
+        link.post_report(&report, bound).await;
     }
     tasks.set.abort_all();
 

@@ -84,6 +84,12 @@ struct PhaseLabel {
 
 type FGauge = Gauge<f64, AtomicU64>;
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KubeLabel {
+    operation: &'static str,
+    kind: &'static str,
+}
+
 /// Handles to every metric the gate exports.
 #[derive(Debug)]
 pub struct Metrics {
@@ -112,6 +118,13 @@ pub struct Metrics {
     pub upstream_healthy: Gauge,
     /// 1 while the child process runs (wrapper mode).
     pub child_running: Gauge,
+    kube_errors: Family<KubeLabel, Counter>,
+    /// Seconds from drain start until the control plane took the endpoint out of rotation.
+    pub endpoint_gone: FGauge,
+    /// From the endpoint's removal to the last arrival after it.
+    pub data_plane_lag: FGauge,
+    /// The pod-deletion-cost last written (--deletion-cost).
+    pub deletion_cost: Gauge,
 }
 
 impl Metrics {
@@ -198,6 +211,30 @@ impl Metrics {
             "The in-flight request limit in effect (0: none)",
             max_in_flight.clone(),
         );
+        let kube_errors = Family::<KubeLabel, Counter>::default();
+        registry.register(
+            "kube_errors",
+            "Kubernetes API calls that failed (--kube), by operation and kind (forbidden, unreachable, server_error, …); a drain never waits for them",
+            kube_errors.clone(),
+        );
+        let endpoint_gone = FGauge::default();
+        registry.register(
+            "endpoint_gone_seconds",
+            "Seconds from drain start until the pod's endpoint was marked not ready or removed in its EndpointSlices (--kube)",
+            endpoint_gone.clone(),
+        );
+        let data_plane_lag = FGauge::default();
+        registry.register(
+            "data_plane_lag_seconds",
+            "From the endpoint's removal by the control plane to the last arrival after it: the data plane's lag (--kube)",
+            data_plane_lag.clone(),
+        );
+        let deletion_cost = Gauge::default();
+        registry.register(
+            "deletion_cost",
+            "The controller.kubernetes.io/pod-deletion-cost last written (--deletion-cost)",
+            deletion_cost.clone(),
+        );
         let connection_closes = CloseReason::ALL
             .map(|r| closes_f.get_or_create_owned(&ReasonLabel { reason: r.as_str() }));
         let in_flight =
@@ -226,7 +263,18 @@ impl Metrics {
             connections_refused,
             max_connections,
             max_in_flight,
+            kube_errors,
+            endpoint_gone,
+            data_plane_lag,
+            deletion_cost,
         }
+    }
+
+    /// Counts a failed Kubernetes API call.
+    pub fn kube_error(&self, operation: &'static str, kind: &'static str) {
+        self.kube_errors
+            .get_or_create(&KubeLabel { operation, kind })
+            .inc();
     }
 
     /// The close counter of `reason`.

@@ -378,6 +378,9 @@ async fn drain(shared: &Arc<Shared>, req: &Request<Incoming>) -> Response<GateBo
 
 fn status(shared: &Shared) -> GateStatus {
     let m = &shared.metrics;
+    // The machine's: a deletion with a shorter grace period (--kube) lowers it. Read on its
+    // own: the lock must not be held while the rest of the status is built.
+    let grace = shared.machine().config().grace;
     let child = shared.child();
     GateStatus {
         phase: shared.phase(),
@@ -416,7 +419,7 @@ fn status(shared: &Shared) -> GateStatus {
         },
         connections: m.connections.get(),
         budget: BudgetSettings {
-            grace_period_s: shared.config.drain.grace.as_secs_f64(),
+            grace_period_s: grace.as_secs_f64(),
             kill_margin_s: shared.config.drain.margin.as_secs_f64(),
             pre_stop_spent_s: shared.config.pre_stop_spent.as_secs_f64(),
             convergence_min_s: shared.config.drain.convergence.min.as_secs_f64(),
@@ -424,7 +427,14 @@ fn status(shared: &Shared) -> GateStatus {
             convergence_max_s: shared.config.drain.convergence.max.as_secs_f64(),
         },
         drain: shared.gate_report(),
-        pod: None,
+        pod: shared
+            .config
+            .kube
+            .as_ref()
+            .map(|k| lameduck_gate_api::PodRef {
+                namespace: k.namespace.clone(),
+                name: k.pod.clone(),
+            }),
     }
 }
 

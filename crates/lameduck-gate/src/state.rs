@@ -203,16 +203,23 @@ impl Shared {
 
     /// Admits a new request, counting it as in flight unless refused.
     pub fn admit(&self, kind: Kind) -> Admission {
-        let (admission, lag) = {
+        let (admission, lag, after_gone) = {
             let mut m = self.machine();
             // Read the clock under the lock so events reach the machine in time order.
             let now = self.now();
             let a = m.request_started(now);
-            (a, m.drain_started().map(|s| now.saturating_sub(s)))
+            (
+                a,
+                m.drain_started().map(|s| now.saturating_sub(s)),
+                m.endpoint_gone_at().map(|g| now.saturating_sub(g)),
+            )
         };
         if let Some(lag) = lag {
             self.metrics.arrivals_after_unready.inc();
             self.metrics.propagation_lag.set(lag.as_secs_f64());
+        }
+        if let Some(lag) = after_gone {
+            self.metrics.data_plane_lag.set(lag.as_secs_f64());
         }
         match admission {
             Admission::Refuse => {
@@ -273,6 +280,38 @@ impl Shared {
         }
         self.wake.notify_one();
         join
+    }
+
+    /// The control plane took this pod's endpoint out of rotation (seen by `--kube`).
+    pub fn endpoint_gone(&self) {
+        let gone = {
+            let mut m = self.machine();
+            m.endpoint_gone(self.now());
+            m.endpoint_gone_at()
+                .zip(m.drain_started())
+                .map(|(g, s)| g.saturating_sub(s))
+        };
+        if let Some(g) = gone {
+            self.metrics.endpoint_gone.set(g.as_secs_f64());
+        }
+        // Actions may be queued, or the announcing window may now end sooner: either way the
+        // driver re-plans.
+        self.wake.notify_one();
+    }
+
+    /// The pod's deletion gave a grace period (`deletionGracePeriodSeconds`); `spent` of it
+    /// has passed. A shorter one than configured moves the deadline earlier.
+    pub fn limit_grace(&self, grace: Duration, spent: Duration) {
+        {
+            let mut m = self.machine();
+            m.limit_grace(self.now(), grace, spent);
+        }
+        self.wake.notify_one();
+    }
+
+    /// Requests and streams in flight.
+    pub fn in_flight(&self) -> u64 {
+        self.machine().in_flight()
     }
 
     /// The child exited with `status` (shell convention: 128 + signal for a signal).

@@ -85,6 +85,11 @@ pub struct Options {
     pub keep_strategy: bool,
     /// Loosen disruption budgets in the input that allow no eviction, so that one pod may go.
     pub fix_budgets: bool,
+    /// Run the gate with `--kube`: the pod's identity from the downward API, the
+    /// `lameduck.io/serving` readiness gate, and a ServiceAccount, Role and RoleBinding.
+    pub kube: bool,
+    /// With `kube`: also `--deletion-cost` (and the RBAC to patch pods).
+    pub deletion_cost: bool,
 }
 
 impl Default for Options {
@@ -102,6 +107,8 @@ impl Default for Options {
             entrypoint: None,
             keep_strategy: false,
             fix_budgets: false,
+            kube: false,
+            deletion_cost: false,
         }
     }
 }
@@ -233,6 +240,7 @@ pub fn inject(path: &std::path::Path, text: &str, opts: &Options) -> Result<Inje
         warnings: Vec::new(),
     };
     let mut editor = Editor::new(text);
+    let mut rbac = String::new();
     let apply = |editor: &mut Editor, object: &lameduck_manifest::Object, edits: Vec<Edit>| {
         for edit in edits {
             let doc = object.document;
@@ -274,6 +282,9 @@ pub fn inject(path: &std::path::Path, text: &str, opts: &Options) -> Result<Inje
             apply(&mut editor, object, edits)?;
             out.warnings.extend(warnings);
             out.changed.push(change);
+            if opts.kube {
+                rbac.push_str(&rbac_yaml(&w, opts.deletion_cost));
+            }
         }
     }
     // Budgets that let no pod go, when asked to loosen them.
@@ -310,6 +321,23 @@ pub fn inject(path: &std::path::Path, text: &str, opts: &Options) -> Result<Inje
         });
     }
     out.text = editor.text().into_owned();
+    if !rbac.is_empty() {
+        if path.extension().is_some_and(|e| e == "json")
+            || serde_json::from_str::<Value>(text).is_ok()
+        {
+            // A JSON input stays JSON (kubectl reads a stream that starts with `{` as JSON
+            // only): the RBAC objects are given as YAML to save beside it.
+            out.warnings.push(format!(
+                "--kube: the gate needs a Role and RoleBinding (and a ServiceAccount); the input is JSON, so they are not appended: save this YAML beside it:\n{}",
+                rbac.trim_end()
+            ));
+        } else {
+            if !out.text.ends_with('\n') {
+                out.text.push('\n');
+            }
+            out.text.push_str(&rbac);
+        }
+    }
     Ok(out)
 }
 
@@ -571,6 +599,12 @@ fn plan(w: &Workload<'_>, opts: &Options) -> Result<Option<Planned>, InjectError
         .set("grace-period", grace_secs.to_string())
         .set("convergence-max", lameduck_timeline::secs_plain(window))
         .set("health-path", health.clone());
+    if opts.kube {
+        gate.switch("kube");
+        if opts.deletion_cost {
+            gate.switch("deletion-cost");
+        }
+    }
     // A window shorter than the gate's default minimum: the minimum follows it down.
     if window < lameduck_timeline::Convergence::DEFAULT.min {
         gate.set("convergence-min", lameduck_timeline::secs_plain(window));
@@ -662,20 +696,23 @@ fn plan(w: &Workload<'_>, opts: &Options) -> Result<Option<Planned>, InjectError
             list_edits(&mut edits, &cpath, "args", c.args.as_ref(), args.as_ref());
             let mut cmd = vec!["lameduck".to_owned(), "gate".to_owned()];
             cmd.extend(gate.render());
-            add_init(
-                &mut edits,
-                json!({
-                    "name": SIDECAR_NAME,
-                    "image": opts.image,
-                    "restartPolicy": "Always",
-                    "command": cmd,
-                    "ports": [{"name": "lameduck-admin", "containerPort": admin}],
-                    "readinessProbe": gate_probe("/ready", 2, 1),
-                    "livenessProbe": gate_probe("/live", 10, 3),
-                    "resources": {"requests": {"cpu": "50m", "memory": "32Mi"}, "limits": {"memory": "128Mi"}},
-                    "securityContext": security,
-                }),
-            );
+            let mut sidecar = json!({
+                "name": SIDECAR_NAME,
+                "image": opts.image,
+                "restartPolicy": "Always",
+                "command": cmd,
+                "ports": [{"name": "lameduck-admin", "containerPort": admin}],
+                "readinessProbe": gate_probe("/ready", 2, 1),
+                "livenessProbe": gate_probe("/live", 10, 3),
+                "resources": {"requests": {"cpu": "50m", "memory": "32Mi"}, "limits": {"memory": "128Mi"}},
+                "securityContext": security,
+            });
+            if opts.kube
+                && let Some(o) = sidecar.as_object_mut()
+            {
+                o.insert("env".into(), identity_env());
+            }
+            add_init(&mut edits, sidecar);
             lines.push(format!(
                 "native sidecar `{SIDECAR_NAME}` ({}) added in initContainers",
                 opts.image
@@ -778,6 +815,10 @@ fn plan(w: &Workload<'_>, opts: &Options) -> Result<Option<Planned>, InjectError
         }
     }
 
+    if opts.kube {
+        kube_edits(w, c, &cpath, opts, &mut edits, &mut lines);
+    }
+
     // Both modes: readiness from the gate, the preStop is the gate's drain.
     edits.push(Edit::Set(
         cpath.clone(),
@@ -861,6 +902,121 @@ fn plan(w: &Workload<'_>, opts: &Options) -> Result<Option<Planned>, InjectError
         },
         warnings,
     )))
+}
+
+/// The pod's identity for `--kube`, from the downward API.
+fn identity_env() -> Value {
+    json!([
+        {"name": "LAMEDUCK_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "LAMEDUCK_POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}
+    ])
+}
+
+/// The name of the ServiceAccount (and Role, RoleBinding) inject makes for a workload whose
+/// pods name none.
+pub fn service_account_name(w: &Workload<'_>) -> String {
+    format!("{}-lameduck", w.object.name)
+}
+
+/// `--kube`'s pod-spec edits: the readiness gate, the identity (wrapper mode: on the engine's
+/// container, which runs the gate), a ServiceAccount of its own when the pod uses the
+/// namespace's default one.
+fn kube_edits(
+    w: &Workload<'_>,
+    c: &core::Container,
+    cpath: &str,
+    opts: &Options,
+    edits: &mut Vec<Edit>,
+    lines: &mut Vec<String>,
+) {
+    let pod = w.pod_path();
+    let gate = json!({"conditionType": lameduck_gate_condition()});
+    let gates = w.spec.readiness_gates.as_deref().unwrap_or_default();
+    if !gates
+        .iter()
+        .any(|g| g.condition_type == lameduck_gate_condition())
+    {
+        if gates.is_empty() {
+            edits.push(Edit::Set(
+                pod.to_owned(),
+                "readinessGates".into(),
+                json!([gate]),
+            ));
+        } else {
+            edits.push(Edit::Push(format!("{pod}.readinessGates"), gate));
+        }
+    }
+    if opts.mode == Mode::Wrapper {
+        let present = c.env.as_deref().unwrap_or_default();
+        for var in identity_env().as_array().into_iter().flatten() {
+            let name = var["name"].as_str().unwrap_or_default();
+            if present.iter().any(|e| e.name == name) {
+                continue;
+            }
+            if present.is_empty()
+                && !edits
+                    .iter()
+                    .any(|e| matches!(e, Edit::Set(p, k, _) if p == cpath && k == "env"))
+            {
+                edits.push(Edit::Set(cpath.to_owned(), "env".into(), json!([var])));
+            } else {
+                edits.push(Edit::Push(format!("{cpath}.env"), var.clone()));
+            }
+        }
+    }
+    let account = match w.spec.service_account_name.as_deref() {
+        Some(a) if !a.is_empty() && a != "default" => a.to_owned(),
+        _ => {
+            let a = service_account_name(w);
+            edits.push(Edit::Set(
+                pod.to_owned(),
+                "serviceAccountName".into(),
+                json!(a),
+            ));
+            a
+        }
+    };
+    lines.push(format!(
+        "--kube: readiness gate `{}` (the endpoint leaves rotation the moment a drain starts), the pod's name and namespace from the downward API, ServiceAccount `{account}` with a Role and RoleBinding (appended)",
+        lameduck_gate_condition()
+    ));
+}
+
+fn lameduck_gate_condition() -> &'static str {
+    lameduck_pod::SERVING_CONDITION
+}
+
+/// The RBAC objects `--kube` needs for `w`'s pods, as YAML documents to append: a
+/// ServiceAccount (when inject named one of its own), a Role and a RoleBinding.
+pub fn rbac_yaml(w: &Workload<'_>, deletion_cost: bool) -> String {
+    let namespace = w.object.namespace.as_deref();
+    let own = service_account_name(w);
+    let account = match w.spec.service_account_name.as_deref() {
+        Some(a) if !a.is_empty() && a != "default" => a.to_owned(),
+        _ => own.clone(),
+    };
+    let ns_line = namespace
+        .map(|n| format!("  namespace: {n}\n"))
+        .unwrap_or_default();
+    let mut out = String::new();
+    if account == own {
+        out.push_str(&format!(
+            "---\n# The identity of {kind}/{name}'s pods (lameduck inject --kube).\napiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: {own}\n{ns_line}",
+            kind = w.object.kind,
+            name = w.object.name
+        ));
+    }
+    let pod_verbs = if deletion_cost {
+        "[\"list\", \"watch\", \"patch\"]"
+    } else {
+        "[\"list\", \"watch\"]"
+    };
+    out.push_str(&format!(
+        "---\n# What the gate's --kube needs, in this namespace only (docs/kube.md).\napiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata:\n  name: {own}\n{ns_line}rules:\n  # Its own pod: uid, deletion grace period{cost}.\n  - apiGroups: [\"\"]\n    resources: [\"pods\"]\n    verbs: {pod_verbs}\n  # The lameduck.io/serving condition.\n  - apiGroups: [\"\"]\n    resources: [\"pods/status\"]\n    verbs: [\"patch\"]\n  # When the control plane took the endpoint out of rotation.\n  - apiGroups: [\"discovery.k8s.io\"]\n    resources: [\"endpointslices\"]\n    verbs: [\"list\", \"watch\"]\n  # The drain report, as an Event on the pod.\n  - apiGroups: [\"\"]\n    resources: [\"events\"]\n    verbs: [\"create\"]\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata:\n  name: {own}\n{ns_line}roleRef:\n  apiGroup: rbac.authorization.k8s.io\n  kind: Role\n  name: {own}\nsubjects:\n  - kind: ServiceAccount\n    name: {account}\n{subject_ns}",
+        cost = if deletion_cost { ", and the pod-deletion-cost annotation" } else { "" },
+        subject_ns = namespace.map(|n| format!("    namespace: {n}\n")).unwrap_or_default(),
+    ));
+    out
 }
 
 /// The engine's startup probe's patience (periodSeconds × failureThreshold) as a failure

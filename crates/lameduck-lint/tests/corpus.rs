@@ -333,3 +333,76 @@ fn lint_and_inject_work_on_the_manifests_people_have() {
     );
     insta::assert_snapshot!(summary);
 }
+
+/// `inject --kube` (with `--deletion-cost`) over the corpus: every output is valid against the
+/// Kubernetes schema (the ServiceAccount, Role and RoleBinding too), lints without an error
+/// (the readiness gate has its `--kube` gate), and a second run changes nothing.
+#[test]
+fn inject_kube_gives_valid_rbac_and_readiness_gates() {
+    let tmp = std::env::temp_dir().join(format!("lameduck-corpus-kube-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).expect("tmp");
+    let opts = Options {
+        kube: true,
+        deletion_cost: true,
+        ..Options::default()
+    };
+    let mut all = String::new();
+    let mut roles = 0;
+    for (name, text) in &corpus() {
+        let Ok(out) = inject(Path::new(name), text, &opts) else {
+            continue;
+        };
+        if out.changed.is_empty() {
+            continue;
+        }
+        let after = load_str(Path::new(name), &out.text);
+        assert!(after.errors.is_empty(), "{name}: {:?}", after.errors);
+        let report = lint(&after, &lameduck_lint::Options::default());
+        let errors: Vec<_> = report
+            .findings
+            .iter()
+            .filter(|f| f.severity == Severity::Error && !LEFT_UNLESS_TOLD.contains(&f.rule))
+            .map(|f| (f.rule, f.name.clone()))
+            .collect();
+        assert!(errors.is_empty(), "{name}: {errors:?}\n{}", out.text);
+        let kinds: Vec<&str> = after.objects.iter().map(|o| o.kind.as_str()).collect();
+        if name.ends_with(".json") {
+            // JSON stays JSON: the RBAC comes as a warning to save beside it.
+            assert!(
+                out.warnings.iter().any(|w| w.contains("kind: Role")),
+                "{name}"
+            );
+        } else {
+            assert!(
+                kinds.contains(&"Role") && kinds.contains(&"RoleBinding"),
+                "{name}: {kinds:?}"
+            );
+        }
+        roles += kinds.iter().filter(|k| **k == "Role").count();
+        for w in after.objects.iter().flat_map(Workload::all).flatten() {
+            if !w.model.gated() {
+                continue;
+            }
+            let gates = w.spec.readiness_gates.clone().unwrap_or_default();
+            assert!(
+                gates
+                    .iter()
+                    .any(|g| g.condition_type == "lameduck.io/serving"),
+                "{name}: {} has no readiness gate",
+                w.display_name()
+            );
+            let gate = w.model.gate.as_ref().expect("gate");
+            assert!(
+                gate.args.kube && gate.args.deletion_cost,
+                "{name}: {:?}",
+                gate.args
+            );
+        }
+        let again = inject(Path::new(name), &out.text, &opts).expect("second run");
+        assert_eq!(again.text, out.text, "{name}: a second run changed it");
+        all.push_str(&out.text);
+        all.push_str("\n---\n");
+    }
+    assert!(roles >= 25, "only {roles} Roles written");
+    validate("kube-all", &all, &tmp);
+}

@@ -431,6 +431,17 @@ fn gate_setup_rules() {
     let ordinary = SIDECAR_OK.replace("          restartPolicy: Always\n", "");
     let r = run("s.yaml", &ordinary);
     assert_eq!(fired(&r), [("gate-not-native-sidecar", 11, 11)]);
+    // The serving readiness gate with nobody to set it; then the gate with --kube sets it.
+    let waits = SIDECAR_OK.replace(
+        "      terminationGracePeriodSeconds: 180\n",
+        "      terminationGracePeriodSeconds: 180\n      readinessGates: [{conditionType: lameduck.io/serving}]\n",
+    );
+    assert_eq!(
+        fired(&run("s.yaml", &waits)),
+        [("serving-gate-without-kube", 10, 7)]
+    );
+    let kube = waits.replace("args: [gate, ", "args: [gate, --kube, ");
+    assert_eq!(fired(&run("s.yaml", &kube)), []);
 }
 
 #[test]

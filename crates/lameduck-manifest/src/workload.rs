@@ -685,4 +685,3 @@ spec:
         assert_eq!(w.rolling_update(), None);
     }
 }
-

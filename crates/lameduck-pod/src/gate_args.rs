@@ -210,6 +210,39 @@ pub struct GateArgs {
     #[arg(long, value_name = "N", env = "LAMEDUCK_THREADS")]
     pub threads: Option<std::num::NonZeroUsize>,
 
+    /// Talk to the Kubernetes API (off by default; the gate works without any API access):
+    /// set the pod's `lameduck.io/serving` condition (with a readiness gate the endpoint
+    /// leaves rotation the instant a drain starts), watch the pod's EndpointSlices to measure
+    /// convergence, take a shorter deletion grace period as the deadline, and post the drain
+    /// report as an Event on the pod. Needs --pod-name and --pod-namespace (the downward API)
+    /// and RBAC (docs/kube.md). A slow, down or refusing API server never delays a drain.
+    #[arg(long, env = "LAMEDUCK_KUBE")]
+    pub kube: bool,
+
+    /// With --kube: keep the pod's `controller.kubernetes.io/pod-deletion-cost` annotation in
+    /// step with its in-flight work (at most one patch per 10 s), so that a scale-down removes
+    /// idle replicas first.
+    #[arg(long, env = "LAMEDUCK_DELETION_COST", requires = "kube")]
+    pub deletion_cost: bool,
+
+    /// With --kube: this pod's name (from the downward API: `fieldRef: metadata.name`).
+    #[arg(long, value_name = "NAME", env = "LAMEDUCK_POD_NAME")]
+    pub pod_name: Option<String>,
+
+    /// With --kube: this pod's namespace (downward API: `fieldRef: metadata.namespace`).
+    #[arg(long, value_name = "NAMESPACE", env = "LAMEDUCK_POD_NAMESPACE")]
+    pub pod_namespace: Option<String>,
+
+    /// With --kube: a kubeconfig file instead of the pod's service account (for running the
+    /// gate outside a cluster). Default: in-cluster config, else $KUBECONFIG or
+    /// ~/.kube/config.
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// With --kube: the kubeconfig context to use (default: its current context).
+    #[arg(long, value_name = "NAME")]
+    pub context: Option<String>,
+
     /// Divide every duration flag by this factor (> 0). Used by `lameduck rehearse` to run a
     /// drain faster than real time; leave at 1 in a pod.
     #[arg(long, hide = true, default_value = "1", env = "LAMEDUCK_TIME_SCALE")]
@@ -271,7 +304,12 @@ impl GateFlags {
             if let (Some(var), Some(long)) = (arg.get_env(), arg.get_long())
                 && let Some((_, v)) = env.iter().find(|(k, _)| k.as_str() == var)
             {
-                flags.push((long.to_owned(), Some(v.clone())));
+                if arg.get_action().takes_values() {
+                    flags.push((long.to_owned(), Some(v.clone())));
+                } else if !matches!(v.trim(), "" | "0" | "false" | "no" | "off") {
+                    // A switch set from the environment (`LAMEDUCK_KUBE=true`).
+                    flags.push((long.to_owned(), None));
+                }
             }
         }
         let mut i = 0;
@@ -288,7 +326,7 @@ impl GateFlags {
                 .get_arguments()
                 .find(|a| a.get_long() == Some(long))
                 .ok_or_else(|| GateArgsError(format!("unknown flag `--{long}`")))?;
-            let takes_value = arg.get_num_args().is_none_or(|n| n.takes_values());
+            let takes_value = arg.get_action().takes_values();
             let value = match (inline, takes_value) {
                 (Some(v), _) => Some(v),
                 (None, true) => {
@@ -332,6 +370,15 @@ impl GateFlags {
     /// Sets `--long value` (replacing an earlier setting of the same flag). The flag must be
     /// one of the gate's.
     pub fn set(&mut self, long: &str, value: impl Into<String>) -> &mut Self {
+        self.put(long, Some(value.into()))
+    }
+
+    /// Sets the switch `--long` (a flag without a value).
+    pub fn switch(&mut self, long: &str) -> &mut Self {
+        self.put(long, None)
+    }
+
+    fn put(&mut self, long: &str, value: Option<String>) -> &mut Self {
         debug_assert!(
             Standalone::command()
                 .get_arguments()
@@ -339,7 +386,7 @@ impl GateFlags {
             "no gate flag --{long}"
         );
         self.flags.retain(|(k, _)| k != long);
-        self.flags.push((long.to_owned(), Some(value.into())));
+        self.flags.push((long.to_owned(), value));
         self
     }
 
@@ -433,6 +480,25 @@ mod tests {
         assert!(e.to_string().contains("--grace-perod"), "{e}");
         let e = GateFlags::parse(&words("--grace-period soon"), &[]).expect_err("bad value");
         assert!(e.to_string().contains("soon"), "{e}");
+    }
+
+    #[test]
+    fn switches_from_flags_and_env() {
+        let env = vec![
+            ("LAMEDUCK_KUBE".to_owned(), "true".to_owned()),
+            ("LAMEDUCK_POD_NAME".to_owned(), "vllm-0".to_owned()),
+        ];
+        let (flags, a) = GateFlags::parse(&words("--deletion-cost"), &env).expect("parse");
+        assert!(a.kube && a.deletion_cost);
+        assert_eq!(a.pod_name.as_deref(), Some("vllm-0"));
+        assert_eq!(GateFlags::parse(&flags.render(), &[]).expect("again").1, a);
+        let off = vec![("LAMEDUCK_KUBE".to_owned(), "false".to_owned())];
+        assert!(!GateFlags::parse(&[], &off).expect("parse").1.kube);
+        let e = GateFlags::parse(&words("--deletion-cost"), &[]).expect_err("needs --kube");
+        assert!(e.to_string().contains("--kube"), "{e}");
+        let mut f = GateFlags::default();
+        f.switch("kube").switch("kube");
+        assert_eq!(f.render(), words("--kube"));
     }
 
     #[test]

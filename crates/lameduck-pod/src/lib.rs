@@ -16,6 +16,10 @@ pub mod facts;
 pub mod gate_args;
 pub mod model;
 
+/// The pod condition the gate sets with `--kube` (`False` the moment a drain starts); a pod
+/// lists it in `spec.readinessGates` so that its endpoint leaves rotation at once.
+pub const SERVING_CONDITION: &str = "lameduck.io/serving";
+
 pub use budget::grace_need_gated;
 pub use engines::{ENGINES, Engine, PortSetting, Work};
 pub use facts::{Annotations, MaxRequestSource, PodFacts, Spot};

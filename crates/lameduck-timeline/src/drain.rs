@@ -331,6 +331,24 @@ pub struct DrainReport {
     /// Seconds from drain start until nothing was in flight, once done.
     #[serde(serialize_with = "opt_secs", deserialize_with = "de_opt_secs", default)]
     pub total: Option<Duration>,
+    /// Seconds from drain start until the control plane took the pod's endpoint out of
+    /// rotation (marked not ready or removed in its EndpointSlices), when watched.
+    #[serde(
+        serialize_with = "opt_secs",
+        deserialize_with = "de_opt_secs",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub endpoint_gone: Option<Duration>,
+    /// From that instant to the last arrival after it: how long the data plane (kube-proxy,
+    /// load balancers, meshes) still sent requests. Zero when nothing arrived after it.
+    #[serde(
+        serialize_with = "opt_secs",
+        deserialize_with = "de_opt_secs",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub data_plane_lag: Option<Duration>,
 }
 
 impl DrainReport {
@@ -387,6 +405,7 @@ struct Draining {
     drained_at: Option<Time>,
     child_signalled: Option<Time>,
     child_killed: bool,
+    endpoint_gone: Option<Time>,
 }
 
 impl Draining {
@@ -411,6 +430,7 @@ impl Draining {
             drained_at: None,
             child_signalled: None,
             child_killed: false,
+            endpoint_gone: None,
         }
     }
 }
@@ -479,20 +499,65 @@ impl DrainMachine {
         self.drain.as_ref().map(|d| d.started)
     }
 
+    /// When the control plane took the endpoint out of rotation, if seen during this drain.
+    pub fn endpoint_gone_at(&self) -> Option<Time> {
+        self.drain.as_ref().and_then(|d| d.endpoint_gone)
+    }
+
     /// The deadline for in-flight work, if a drain is under way.
     pub fn deadline(&self) -> Option<Time> {
         self.drain.as_ref().map(|d| d.deadline)
     }
 
-    /// When the announcing window ends given what has been seen so far.
+    /// When the announcing window ends given what has been seen so far. Once the control
+    /// plane has taken the endpoint out of rotation, the minimum no longer applies (it stands
+    /// in for that unseen moment): the quiet period after the later of that instant and the
+    /// last arrival is enough.
     fn announce_end(&self, d: &Draining) -> Time {
         let c = &self.config.convergence;
-        let min_end = d.started.saturating_add(c.min);
+        let floor = match d.endpoint_gone {
+            Some(gone) => gone
+                .saturating_add(c.quiet)
+                .min(d.started.saturating_add(c.min).max(gone)),
+            None => d.started.saturating_add(c.min),
+        };
         let end = match d.last_arrival {
-            Some(last) => min_end.max(last.saturating_add(c.quiet)),
-            None => min_end,
+            Some(last) => floor.max(last.saturating_add(c.quiet)),
+            None => floor,
         };
         end.min(d.started.saturating_add(c.max)).min(d.deadline)
+    }
+
+    /// The control plane took the pod's endpoint out of rotation (the gate saw it in the
+    /// EndpointSlices it watches). Only the first report of a drain counts; before a drain it
+    /// is ignored (the endpoint goes when the pod is deleted, just before the drain starts, and
+    /// the drain's own start is then the better mark).
+    pub fn endpoint_gone(&mut self, now: Time) {
+        let Some(d) = &mut self.drain else { return };
+        if d.endpoint_gone.is_none() {
+            d.endpoint_gone = Some(now.max(d.started));
+            self.advance(now);
+        }
+    }
+
+    /// The pod's deletion gives a shorter grace period than configured (its
+    /// `deletionGracePeriodSeconds`), of which `spent` has already passed. The budget is
+    /// recomputed with it; a drain under way gets the earlier deadline and stop. A longer one
+    /// changes nothing: the gate never plans past what it was told.
+    pub fn limit_grace(&mut self, now: Time, grace: Duration, spent: Duration) {
+        if grace >= self.config.grace {
+            return;
+        }
+        self.config.grace = grace;
+        if self.exit_queued {
+            return;
+        }
+        let budget = self.config.budget(spent);
+        if let Some(d) = &mut self.drain {
+            d.deadline = d.deadline.min(budget.deadline(now).max(d.started));
+            d.hard_stop = d.hard_stop.min(budget.hard_stop(now)).max(d.deadline);
+        }
+        self.advance(now);
     }
 
     /// Starts a drain, or joins the one under way. A join can only shorten the deadline and
@@ -686,6 +751,11 @@ impl DrainMachine {
             arrivals_after_unready: d.arrivals,
             propagation_lag: d.last_arrival.map(|t| t.saturating_sub(d.started)),
             total: d.drained_at.map(|t| t.saturating_sub(d.started)),
+            endpoint_gone: d.endpoint_gone.map(|t| t.saturating_sub(d.started)),
+            data_plane_lag: d.endpoint_gone.map(|gone| match d.last_arrival {
+                Some(last) => last.saturating_sub(gone),
+                None => Duration::ZERO,
+            }),
         })
     }
 
@@ -1098,5 +1168,53 @@ mod tests {
         };
         assert!(bad.validate().unwrap_err().0.contains("--kill-margin"));
         assert!(config().validate().is_ok());
+    }
+    #[test]
+    fn a_seen_endpoint_removal_ends_announcing_after_the_quiet_period() {
+        let mut c = config();
+        c.convergence = Convergence {
+            min: S(10),
+            quiet: S(1),
+            max: S(20),
+        };
+        let mut m = DrainMachine::new(c);
+        m.drain(S(100), DrainRequest::new(Trigger::Endpoint));
+        assert_eq!(m.poll_timeout(), Some(S(110)), "blind: the minimum");
+        m.request_started(MS(100_300));
+        m.endpoint_gone(MS(100_200));
+        // Gone at 0.2 s, last arrival 0.3 s after the start: quiet from 0.3 s.
+        assert_eq!(m.poll_timeout(), Some(MS(101_300)));
+        m.handle_timeout(MS(101_300));
+        assert_eq!(m.phase(), Phase::Finishing);
+        let r = m.report().expect("report");
+        assert_eq!(r.endpoint_gone, Some(MS(200)));
+        assert_eq!(r.data_plane_lag, Some(MS(100)));
+        // A second report changes nothing.
+        m.endpoint_gone(S(105));
+        assert_eq!(m.report().expect("report").endpoint_gone, Some(MS(200)));
+        // Without a watch the report says nothing about it.
+        let mut blind = DrainMachine::new(config());
+        blind.drain(S(1), DrainRequest::new(Trigger::Endpoint));
+        let r = blind.report().expect("report");
+        assert_eq!((r.endpoint_gone, r.data_plane_lag), (None, None));
+        let json = serde_json::to_value(&r).expect("json");
+        assert!(json.get("endpoint_gone").is_none(), "{json}");
+    }
+
+    #[test]
+    fn a_shorter_deletion_grace_moves_the_deadline_earlier_only() {
+        let mut m = DrainMachine::new(config());
+        m.drain(S(0), DrainRequest::new(Trigger::Endpoint));
+        assert_eq!(m.deadline(), Some(S(55)));
+        // Deleted with --grace-period=20 one second before we saw it.
+        m.limit_grace(S(1), S(20), S(1));
+        assert_eq!(m.deadline(), Some(S(15)));
+        m.limit_grace(S(2), S(40), S(0));
+        assert_eq!(m.deadline(), Some(S(15)), "a longer grace changes nothing");
+        // Seen before the drain: the drain's budget uses it.
+        let mut early = DrainMachine::new(config());
+        early.limit_grace(S(0), S(12), S(0));
+        early.drain(S(1), DrainRequest::new(Trigger::Signal));
+        assert_eq!(early.deadline(), Some(S(8)));
     }
 }

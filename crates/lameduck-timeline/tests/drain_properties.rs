@@ -20,6 +20,13 @@ enum Event {
     },
     Tick,
     ChildExited,
+    /// The control plane took the endpoint out of rotation.
+    EndpointGone,
+    /// The pod's deletion set a (possibly shorter) grace period.
+    LimitGrace {
+        grace: Duration,
+        spent: Duration,
+    },
 }
 
 /// How an admitted request can end (refusals are never "finished").
@@ -54,6 +61,8 @@ fn event() -> impl Strategy<Value = Event> {
         ),
         3 => Just(Event::Tick),
         1 => Just(Event::ChildExited),
+        1 => Just(Event::EndpointGone),
+        1 => (secs(300), secs(30)).prop_map(|(grace, spent)| Event::LimitGrace { grace, spent }),
     ]
 }
 
@@ -150,6 +159,8 @@ fn run(
                     m.child_exited(now);
                 }
             }
+            Event::EndpointGone => m.endpoint_gone(now),
+            Event::LimitGrace { grace, spent } => m.limit_grace(now, *grace, *spent),
         }
         while let Some(action) = m.poll_action() {
             seen.push(Seen {
@@ -194,6 +205,8 @@ proptest! {
                 }
                 Event::Tick => m.handle_timeout(now),
                 Event::ChildExited => m.child_exited(now),
+                Event::EndpointGone => m.endpoint_gone(now),
+                Event::LimitGrace { grace, spent } => m.limit_grace(now, *grace, *spent),
             }
             prop_assert_eq!(m.in_flight(), model);
             if let Some(max) = config.max_in_flight {

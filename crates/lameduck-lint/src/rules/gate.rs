@@ -6,10 +6,34 @@ use lameduck_pod::{GateMode, Slot};
 
 use super::{
     Ctx, GATE_FLAGS_INVALID, GATE_GRACE_MISMATCH, GATE_NOT_NATIVE_SIDECAR,
-    SIDECAR_PRESTOP_NOT_DRAINING, secs,
+    SERVING_GATE_WITHOUT_KUBE, SIDECAR_PRESTOP_NOT_DRAINING, secs,
 };
 
 pub(crate) fn setup(ctx: &mut Ctx<'_>, w: &Workload<'_>) {
+    let waits = w
+        .spec
+        .readiness_gates
+        .iter()
+        .flatten()
+        .any(|g| g.condition_type == lameduck_pod::SERVING_CONDITION);
+    let sets = w
+        .model
+        .gate
+        .as_ref()
+        .is_some_and(|g| g.flags.is_ok() && g.args.kube);
+    if waits && !sets {
+        ctx.emit(
+            SERVING_GATE_WITHOUT_KUBE,
+            w.into(),
+            &format!("{}.readinessGates", w.pod_path()),
+            None,
+            format!(
+                "the pod lists the readiness gate `{}`, which only the gate sets, and only with --kube: no container runs it so, and the pod never becomes ready",
+                lameduck_pod::SERVING_CONDITION
+            ),
+            "pass --kube to the gate (with LAMEDUCK_POD_NAME and LAMEDUCK_POD_NAMESPACE from the downward API; `lameduck inject --kube` writes it all), or remove the readiness gate".into(),
+        );
+    }
     let Some(g) = &w.model.gate else { return };
     let path = w.container_path(g.slot);
     if let Err(e) = &g.flags {

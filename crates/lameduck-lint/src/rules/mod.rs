@@ -84,6 +84,8 @@ rules! {
         "The gate's command line does not parse: the container will not start";
     SIDECAR_PRESTOP_NOT_DRAINING = "sidecar-prestop-not-draining", Error,
         "With the gate as a sidecar, the engine's preStop does not call the gate's /drain";
+    SERVING_GATE_WITHOUT_KUBE = "serving-gate-without-kube", Error,
+        "The pod waits for the lameduck.io/serving readiness gate, but no gate runs with --kube to set it: it never becomes ready";
     GATE_NOT_NATIVE_SIDECAR = "gate-not-native-sidecar", Warning,
         "The gate in sidecar mode runs as an ordinary container instead of a native sidecar";
     SINGLE_REPLICA_OUTAGE = "single-replica-outage", Error,

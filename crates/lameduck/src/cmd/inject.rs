@@ -106,6 +106,18 @@ pub struct InjectArgs {
     #[arg(long)]
     pub fix_budgets: bool,
 
+    /// Run the gate with `--kube`: adds the `lameduck.io/serving` readiness gate (the
+    /// endpoint leaves rotation the moment a drain starts), the pod's name and namespace from
+    /// the downward API, and a ServiceAccount (when the pods use the default one), Role and
+    /// RoleBinding, appended to the output. See docs/kube.md.
+    #[arg(long)]
+    pub kube: bool,
+
+    /// With --kube: also keep the pod-deletion-cost annotation in step with in-flight work, so
+    /// that scale-downs remove idle replicas first (adds `patch` on pods to the Role).
+    #[arg(long, requires = "kube")]
+    pub deletion_cost: bool,
+
     /// Print only the manifest, not the summary of changes on stderr.
     #[arg(short, long)]
     pub quiet: bool,
@@ -152,6 +164,8 @@ pub fn run(args: InjectArgs) -> anyhow::Result<i32> {
         entrypoint,
         keep_strategy: args.keep_strategy,
         fix_budgets: args.fix_budgets,
+        kube: args.kube,
+        deletion_cost: args.deletion_cost,
     };
     let out = inject::inject(&args.file, &text, &opts)?;
     let target = if args.in_place {

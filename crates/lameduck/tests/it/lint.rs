@@ -100,3 +100,33 @@ fn config_file_turns_rules_off_changes_severities_and_sets_defaults() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The `--kube` example in docs/kube.md lints clean, and is exactly what `inject --kube
+/// --deletion-cost` writes for the plain Deployment in its header (so the docs cannot drift).
+#[test]
+fn the_kube_example_lints_clean_and_is_injects_output() {
+    let example =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/examples/kube-vllm.yaml");
+    let path = example.to_str().expect("utf-8 path");
+    let (code, out) = lint(&[path], None);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("0 error(s), 0 warning(s)"), "{out}");
+    let text = std::fs::read_to_string(&example).expect("example");
+    for needle in [
+        "--kube",
+        "--deletion-cost",
+        "conditionType: lameduck.io/serving",
+        "fieldPath: metadata.name",
+        "kind: Role",
+        "kind: RoleBinding",
+    ] {
+        assert!(text.contains(needle), "{needle} missing from the example");
+    }
+    // Injecting it again changes nothing: it is already behind the gate.
+    let again = Command::new(bin())
+        .args(["inject", "--kube", "--deletion-cost", "-q", path])
+        .output()
+        .expect("inject runs");
+    assert!(again.status.success());
+    assert_eq!(String::from_utf8_lossy(&again.stdout), text);
+}

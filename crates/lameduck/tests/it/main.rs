@@ -2,6 +2,7 @@
 
 mod agree;
 mod clients;
+mod cluster;
 mod gate;
 mod hardening;
 mod inject;
