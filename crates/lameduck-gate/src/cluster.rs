@@ -18,12 +18,12 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference, Pod};
+use k8s_openapi::api::core::v1::{Event, Pod};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use lameduck_kube::{Clients, Context, KubeError, Op};
@@ -456,42 +456,19 @@ impl Link {
     }
 
     fn event(&self, r: &DrainReport) -> Event {
-        let now = k8s_openapi::jiff::Timestamp::now();
-        let nanos = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        let pod = &self.settings.pod;
-        let warning = event_reason(r) == "DrainTruncated";
-        Event {
-            metadata: ObjectMeta {
-                name: Some(format!("{pod}.{nanos:x}")),
-                namespace: Some(self.settings.namespace.clone()),
-                ..ObjectMeta::default()
-            },
-            involved_object: ObjectReference {
-                api_version: Some("v1".into()),
-                kind: Some("Pod".into()),
-                name: Some(pod.clone()),
-                namespace: Some(self.settings.namespace.clone()),
-                uid: self.uid.lock().unwrap_or_else(|p| p.into_inner()).clone(),
-                ..ObjectReference::default()
-            },
-            reason: Some(event_reason(r).into()),
-            message: Some(event_message(r)),
-            type_: Some(if warning { "Warning" } else { "Normal" }.into()),
-            action: Some("Drain".into()),
-            source: Some(EventSource {
-                component: Some("lameduck-gate".into()),
-                host: None,
-            }),
-            reporting_component: Some("lameduck.io/gate".into()),
-            reporting_instance: Some(pod.clone()),
-            first_timestamp: Some(Time(now)),
-            last_timestamp: Some(Time(now)),
-            event_time: Some(MicroTime(now)),
-            count: Some(1),
-            ..Event::default()
-        }
+        let subject = lameduck_kube::events::Subject::pod(
+            &self.settings.namespace,
+            &self.settings.pod,
+            self.uid.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+        );
+        lameduck_kube::events::event(
+            &subject,
+            event_reason(r),
+            event_message(r),
+            event_reason(r) == "DrainTruncated",
+            "lameduck-gate",
+            "Drain",
+        )
     }
 }
 

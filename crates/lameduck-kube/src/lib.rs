@@ -10,9 +10,11 @@
 //! - [`KubeError`]: an API failure with the operation that failed, worded for a person: a 403
 //!   names the RBAC verb and resource to grant.
 //! - [`retry_conflicts`]: read-modify-write with a retry on 409 Conflict.
+//! - [`events`]: Events about a pod or a node, built one way.
 //!
 //! The Kubernetes API version is chosen by the binary (k8s-openapi's feature), not here.
 
+pub mod events;
 mod retry;
 
 use std::fmt;

@@ -61,6 +61,9 @@ enum Command {
     /// Rehearse a pod drain locally under streaming load, with real processes, and compare
     /// what a naive setup, the shell pattern and lameduck lose.
     Rehearse(Box<lameduck_rehearse::RehearseArgs>),
+    /// The node agent (a DaemonSet): a cloud's preemption or maintenance notice becomes a
+    /// drain of the node's gated pods, with the notice as their deadline.
+    Agent(Box<lameduck_agent::AgentArgs>),
     /// Copy this binary into a directory (the init container of `inject --mode wrapper`).
     CopyBinary(cmd::copy_binary::CopyBinaryArgs),
 }
@@ -75,6 +78,7 @@ fn main() -> ExitCode {
         Command::Rehearse(args) => cmd::rehearse::run(*args),
         Command::Inject(args) => cmd::inject::run(args),
         Command::Plan(args) => cmd::plan::run(*args),
+        Command::Agent(args) => cmd::agent::run(*args),
         Command::CopyBinary(args) => cmd::copy_binary::run(args),
     };
     match result {

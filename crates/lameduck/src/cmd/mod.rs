@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+pub mod agent;
 pub mod copy_binary;
 pub mod engine_sim;
 pub mod gate;

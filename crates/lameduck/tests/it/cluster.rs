@@ -17,26 +17,26 @@ use crate::support::*;
 const LONG: Duration = Duration::from_secs(30);
 
 /// A test pod: its gate process, its address, and the API server it is registered with.
-struct KubePod {
-    name: String,
-    ip: &'static str,
-    gate: Proc,
+pub(crate) struct KubePod {
+    pub(crate) name: String,
+    pub(crate) ip: &'static str,
+    pub(crate) gate: Proc,
 }
 
 /// How a test pod is set up.
-struct PodSetup<'a> {
-    name: &'a str,
-    ip: &'static str,
+pub(crate) struct PodSetup<'a> {
+    pub(crate) name: &'a str,
+    pub(crate) ip: &'static str,
     /// The pod lists the `lameduck.io/serving` readiness gate and the gate runs `--kube`.
-    kube: bool,
+    pub(crate) kube: bool,
     /// The gate also keeps the deletion cost (`--deletion-cost`).
-    deletion_cost: bool,
+    pub(crate) deletion_cost: bool,
     /// The readiness probe's period in seconds.
-    probe_period: u32,
+    pub(crate) probe_period: u32,
     /// Extra gate flags.
-    gate_args: &'a [&'a str],
+    pub(crate) gate_args: &'a [&'a str],
     /// engine-sim flags.
-    sim_args: &'a [&'a str],
+    pub(crate) sim_args: &'a [&'a str],
 }
 
 impl Default for PodSetup<'_> {
@@ -55,13 +55,15 @@ impl Default for PodSetup<'_> {
 
 /// The pod spec of a test pod: one container probed on the gate's admin port, the readiness
 /// gate with `--kube`.
-fn pod_spec(s: &PodSetup<'_>) -> Value {
+pub(crate) fn pod_spec(s: &PodSetup<'_>) -> Value {
     let mut spec = json!({
         "terminationGracePeriodSeconds": 60,
         "nodeName": "node-a",
         "containers": [{
             "name": "engine",
             "image": "vllm/vllm-openai:latest",
+            // What the pod model reads: the gate wrapping the engine, its admin on 9901.
+            "command": ["lameduck", "gate", "--admin", "0.0.0.0:9901", "--grace-period", "60", "--", "vllm", "serve", "m", "--port", "8001"],
             "ports": [{"name": "http", "containerPort": 8000}, {"name": "admin", "containerPort": 9901}],
             "readinessProbe": {
                 "httpGet": {"path": "/ready", "port": 9901},
@@ -76,7 +78,7 @@ fn pod_spec(s: &PodSetup<'_>) -> Value {
     spec
 }
 
-fn kubeconfig(api: &TestApi, tag: &str) -> PathBuf {
+pub(crate) fn kubeconfig(api: &TestApi, tag: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("lameduck-kube-{tag}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let path = dir.join("kubeconfig");
@@ -85,7 +87,7 @@ fn kubeconfig(api: &TestApi, tag: &str) -> PathBuf {
 }
 
 /// The Service that selects the test pods.
-fn service(api: &TestApi) {
+pub(crate) fn service(api: &TestApi) {
     api.create(json!({
         "apiVersion": "v1", "kind": "Service",
         "metadata": {"name": "llm", "namespace": "default"},
@@ -97,7 +99,11 @@ impl KubePod {
     /// Registers the pod with the API server (scheduled, running, with its IP; a pod a
     /// controller already created gets only its status) and starts its gate wrapping
     /// engine-sim on the pod's address.
-    async fn start(api: &TestApi, kubeconfig: &std::path::Path, s: PodSetup<'_>) -> KubePod {
+    pub(crate) async fn start(
+        api: &TestApi,
+        kubeconfig: &std::path::Path,
+        s: PodSetup<'_>,
+    ) -> KubePod {
         if api.get("v1", "Pod", Some("default"), s.name).is_some() {
             let ip = s.ip;
             assert!(api.modify("v1", "Pod", Some("default"), s.name, |p| {
@@ -185,7 +191,7 @@ impl KubePod {
         pod
     }
 
-    fn admin(&self, path: &str) -> String {
+    pub(crate) fn admin(&self, path: &str) -> String {
         format!("http://{}:9901{path}", self.ip)
     }
 
@@ -205,7 +211,7 @@ impl KubePod {
         }
     }
 
-    async fn status(&self) -> Value {
+    pub(crate) async fn status(&self) -> Value {
         let (_, body) = get(&self.admin("/status")).await.expect("status");
         serde_json::from_str(&body).expect("status json")
     }
@@ -229,7 +235,7 @@ impl KubePod {
             .sum()
     }
 
-    fn open_stream(&self, max_tokens: u32) -> tokio::task::JoinHandle<StreamEnd> {
+    pub(crate) fn open_stream(&self, max_tokens: u32) -> tokio::task::JoinHandle<StreamEnd> {
         let req = post(
             &self.url("/v1/chat/completions"),
             chat_body(true, max_tokens),
@@ -237,7 +243,7 @@ impl KubePod {
         tokio::spawn(async move { read_stream(send(req).await).await })
     }
 
-    async fn wait_streams(&self, n: u64) {
+    pub(crate) async fn wait_streams(&self, n: u64) {
         let deadline = Instant::now() + LONG;
         while self.status().await["in_flight"]["stream"] != n {
             assert!(

@@ -130,3 +130,13 @@ fn the_kube_example_lints_clean_and_is_injects_output() {
     assert!(again.status.success());
     assert_eq!(String::from_utf8_lossy(&again.stdout), text);
 }
+
+/// The agent's DaemonSet in docs/agent.md lints clean.
+#[test]
+fn the_agent_daemonset_lints_clean() {
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../docs/examples/agent-daemonset.yaml");
+    let (code, out) = lint(&[example.to_str().expect("utf-8 path")], None);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("0 error(s), 0 warning(s)"), "{out}");
+}

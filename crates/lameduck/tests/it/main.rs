@@ -1,5 +1,6 @@
 //! Integration tests of the `lameduck` binary: one test binary, one module per area.
 
+mod agent;
 mod agree;
 mod clients;
 mod cluster;

@@ -1,0 +1,156 @@
+//! The agent's metrics, and the small server for `/metrics` and `/healthz`.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NoticeLabel {
+    provider: &'static str,
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OpLabel {
+    operation: &'static str,
+}
+
+/// Handles to every metric.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    notices: Family<NoticeLabel, Counter>,
+    drains: Family<ResultLabel, Counter>,
+    removals: Family<ResultLabel, Counter>,
+    kube_errors: Family<OpLabel, Counter>,
+    /// Seconds from the notice to the pods' deadline, for the last notice acted on.
+    pub budget: Gauge<f64, AtomicU64>,
+}
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("lameduck_agent");
+        let notices = Family::default();
+        registry.register(
+            "notices",
+            "Notices seen, by provider and kind (reclaim, maintenance, advisory)",
+            notices.clone(),
+        );
+        let drains = Family::default();
+        registry.register(
+            "gate_drains",
+            "Gated pods told to drain, by result (ok, failed, skipped: no address)",
+            drains.clone(),
+        );
+        let removals = Family::default();
+        registry.register(
+            "pod_removals",
+            "Pods removed through the API, by how (deleted, evicted, blocked, failed)",
+            removals.clone(),
+        );
+        let kube_errors = Family::default();
+        registry.register(
+            "kube_errors",
+            "Kubernetes API calls that failed, by operation",
+            kube_errors.clone(),
+        );
+        let budget = Gauge::default();
+        registry.register(
+            "notice_budget_seconds",
+            "From the last notice acted on to the pods' deadline",
+            budget.clone(),
+        );
+        Metrics {
+            registry,
+            notices,
+            drains,
+            removals,
+            kube_errors,
+            budget,
+        }
+    }
+
+    /// Counts a notice.
+    pub fn notice(&self, provider: &'static str, kind: &'static str) {
+        self.notices
+            .get_or_create(&NoticeLabel { provider, kind })
+            .inc();
+    }
+
+    /// Counts a gate drain.
+    pub fn drain(&self, result: &'static str) {
+        self.drains.get_or_create(&ResultLabel { result }).inc();
+    }
+
+    /// Counts a pod removal.
+    pub fn removal(&self, result: &'static str) {
+        self.removals.get_or_create(&ResultLabel { result }).inc();
+    }
+
+    /// Counts a failed API call.
+    pub fn kube_error(&self, operation: &'static str) {
+        self.kube_errors.get_or_create(&OpLabel { operation }).inc();
+    }
+
+    /// The text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Serves `/metrics` and `/healthz` until the process ends.
+pub async fn serve(listener: tokio::net::TcpListener, metrics: Arc<Metrics>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let metrics = metrics.clone();
+                async move {
+                    let (status, body) = match req.uri().path() {
+                        "/metrics" => (StatusCode::OK, metrics.encode()),
+                        "/healthz" => (StatusCode::OK, "ok\n".to_owned()),
+                        _ => (
+                            StatusCode::NOT_FOUND,
+                            "not found: /metrics, /healthz\n".to_owned(),
+                        ),
+                    };
+                    let mut resp = Response::new(Full::new(Bytes::from(body)));
+                    *resp.status_mut() = status;
+                    Ok::<_, Infallible>(resp)
+                }
+            });
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
