@@ -32,7 +32,7 @@ pub struct Responder {
     acted: Mutex<HashSet<String>>,
     /// Azure events the agent approved: their disappearance is their start, not a withdrawal.
     acknowledged: Mutex<HashSet<String>>,
-    logged: Mutex<HashSet<&'static str>>,
+    logged: lameduck_kube::LogOnce,
 }
 
 fn kind_name(k: &NoticeKind) -> &'static str {
@@ -69,7 +69,7 @@ impl Responder {
             watch,
             acted: Mutex::new(HashSet::new()),
             acknowledged: Mutex::new(HashSet::new()),
-            logged: Mutex::new(HashSet::new()),
+            logged: lameduck_kube::LogOnce::default(),
         }
     }
 
@@ -80,12 +80,7 @@ impl Responder {
     /// Logs a failed API call once per operation (later ones at debug) and counts it.
     fn failed(&self, operation: &'static str, e: &KubeError) {
         self.metrics.kube_error(operation);
-        let first = self
-            .logged
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(operation);
-        if first {
+        if self.logged.first(operation) {
             tracing::warn!(operation, error = %e, "Kubernetes API call failed (logged once per operation, counted in lameduck_agent_kube_errors)");
         } else {
             tracing::debug!(operation, error = %e, "Kubernetes API call failed again");

@@ -16,7 +16,7 @@
 //! otherwise ignored. The gate drains exactly as without `--kube` when the API server is slow,
 //! down or refuses.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -47,7 +47,7 @@ pub struct Link {
     settings: KubeSettings,
     shared: Arc<Shared>,
     clients: OnceCell<Clients>,
-    logged: Mutex<HashSet<&'static str>>,
+    logged: lameduck_kube::LogOnce,
     uid: Mutex<Option<String>>,
 }
 
@@ -65,7 +65,7 @@ impl Link {
             settings,
             shared,
             clients: OnceCell::new(),
-            logged: Mutex::new(HashSet::new()),
+            logged: lameduck_kube::LogOnce::default(),
             uid: Mutex::new(None),
         })
     }
@@ -88,12 +88,7 @@ impl Link {
             ),
         };
         self.shared.metrics.kube_error(operation, kind);
-        let first = self
-            .logged
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(operation);
-        if first {
+        if self.logged.first(operation) {
             tracing::warn!(
                 operation,
                 error = %text,

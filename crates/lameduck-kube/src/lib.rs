@@ -371,6 +371,21 @@ impl<T> Context<T> for Result<T, kube::Error> {
     }
 }
 
+/// Remembers which operations have failed before, so that each is logged at `warn` once and
+/// at `debug` afterwards: a dependency that is down must not flood the log.
+#[derive(Debug, Default)]
+pub struct LogOnce(std::sync::Mutex<std::collections::HashSet<&'static str>>);
+
+impl LogOnce {
+    /// Whether this is the first failure of `operation`.
+    pub fn first(&self, operation: &'static str) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(operation)
+    }
+}
+
 /// Read-modify-write: runs `attempt` again (it should re-read the object) while it fails with
 /// 409 Conflict, up to `tries` times in all, with a short pause between.
 pub async fn retry_conflicts<T, F, Fut>(tries: u32, mut attempt: F) -> Result<T, KubeError>

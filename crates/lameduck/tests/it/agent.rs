@@ -352,3 +352,93 @@ async fn a_restarted_agent_finishes_the_recorded_notice() {
     agent.signal(nix::sys::signal::Signal::SIGTERM);
     agent.wait_exit(LONG).await;
 }
+
+/// Faults during a notice: the API server answers 503 to everything, and one "gated" pod's
+/// admin port accepts connections but never answers. The real gate still gets its `/drain` at
+/// once (the agent knows it from its warm watch), its streams end cleanly, and the agent
+/// counts what failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_gate_and_a_down_api_server_do_not_stop_the_drain() {
+    let api = TestApi::start().await;
+    service(&api);
+    node_and_bystanders(&api);
+    // A pod whose gate hangs: its admin address accepts and never reads.
+    let silent = tokio::net::TcpListener::bind("127.0.0.40:9901")
+        .await
+        .expect("bind the silent gate");
+    let mut spec = crate::cluster::pod_spec(&PodSetup {
+        kube: false,
+        ..PodSetup::default()
+    });
+    spec["nodeName"] = json!("node-a");
+    api.create(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "llm-silent", "namespace": "default",
+                     "annotations": {"testapi.lameduck.dev/kubelet": "off"}},
+        "spec": spec,
+        "status": {"phase": "Running", "podIP": "127.0.0.40"}
+    }));
+    let cloud = FakeMetadata::start(Provider::Aws).await;
+    let config = kubeconfig(&api, "faults");
+    let pod = KubePod::start(
+        &api,
+        &config,
+        PodSetup {
+            name: "llm-0",
+            ip: "127.0.0.41",
+            kube: false,
+            sim_args: &[
+                "--tokens-per-second",
+                "20",
+                "--output-tokens",
+                "100000",
+                "--ttft",
+                "20ms",
+            ],
+            ..PodSetup::default()
+        },
+    )
+    .await;
+    let mut agent = agent(&api, &cloud, Provider::Aws, &["--margin", "2"]).await;
+    let stream = pod.open_stream(100_000);
+    pod.wait_streams(1).await;
+    // The watch has listed the node's pods; now the API server fails everything.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    api.fail_with(Some(503));
+    let t0 = Instant::now();
+    cloud.reclaim(SystemTime::now() + Duration::from_secs(8));
+    let deadline = Instant::now() + LONG;
+    while pod.status().await["ready"] == true {
+        assert!(Instant::now() < deadline, "{}", agent.lines().join("\n"));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let unready = t0.elapsed();
+    assert!(
+        unready < Duration::from_secs(3),
+        "the silent gate delayed the other: {unready:?}"
+    );
+    let end = stream.await.expect("stream task");
+    assert!(
+        matches!(&end, StreamEnd::TerminalError { done: true, .. }),
+        "{end:?}"
+    );
+    agent
+        .wait_for_line(
+            "A gate did not accept /drain; its pod is still deleted with the time left",
+            LONG,
+        )
+        .await;
+    let lines = agent.json_lines();
+    let warned: Vec<&Value> = lines
+        .iter()
+        .filter(|v| {
+            v["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("Kubernetes API call failed"))
+        })
+        .collect();
+    assert!(!warned.is_empty(), "{}", agent.lines().join("\n"));
+    drop(silent);
+    agent.signal(nix::sys::signal::Signal::SIGTERM);
+    agent.wait_exit(LONG).await;
+}
