@@ -64,6 +64,9 @@ enum Command {
     /// The node agent (a DaemonSet): a cloud's preemption or maintenance notice becomes a
     /// drain of the node's gated pods, with the notice as their deadline.
     Agent(Box<lameduck_agent::AgentArgs>),
+    /// Drain nodes: say what will block before anything changes, then cordon and evict,
+    /// showing why a PodDisruptionBudget makes an eviction wait.
+    Drain(Box<lameduck_drain::DrainArgs>),
     /// Copy this binary into a directory (the init container of `inject --mode wrapper`).
     CopyBinary(cmd::copy_binary::CopyBinaryArgs),
 }
@@ -79,6 +82,7 @@ fn main() -> ExitCode {
         Command::Inject(args) => cmd::inject::run(args),
         Command::Plan(args) => cmd::plan::run(*args),
         Command::Agent(args) => cmd::agent::run(*args),
+        Command::Drain(args) => cmd::drain::run(*args),
         Command::CopyBinary(args) => cmd::copy_binary::run(args),
     };
     match result {

@@ -2,6 +2,7 @@
 
 pub mod agent;
 pub mod copy_binary;
+pub mod drain;
 pub mod engine_sim;
 pub mod gate;
 pub mod inject;

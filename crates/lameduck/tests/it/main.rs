@@ -4,6 +4,7 @@ mod agent;
 mod agree;
 mod clients;
 mod cluster;
+mod drain;
 mod gate;
 mod hardening;
 mod inject;
