@@ -156,8 +156,10 @@ pub async fn run(args: AgentArgs) -> Result<i32, AgentError> {
         metrics,
         watch_cfg.clone(),
     ));
-    // An agent restarted mid-notice finds it recorded on the node and finishes the job.
-    responder.resume().await;
+    // An agent restarted mid-notice finds it recorded on the node and finishes the job (in
+    // its own task: a recorded maintenance may wait hours for its drain).
+    let resumed = responder.clone();
+    tokio::spawn(async move { resumed.resume().await });
     let mut updates = lameduck_cloud::watch(watch_cfg);
     while let Some(update) = updates.recv().await {
         let r = responder.clone();

@@ -113,6 +113,17 @@ impl Responder {
             return;
         };
         tracing::info!(id = %record.id, "Resuming the notice recorded on the node");
+        // A maintenance recorded as cordon-only is re-armed: the drain starts the lead time
+        // before it, as it would have without the restart.
+        let left = goes_at
+            .duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO);
+        if record.kind == "maintenance" && !record.tainted && left > self.args.maintenance_lead.0 {
+            tokio::time::sleep(left.saturating_sub(self.args.maintenance_lead.0)).await;
+            if !self.still_acting(&record.id) {
+                return;
+            }
+        }
         self.act(goes_at, record).await;
     }
 

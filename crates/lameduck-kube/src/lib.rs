@@ -11,10 +11,12 @@
 //!   names the RBAC verb and resource to grant.
 //! - [`retry_conflicts`]: read-modify-write with a retry on 409 Conflict.
 //! - [`events`]: Events about a pod or a node, built one way.
+//! - [`gate`]: a pod's gate through the API server's pod proxy.
 //!
 //! The Kubernetes API version is chosen by the binary (k8s-openapi's feature), not here.
 
 pub mod events;
+pub mod gate;
 mod retry;
 
 use std::fmt;

@@ -442,3 +442,61 @@ async fn a_silent_gate_and_a_down_api_server_do_not_stop_the_drain() {
     agent.signal(nix::sys::signal::Signal::SIGTERM);
     agent.wait_exit(LONG).await;
 }
+
+/// A restarted agent re-arms a maintenance it had only cordoned for: the drain still starts
+/// the lead time before it, not at once and not never.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_agent_rearms_a_recorded_maintenance() {
+    let api = TestApi::start().await;
+    service(&api);
+    node_and_bystanders(&api);
+    let goes_at = SystemTime::now() + Duration::from_secs(20);
+    let unix = goes_at
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .expect("time")
+        .as_secs();
+    let record = json!({"id": "instance-event-1", "provider": "aws", "kind": "maintenance",
+                        "goesAt": unix, "cordoned": true, "tainted": false})
+    .to_string();
+    api.modify("v1", "Node", None, "node-a", |n| {
+        n["metadata"]["annotations"] = json!({"lameduck.io/notice": record});
+        n["spec"] = json!({"unschedulable": true});
+    });
+    let cloud = FakeMetadata::start(Provider::Aws).await;
+    let config = kubeconfig(&api, "rearm");
+    let pod = KubePod::start(
+        &api,
+        &config,
+        PodSetup {
+            name: "llm-0",
+            ip: "127.0.0.42",
+            kube: false,
+            ..PodSetup::default()
+        },
+    )
+    .await;
+    let t0 = Instant::now();
+    let mut agent = agent(
+        &api,
+        &cloud,
+        Provider::Aws,
+        &["--margin", "2", "--maintenance-lead", "14s"],
+    )
+    .await;
+    // Not at once: the drain is due about 6 s from now.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(pod.status().await["phase"], "serving");
+    let deadline = Instant::now() + LONG;
+    while pod.status().await["phase"] == "serving" {
+        assert!(Instant::now() < deadline, "{}", agent.lines().join("\n"));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let at = t0.elapsed();
+    assert!(
+        at >= Duration::from_secs(4),
+        "drained after {at:?}, before the lead time"
+    );
+    until("pod removed", LONG, || terminating(&api, "llm-0")).await;
+    agent.signal(nix::sys::signal::Signal::SIGTERM);
+    agent.wait_exit(LONG).await;
+}

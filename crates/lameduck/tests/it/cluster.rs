@@ -692,3 +692,61 @@ async fn a_drain_with_the_api_server_down() {
     assert_eq!(report["completed"], 5, "{report}");
     assert!(report.get("endpoint_gone").is_none(), "{report}");
 }
+
+/// The fleet tools' path to a gate from outside the pod network: `/status` and `/drain`
+/// through the API server's pod proxy, typed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gate_is_reached_through_the_pod_proxy() {
+    let api = TestApi::start().await;
+    service(&api);
+    let config = kubeconfig(&api, "proxy");
+    let pod = KubePod::start(
+        &api,
+        &config,
+        PodSetup {
+            ip: "127.0.0.17",
+            kube: false,
+            ..PodSetup::default()
+        },
+    )
+    .await;
+    let client =
+        kube::Client::try_from(kube::Config::new(api.url().parse().expect("url"))).expect("client");
+    let status = lameduck_kube::gate::status(&client, "default", &pod.name, 9901)
+        .await
+        .expect("status through the proxy");
+    assert!(status.ready, "{status:?}");
+    assert_eq!(status.phase, lameduck_timeline::Phase::Serving);
+    let accepted = lameduck_kube::gate::drain(
+        &client,
+        "default",
+        &pod.name,
+        9901,
+        Some(Duration::from_secs(20)),
+    )
+    .await
+    .expect("drain through the proxy");
+    assert_eq!(accepted.drain, "started");
+    let status = lameduck_kube::gate::status(&client, "default", &pod.name, 9901)
+        .await
+        .expect("status again");
+    assert_ne!(
+        status.phase,
+        lameduck_timeline::Phase::Serving,
+        "{status:?}"
+    );
+    let deadline = status
+        .drain
+        .as_ref()
+        .map(|d| d.report.deadline)
+        .expect("a drain report");
+    assert!(deadline <= Duration::from_secs(20), "{deadline:?}");
+    // A pod that does not exist is an error that names the resource.
+    let e = lameduck_kube::gate::status(&client, "default", "nope", 9901)
+        .await
+        .expect_err("no such pod");
+    assert!(
+        e.is_not_found() && e.to_string().contains("pods/proxy"),
+        "{e}"
+    );
+}
