@@ -2,10 +2,11 @@
 //! the arithmetic and the fix — and only then cordons and evicts, waiting on PodDisruptionBudgets
 //! with their reason instead of retrying silently.
 //!
-//! [`plan`] decides from API objects (no I/O); this module reads them, prints, and acts.
-//! Not yet: the surge-first path for Deployment-owned pods (docs/drain.md).
+//! [`plan`] decides from API objects (no I/O); [`surge`] moves a Deployment's pods by scaling up
+//! first; this module reads the objects, prints, and acts.
 
 pub mod plan;
+pub mod surge;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -58,6 +59,16 @@ pub struct DrainArgs {
     #[arg(long)]
     pub force: bool,
 
+    /// Evict a Deployment's pods like everything else, instead of starting their replacements
+    /// on other nodes first.
+    #[arg(long)]
+    pub no_surge: bool,
+
+    /// How long a surge waits for a Deployment's replacements to be Ready elsewhere before it
+    /// is undone and its pods are evicted instead.
+    #[arg(long, value_name = "DURATION", default_value = "5m")]
+    pub surge_timeout: Dur,
+
     /// `human` or `json` (the plan, then one object per pod as it leaves).
     #[arg(long, value_name = "FORMAT", default_value = "human", value_parser = ["human", "json"])]
     pub format: String,
@@ -88,11 +99,21 @@ pub async fn run(args: DrainArgs) -> Result<i32, DrainError> {
         delete_emptydir_data: args.delete_emptydir_data,
         force: args.force,
     };
-    let mut plans = Vec::new();
-    for node in &args.nodes {
-        plans.push(read_plan(&clients, node, args.selector.as_deref(), sw).await?);
-    }
     let json = args.format == "json";
+    if !args.dry_run {
+        for node in &args.nodes {
+            for line in surge::recover(&clients, node).await? {
+                println!("{node}: an earlier run's surge undone: {line}");
+            }
+        }
+    }
+    let mut plans = Vec::new();
+    let mut node_pods = Vec::new();
+    for node in &args.nodes {
+        let (plan, pods) = read_plan(&clients, node, args.selector.as_deref(), sw).await?;
+        plans.push(plan);
+        node_pods.push(pods);
+    }
     for p in &plans {
         if json {
             println!("{}", serde_json::to_string(p).unwrap_or_default());
@@ -116,19 +137,30 @@ pub async fn run(args: DrainArgs) -> Result<i32, DrainError> {
         return Ok(0);
     }
     let t0 = Instant::now();
-    let mut all_gone = true;
-    for p in &plans {
-        cordon(&clients, &p.node).await?;
-        if !json {
-            println!("{}: cordoned", p.node);
+    let progress = surge::InProgress::default();
+    let work = async {
+        let mut all_gone = true;
+        for (p, pods) in plans.iter().zip(&node_pods) {
+            cordon(&clients, &p.node).await?;
+            if !json {
+                println!("{}: cordoned", p.node);
+            }
+            all_gone &= empty(&clients, &args, p, pods, &progress, t0, json).await?;
         }
-        let evictions = p
-            .pods
-            .iter()
-            .filter(|pp| pp.action == Action::Evict)
-            .map(|pp| leave(&clients, &pp.pod, args.timeout.0, t0, json));
-        all_gone &= join_all(evictions).await.into_iter().all(|gone| gone);
-    }
+        Ok::<bool, DrainError>(all_gone)
+    };
+    let all_gone = tokio::select! {
+        r = work => r?,
+        _ = tokio::signal::ctrl_c() => {
+            for (ns, name, replicas) in progress.all() {
+                match surge::restore(&clients, &ns, &name, replicas).await {
+                    Ok(()) => println!("interrupted: {ns}/{name} restored to {replicas} replicas"),
+                    Err(e) => println!("interrupted: cannot restore {ns}/{name} to {replicas} replicas: {e}; the next run restores it"),
+                }
+            }
+            return Ok(130);
+        }
+    };
     if !json {
         println!(
             "{} in {:.1} s",
@@ -143,12 +175,75 @@ pub async fn run(args: DrainArgs) -> Result<i32, DrainError> {
     Ok(if all_gone { 0 } else { 1 })
 }
 
+/// Empties one cordoned node: a Deployment's pods by surging first (unless `--no-surge`), the
+/// rest (and any whose surge failed) by eviction. Returns whether every pod left in time.
+async fn empty(
+    clients: &Clients,
+    args: &DrainArgs,
+    p: &Plan,
+    pods: &[Pod],
+    progress: &surge::InProgress,
+    t0: Instant,
+    json: bool,
+) -> Result<bool, DrainError> {
+    let leaving: Vec<&str> = p
+        .pods
+        .iter()
+        .filter(|pp| pp.action == Action::Evict)
+        .map(|pp| pp.pod.as_str())
+        .collect();
+    let leaving_pods: Vec<&Pod> = pods
+        .iter()
+        .filter(|pod| {
+            let key = format!(
+                "{}/{}",
+                pod.metadata.namespace.as_deref().unwrap_or("default"),
+                pod.metadata.name.as_deref().unwrap_or_default()
+            );
+            leaving.contains(&key.as_str())
+                && p.pods
+                    .iter()
+                    .any(|pp| pp.pod == key && pp.owner == plan::Owner::ReplicaSet)
+        })
+        .collect();
+    let groups = if args.no_surge {
+        Vec::new()
+    } else {
+        surge::groups(clients, &leaving_pods).await?
+    };
+    let say = |line: String| {
+        if json {
+            println!("{}", serde_json::json!({"surge": line}));
+        } else {
+            println!("{line}");
+        }
+    };
+    let mut surged: Vec<String> = Vec::new();
+    for g in &groups {
+        match surge::surge(clients, &p.node, g, args.surge_timeout.0, progress, &say).await {
+            Ok(()) => surged.extend(g.pods.iter().map(|n| format!("{}/{n}", g.namespace))),
+            Err(why) => say(format!("surge failed, evicting instead: {why}")),
+        }
+    }
+    let leaves = leaving.iter().map(|pod| {
+        let surged = surged.iter().any(|s| s == pod);
+        async move {
+            if surged {
+                wait_gone(clients, pod, args.timeout.0, t0, json).await
+            } else {
+                leave(clients, pod, args.timeout.0, t0, json).await
+            }
+        }
+    });
+    Ok(join_all(leaves).await.into_iter().all(|gone| gone))
+}
+
 async fn read_plan(
     clients: &Clients,
     node: &str,
     selector: Option<&str>,
     sw: Switches,
-) -> Result<Plan, DrainError> {
+) -> Result<(Plan, Vec<Pod>), DrainError> {
     let nodes: Api<Node> = Api::all(clients.api.clone());
     let node_op = Op {
         verb: "get",
@@ -193,7 +288,7 @@ async fn read_plan(
             name: None,
         })?
         .items;
-    Ok(plan::plan(node, &pods, &budgets, &all_nodes, sw))
+    Ok((plan::plan(node, &pods, &budgets, &all_nodes, sw), pods))
 }
 
 /// The plan in words.
@@ -295,7 +390,25 @@ async fn leave(clients: &Clients, pod: &str, timeout: Duration, t0: Instant, jso
             }
         }
     }
-    // Gone means deleted from the API: its grace period (and a gate's drain) has run.
+    wait_gone(clients, pod, timeout, t0, json).await
+}
+
+/// Waits until the pod is gone from the API: its grace period (and a gate's drain) has run.
+async fn wait_gone(
+    clients: &Clients,
+    pod: &str,
+    timeout: Duration,
+    t0: Instant,
+    json: bool,
+) -> bool {
+    let (ns, name) = pod.split_once('/').unwrap_or(("default", pod));
+    let say = |line: String, fields: serde_json::Value| {
+        if json {
+            println!("{fields}");
+        } else {
+            println!("{line}");
+        }
+    };
     let pods: Api<Pod> = Api::namespaced(clients.api.clone(), ns);
     while t0.elapsed() <= timeout {
         match pods.get_opt(name).await {

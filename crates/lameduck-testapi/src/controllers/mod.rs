@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use crate::store::{Shared, Store};
 
+pub(crate) mod deployment;
 pub(crate) mod disruption;
 pub(crate) mod endpointslice;
 pub(crate) mod kubelet;
@@ -19,6 +20,7 @@ pub(crate) fn reconcile(st: &mut Store, shared: &Arc<Shared>) {
         let before = st.rv;
         kubelet::sync_probers(st, shared);
         kubelet::sync_readiness(st);
+        deployment::sync(st);
         replicaset::sync(st, shared);
         endpointslice::sync(st);
         disruption::sync(st);

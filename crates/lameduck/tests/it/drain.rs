@@ -1,6 +1,8 @@
 //! `lameduck drain` against the test API server: blockers are found before anything changes;
 //! an unblocked node is cordoned and its pods leave through the Eviction API.
 
+use std::sync::Arc;
+
 use lameduck_testapi::TestApi;
 use serde_json::{Value, json};
 
@@ -170,4 +172,250 @@ async fn an_unblocked_node_is_cordoned_and_emptied() {
         .filter(|(m, p)| m == "POST" && p.ends_with("/eviction"))
         .count();
     assert_eq!(evictions, 2);
+}
+
+/// Assigns the pods a controller creates to a node and an address, as a scheduler and a
+/// kubelet would, each 300 ms after it appeared (a cold start): the first `first` to n1, the
+/// rest to n2.
+fn scheduler(api: &Arc<TestApi>, first: usize) -> tokio::task::JoinHandle<()> {
+    let api = api.clone();
+    tokio::spawn(async move {
+        let mut placed = 0usize;
+        let mut seen: std::collections::HashMap<String, std::time::Instant> = Default::default();
+        loop {
+            for p in api.list("v1", "Pod", Some("ml")) {
+                if p["spec"]["nodeName"].is_string() {
+                    continue;
+                }
+                let name = p["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
+                let since = *seen
+                    .entry(name.clone())
+                    .or_insert_with(std::time::Instant::now);
+                if since.elapsed() < std::time::Duration::from_millis(300) {
+                    continue;
+                }
+                let node = if placed < first { "n1" } else { "n2" };
+                let ip = format!("127.0.0.{}", 70 + placed);
+                placed += 1;
+                api.modify("v1", "Pod", Some("ml"), &name, |p| {
+                    p["spec"]["nodeName"] = json!(node);
+                    p["status"]["phase"] = json!("Running");
+                    p["status"]["podIP"] = json!(ip);
+                });
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+}
+
+fn ready_web(api: &TestApi) -> Vec<(String, String)> {
+    api.list("v1", "Pod", Some("ml"))
+        .into_iter()
+        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+        .filter(|p| {
+            p["status"]["conditions"].as_array().is_some_and(|c| {
+                c.iter()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
+            })
+        })
+        .map(|p| {
+            (
+                p["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+                p["spec"]["nodeName"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// Surge first: the Deployment is scaled up, its replacements become Ready on n2, and only then
+/// are n1's pods removed (by the ReplicaSet, through their graceful path). Ready capacity never
+/// drops below the starting count, and the Deployment ends at its own replica count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn surge_first_keeps_ready_capacity() {
+    let least = capacity_through_a_drain(&[]).await;
+    assert!(least >= 2, "Ready capacity dipped to {least}");
+}
+
+/// The same node drained evict-first (`--no-surge`, what `kubectl drain` does): capacity dips
+/// while the replacements start — the comparison the surge exists for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn evict_first_dips_ready_capacity() {
+    let least = capacity_through_a_drain(&["--no-surge"]).await;
+    assert!(least < 2, "evict-first kept {least} Ready");
+}
+
+/// Drains n1 of a two-replica Deployment with `extra` flags; returns the least Ready capacity
+/// seen meanwhile, after checking the end state.
+async fn capacity_through_a_drain(extra: &[&str]) -> usize {
+    let surge = extra.is_empty();
+    let api = Arc::new(TestApi::start().await);
+    nodes(&api);
+    let placer = scheduler(&api, 2);
+    api.create(json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "web", "namespace": "ml"},
+        "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}},
+                 "template": {"metadata": {"labels": {"app": "web"}},
+                              "spec": {"terminationGracePeriodSeconds": 1, "containers": [{"name": "c", "image": "x"}]}}}
+    }));
+    let t0 = std::time::Instant::now();
+    while ready_web(&api).len() < 2 {
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(20),
+            "{:?}",
+            api.list("v1", "Pod", Some("ml"))
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let before: Vec<String> = ready_web(&api).into_iter().map(|(n, _)| n).collect();
+    // The least Ready capacity seen while the drain runs.
+    let least = Arc::new(std::sync::atomic::AtomicUsize::new(usize::MAX));
+    let watcher = {
+        let api = api.clone();
+        let least = least.clone();
+        tokio::spawn(async move {
+            loop {
+                least.fetch_min(ready_web(&api).len(), std::sync::atomic::Ordering::SeqCst);
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        })
+    };
+    let mut args = vec!["n1", "--timeout", "60s", "--surge-timeout", "30s"];
+    args.extend_from_slice(extra);
+    let (code, out) = drain(&api, if surge { "surge" } else { "evict" }, &args).await;
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(out.contains("surging 2 → 4 replicas"), surge, "{out}");
+    let now = ready_web(&api);
+    assert_eq!(now.len(), 2, "{now:?}");
+    assert!(
+        now.iter()
+            .all(|(n, node)| node == "n2" && !before.contains(n)),
+        "{now:?}"
+    );
+    let d = api
+        .get("apps/v1", "Deployment", Some("ml"), "web")
+        .expect("deployment");
+    assert_eq!(d["spec"]["replicas"], 2, "{d}");
+    assert!(
+        d["metadata"]["annotations"]["lameduck.io/drain-surge"].is_null(),
+        "{d}"
+    );
+    // Surging, the old pods leave through a graceful delete by the ReplicaSet, never an
+    // eviction.
+    let evicted = api
+        .requests()
+        .iter()
+        .any(|(m, p)| m == "POST" && p.ends_with("/eviction"));
+    assert_eq!(evicted, !surge);
+    watcher.abort();
+    placer.abort();
+    let least = least.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(least != usize::MAX, "never sampled");
+    least
+}
+
+/// A surge a crashed run left behind is undone by the next run, before anything else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_surge_is_undone_by_the_next_run() {
+    let api = Arc::new(TestApi::start().await);
+    nodes(&api);
+    let placer = scheduler(&api, 0);
+    api.create(json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "web", "namespace": "ml",
+                     "annotations": {"lameduck.io/drain-surge": "{\"node\":\"n1\",\"replicas\":2,\"added\":1}"}},
+        "spec": {"replicas": 3, "selector": {"matchLabels": {"app": "web"}},
+                 "template": {"metadata": {"labels": {"app": "web"}},
+                              "spec": {"terminationGracePeriodSeconds": 1, "containers": [{"name": "c", "image": "x"}]}}}
+    }));
+    let (code, out) = drain(&api, "recover", &["n1", "--timeout", "20s"]).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("an earlier run's surge undone: ml/web back to 2 replicas"),
+        "{out}"
+    );
+    let d = api
+        .get("apps/v1", "Deployment", Some("ml"), "web")
+        .expect("deployment");
+    assert_eq!(d["spec"]["replicas"], 2, "{d}");
+    assert!(
+        d["metadata"]["annotations"]["lameduck.io/drain-surge"].is_null(),
+        "{d}"
+    );
+    placer.abort();
+}
+
+/// Ctrl-C while the surge waits for replacements: the Deployment goes back to its own count,
+/// its record is removed, the exit status is 130.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_surge_is_restored() {
+    use std::io::{BufRead, BufReader};
+    let api = Arc::new(TestApi::start().await);
+    nodes(&api);
+    // Only the first two pods are ever placed: the replacements never start.
+    let placer = scheduler(&api, 2);
+    api.create(json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "web", "namespace": "ml"},
+        "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}},
+                 "template": {"metadata": {"labels": {"app": "web"}, "annotations": {}},
+                              "spec": {"terminationGracePeriodSeconds": 1, "containers": [{"name": "c", "image": "x"}]}}}
+    }));
+    let t0 = std::time::Instant::now();
+    while ready_web(&api).len() < 2 {
+        assert!(t0.elapsed() < std::time::Duration::from_secs(20));
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    placer.abort();
+    let config = kubeconfig(&api, "interrupt");
+    let mut child = std::process::Command::new(bin())
+        .args(["drain", "n1", "--kubeconfig"])
+        .arg(&config)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("drain runs");
+    let stdout = child.stdout.take().expect("stdout");
+    let pid = child.id();
+    let seen = tokio::task::spawn_blocking(move || {
+        let mut lines = Vec::new();
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let surging = line.contains("surging 2 → 4");
+            lines.push(line);
+            if surging {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap_or(0)),
+                    nix::sys::signal::Signal::SIGINT,
+                );
+            }
+        }
+        lines
+    });
+    let status = tokio::task::spawn_blocking(move || child.wait().expect("wait"))
+        .await
+        .expect("join");
+    let lines = seen.await.expect("lines");
+    assert_eq!(status.code(), Some(130), "{lines:#?}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("interrupted: ml/web restored to 2 replicas")),
+        "{lines:#?}"
+    );
+    let d = api
+        .get("apps/v1", "Deployment", Some("ml"), "web")
+        .expect("deployment");
+    assert_eq!(d["spec"]["replicas"], 2, "{d}");
+    assert!(
+        d["metadata"]["annotations"]["lameduck.io/drain-surge"].is_null(),
+        "{d}"
+    );
 }
