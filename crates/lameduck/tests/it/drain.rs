@@ -211,6 +211,19 @@ fn scheduler(api: &Arc<TestApi>, first: usize) -> tokio::task::JoinHandle<()> {
     })
 }
 
+/// The Deployment is back at its own two replicas, with no surge recorded.
+#[track_caller]
+fn assert_restored(api: &TestApi) {
+    let d = api
+        .get("apps/v1", "Deployment", Some("ml"), "web")
+        .expect("deployment");
+    assert_eq!(d["spec"]["replicas"], 2, "{d}");
+    assert!(
+        d["metadata"]["annotations"]["lameduck.io/drain-surge"].is_null(),
+        "{d}"
+    );
+}
+
 fn ready_web(api: &TestApi) -> Vec<(String, String)> {
     api.list("v1", "Pod", Some("ml"))
         .into_iter()
@@ -301,14 +314,7 @@ async fn capacity_through_a_drain(extra: &[&str]) -> usize {
             .all(|(n, node)| node == "n2" && !before.contains(n)),
         "{now:?}"
     );
-    let d = api
-        .get("apps/v1", "Deployment", Some("ml"), "web")
-        .expect("deployment");
-    assert_eq!(d["spec"]["replicas"], 2, "{d}");
-    assert!(
-        d["metadata"]["annotations"]["lameduck.io/drain-surge"].is_null(),
-        "{d}"
-    );
+    assert_restored(&api);
     // Surging, the old pods leave through a graceful delete by the ReplicaSet, never an
     // eviction.
     let evicted = api
@@ -343,14 +349,7 @@ async fn a_crashed_surge_is_undone_by_the_next_run() {
         out.contains("an earlier run's surge undone: ml/web back to 2 replicas"),
         "{out}"
     );
-    let d = api
-        .get("apps/v1", "Deployment", Some("ml"), "web")
-        .expect("deployment");
-    assert_eq!(d["spec"]["replicas"], 2, "{d}");
-    assert!(
-        d["metadata"]["annotations"]["lameduck.io/drain-surge"].is_null(),
-        "{d}"
-    );
+    assert_restored(&api);
     placer.abort();
 }
 
@@ -410,12 +409,5 @@ async fn an_interrupted_surge_is_restored() {
             .any(|l| l.contains("interrupted: ml/web restored to 2 replicas")),
         "{lines:#?}"
     );
-    let d = api
-        .get("apps/v1", "Deployment", Some("ml"), "web")
-        .expect("deployment");
-    assert_eq!(d["spec"]["replicas"], 2, "{d}");
-    assert!(
-        d["metadata"]["annotations"]["lameduck.io/drain-surge"].is_null(),
-        "{d}"
-    );
+    assert_restored(&api);
 }
