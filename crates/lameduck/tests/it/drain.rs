@@ -145,6 +145,7 @@ async fn an_unblocked_node_is_cordoned_and_emptied() {
         json!({"app": "logs"}),
         Some(("DaemonSet", "logs")),
     );
+    pod(&api, "scratch", json!({"app": "scratch"}), None);
     api.create(
         json!({"apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
         "metadata": {"name": "web", "namespace": "ml"},
@@ -153,7 +154,7 @@ async fn an_unblocked_node_is_cordoned_and_emptied() {
     let (code, out) = drain(
         &api,
         "ok",
-        &["n1", "--ignore-daemonsets", "--timeout", "30s"],
+        &["n1", "--ignore-daemonsets", "--force", "--timeout", "30s"],
     )
     .await;
     assert_eq!(code, 0, "{out}");
@@ -165,13 +166,17 @@ async fn an_unblocked_node_is_cordoned_and_emptied() {
     assert_eq!(node["spec"]["unschedulable"], true);
     assert!(api.get("v1", "Pod", Some("ml"), "web-a").is_none());
     assert!(api.get("v1", "Pod", Some("ml"), "db-0").is_none());
+    assert!(
+        api.get("v1", "Pod", Some("ml"), "scratch").is_none(),
+        "the bare pod, with --force"
+    );
     assert!(api.get("v1", "Pod", Some("ml"), "logs-x").is_some());
     let evictions = api
         .requests()
         .iter()
         .filter(|(m, p)| m == "POST" && p.ends_with("/eviction"))
         .count();
-    assert_eq!(evictions, 2);
+    assert_eq!(evictions, 3);
 }
 
 /// Assigns the pods a controller creates to a node and an address, as a scheduler and a
