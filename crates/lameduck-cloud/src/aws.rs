@@ -54,6 +54,8 @@ struct Imds<'a> {
     cfg: &'a WatchConfig,
     http: Http,
     token: Option<Token>,
+    /// Polls so far, for reading the slow paths every `slow_every` polls.
+    polls: u64,
 }
 
 impl Imds<'_> {
@@ -90,25 +92,35 @@ impl Imds<'_> {
             .await?)
     }
 
-    /// The three notice endpoints, concurrently. A 401 means the token is no longer good (IMDS
-    /// restarted, or it expired early): drop it, get a new one, and retry those paths once.
-    async fn fetch_all(&mut self) -> Result<[Result<Answer, Failure>; 3], Failure> {
+    /// The notice endpoints, concurrently: the spot path on every poll, the two slow ones on
+    /// every `slow_every` polls (`None` when not read this time). A 401 means the token is no
+    /// longer good (IMDS restarted, or it expired early): drop it, get a new one, and retry
+    /// those paths once.
+    async fn fetch_all(&mut self) -> Result<[Option<Result<Answer, Failure>>; 3], Failure> {
         const PATHS: [&str; 3] = [SPOT_PATH, REBALANCE_PATH, SCHEDULED_PATH];
+        let slow = self.polls % u64::from(self.cfg.slow_every.max(1)) == 0;
+        self.polls += 1;
         let token = self.token().await?;
-        let (a, b, c) = futures_util::future::join3(
-            self.get(PATHS[0], &token),
-            self.get(PATHS[1], &token),
-            self.get(PATHS[2], &token),
-        )
-        .await;
+        let read = |i: usize| {
+            let token = token.clone();
+            let this = &*self;
+            async move {
+                if i == 0 || slow {
+                    Some(this.get(PATHS[i], &token).await)
+                } else {
+                    None
+                }
+            }
+        };
+        let (a, b, c) = futures_util::future::join3(read(0), read(1), read(2)).await;
         let mut results = [a, b, c];
-        let unauthorized = |r: &Result<Answer, Failure>| matches!(r, Ok(a) if a.status == StatusCode::UNAUTHORIZED);
+        let unauthorized = |r: &Option<Result<Answer, Failure>>| matches!(r, Some(Ok(a)) if a.status == StatusCode::UNAUTHORIZED);
         if results.iter().any(unauthorized) {
             self.token = None;
             let token = self.token().await?;
             for (i, result) in results.iter_mut().enumerate() {
                 if unauthorized(result) {
-                    *result = self.get(PATHS[i], &token).await;
+                    *result = Some(self.get(PATHS[i], &token).await);
                 }
             }
         }
@@ -160,6 +172,7 @@ pub(crate) async fn watch(cfg: &WatchConfig, reporter: &Reporter) -> Closed {
         cfg,
         http: Http::new(),
         token: None,
+        polls: 0,
     };
     let mut health = Health::new("aws imds");
     let mut backoff = Backoff::new(cfg.poll_period());
@@ -197,18 +210,19 @@ async fn poll(imds: &mut Imds<'_>, reporter: &Reporter) -> Result<Option<Failure
     let looks = [
         (
             Source::AwsSpot,
-            spot.and_then(|a| read(a, spot_notice, now)),
+            spot.map(|r| r.and_then(|a| read(a, spot_notice, now))),
         ),
         (
             Source::AwsRebalance,
-            rebalance.and_then(|a| read(a, rebalance_notice, now)),
+            rebalance.map(|r| r.and_then(|a| read(a, rebalance_notice, now))),
         ),
         (
             Source::AwsScheduled,
-            scheduled.and_then(|a| read(a, scheduled_notices, now)),
+            scheduled.map(|r| r.and_then(|a| read(a, scheduled_notices, now))),
         ),
     ];
-    for (source, look) in looks {
+    // A path not read this time keeps what it last said.
+    for (source, look) in looks.into_iter().filter_map(|(s, l)| l.map(|l| (s, l))) {
         match look {
             Ok(notices) => reporter.report(source, notices).await?,
             Err(f) => {

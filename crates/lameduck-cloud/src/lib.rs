@@ -119,6 +119,11 @@ pub struct WatchConfig {
     pub poll: Duration,
     /// Per-request timeout (default 2 s); a GCP hanging GET gets this on top of its hang.
     pub timeout: Duration,
+    /// AWS: the advisory and scheduled-event paths are read on every this many polls (default
+    /// 10; at least 1), the spot instance-action on every poll. A spot notice gives two
+    /// minutes and must be seen within a poll; a rebalance recommendation or a scheduled
+    /// event comes days ahead. With the defaults: 1.2 requests per second.
+    pub slow_every: u32,
 }
 
 impl WatchConfig {
@@ -130,6 +135,7 @@ impl WatchConfig {
             base_url: base.trim_end_matches('/').to_owned(),
             poll: Duration::from_secs(1),
             timeout: Duration::from_secs(2),
+            slow_every: 10,
         }
     }
 

@@ -68,8 +68,35 @@ fn close_to(a: SystemTime, b: SystemTime, slack: Duration) -> bool {
 }
 
 /// The default config (poll 1 s, timeout 2 s) against a fake.
+/// Every path on every poll, so that a notice of any kind is seen within a poll.
 fn config(p: Provider, fake: &FakeMetadata) -> WatchConfig {
-    WatchConfig::new(p, Some(fake.url()))
+    let mut c = WatchConfig::new(p, Some(fake.url()));
+    c.slow_every = 1;
+    c
+}
+
+/// With the defaults, an idle AWS watcher reads the spot path once a second and the two slow
+/// paths once every ten polls: about 1.2 requests a second (plus a token now and then).
+#[tokio::test]
+async fn aws_idle_cost_stays_near_one_request_a_second() {
+    let fake = FakeMetadata::start(Provider::Aws).await;
+    let rx = watch(WatchConfig::new(Provider::Aws, Some(fake.url())));
+    tokio::time::sleep(Duration::from_millis(10_500)).await;
+    let reqs = fake.requests();
+    let count = |path: &str| reqs.iter().filter(|r| r.1.starts_with(path)).count();
+    let spot = count("/latest/meta-data/spot/instance-action");
+    let rebalance = count("/latest/meta-data/events/recommendations/rebalance");
+    let scheduled = count("/latest/meta-data/events/maintenance/scheduled");
+    assert!((8..=12).contains(&spot), "spot read {spot} times in 10.5 s");
+    assert!(
+        (1..=2).contains(&rebalance),
+        "rebalance read {rebalance} times"
+    );
+    assert!(
+        (1..=2).contains(&scheduled),
+        "scheduled read {scheduled} times"
+    );
+    drop(rx);
 }
 
 #[tokio::test]
