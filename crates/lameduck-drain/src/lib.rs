@@ -59,6 +59,11 @@ pub struct DrainArgs {
     #[arg(long)]
     pub force: bool,
 
+    /// With a blocker, wait (checking again every 2 s, up to --timeout) until it is gone instead
+    /// of stopping; nothing is changed while waiting.
+    #[arg(long)]
+    pub wait_for_blockers: bool,
+
     /// Evict a Deployment's pods like everything else, instead of starting their replacements
     /// on other nodes first.
     #[arg(long)]
@@ -107,29 +112,42 @@ pub async fn run(args: DrainArgs) -> Result<i32, DrainError> {
             }
         }
     }
-    let mut plans = Vec::new();
-    let mut node_pods = Vec::new();
-    for node in &args.nodes {
-        let (plan, pods) = read_plan(&clients, node, args.selector.as_deref(), sw).await?;
-        plans.push(plan);
-        node_pods.push(pods);
-    }
-    for p in &plans {
-        if json {
-            println!("{}", serde_json::to_string(p).unwrap_or_default());
-        } else {
-            print!("{}", human(p));
+    let started = Instant::now();
+    let mut shown: Option<Vec<Plan>> = None;
+    let (plans, node_pods) = loop {
+        let mut plans = Vec::new();
+        let mut node_pods = Vec::new();
+        for node in &args.nodes {
+            let (plan, pods) = read_plan(&clients, node, args.selector.as_deref(), sw).await?;
+            plans.push(plan);
+            node_pods.push(pods);
         }
-    }
-    let blocked = plans.iter().any(|p| !p.blockers.is_empty());
-    if blocked {
-        if !json {
-            println!(
-                "Nothing was changed: fix the blockers above (or pass the flag each names), then run again."
-            );
+        // Printed when it changes: a waiting run shows each new state once.
+        if shown.as_ref() != Some(&plans) {
+            for p in &plans {
+                if json {
+                    println!("{}", serde_json::to_string(p).unwrap_or_default());
+                } else {
+                    print!("{}", human(p));
+                }
+            }
+            shown = Some(plans.clone());
         }
-        return Ok(EXIT_BLOCKED);
-    }
+        let blocked = plans.iter().any(|p| !p.blockers.is_empty());
+        if !blocked {
+            break (plans, node_pods);
+        }
+        let waiting = args.wait_for_blockers && !args.dry_run && started.elapsed() < args.timeout.0;
+        if !waiting {
+            if !json {
+                println!(
+                    "Nothing was changed: fix the blockers above (or pass the flag each names), then run again."
+                );
+            }
+            return Ok(EXIT_BLOCKED);
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    };
     if args.dry_run {
         if !json {
             println!("Dry run: nothing was changed.");

@@ -416,3 +416,47 @@ async fn an_interrupted_surge_is_restored() {
     );
     assert_restored(&api);
 }
+
+/// `--wait-for-blockers`: nothing changes while a blocker stands; once it is gone the drain
+/// goes on by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_can_wait_for_its_blockers() {
+    let api = Arc::new(TestApi::start().await);
+    nodes(&api);
+    pod(
+        &api,
+        "web-a",
+        json!({"app": "web"}),
+        Some(("ReplicaSet", "web-rs")),
+    );
+    api.modify("v1", "Pod", Some("ml"), "web-a", |p| {
+        p["metadata"]["annotations"] = json!({"karpenter.sh/do-not-disrupt": "true"});
+    });
+    let run = {
+        let api = api.clone();
+        tokio::spawn(async move {
+            drain(
+                &api,
+                "wait",
+                &["n1", "--wait-for-blockers", "--timeout", "30s"],
+            )
+            .await
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    assert!(writes(&api).is_empty(), "{:?}", writes(&api));
+    assert!(!run.is_finished(), "it should still be waiting");
+    api.modify("v1", "Pod", Some("ml"), "web-a", |p| {
+        p["metadata"]["annotations"] = json!({});
+    });
+    let (code, out) = run.await.expect("join");
+    assert_eq!(code, 0, "{out}");
+    let blocked = out.find("BLOCKED ml/web-a").expect("the blocker was shown");
+    let evicted = out.find("ml/web-a: evicted").expect("then evicted");
+    assert!(blocked < evicted, "{out}");
+    assert_eq!(
+        out.matches("BLOCKED ml/web-a").count(),
+        1,
+        "shown once while waiting: {out}"
+    );
+}
