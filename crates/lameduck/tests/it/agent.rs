@@ -36,6 +36,19 @@ fn node_and_bystanders(api: &TestApi) {
     }));
 }
 
+/// The `lameduck.io/notice` record an agent leaves on its node: AWS, the node cordoned by it,
+/// the instance going `secs` from now.
+fn notice_record(id: &str, kind: &str, secs: u64, tainted: bool) -> String {
+    let goes_at = SystemTime::now() + Duration::from_secs(secs);
+    let unix = goes_at
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .expect("time")
+        .as_secs();
+    json!({"id": id, "provider": "aws", "kind": kind,
+           "goesAt": unix, "cordoned": true, "tainted": tainted})
+    .to_string()
+}
+
 /// Starts `lameduck agent` for node-a and waits until it watches.
 async fn agent(api: &TestApi, cloud: &FakeMetadata, provider: Provider, extra: &[&str]) -> Proc {
     let config = kubeconfig(api, &format!("agent-{}", provider.name()));
@@ -317,14 +330,7 @@ async fn a_restarted_agent_finishes_the_recorded_notice() {
     let api = TestApi::start().await;
     service(&api);
     node_and_bystanders(&api);
-    let goes_at = SystemTime::now() + Duration::from_secs(10);
-    let unix = goes_at
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .expect("time")
-        .as_secs();
-    let record = json!({"id": "spot:terminate", "provider": "aws", "kind": "reclaim",
-                        "goesAt": unix, "cordoned": true, "tainted": true})
-    .to_string();
+    let record = notice_record("spot:terminate", "reclaim", 10, true);
     api.modify("v1", "Node", None, "node-a", |n| {
         n["metadata"]["annotations"] = json!({"lameduck.io/notice": record});
         n["spec"] = json!({"unschedulable": true, "taints": [{"key": "lameduck.io/reclaimed", "value": "aws", "effect": "NoSchedule"}]});
@@ -450,14 +456,7 @@ async fn a_restarted_agent_rearms_a_recorded_maintenance() {
     let api = TestApi::start().await;
     service(&api);
     node_and_bystanders(&api);
-    let goes_at = SystemTime::now() + Duration::from_secs(20);
-    let unix = goes_at
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .expect("time")
-        .as_secs();
-    let record = json!({"id": "instance-event-1", "provider": "aws", "kind": "maintenance",
-                        "goesAt": unix, "cordoned": true, "tainted": false})
-    .to_string();
+    let record = notice_record("instance-event-1", "maintenance", 20, false);
     api.modify("v1", "Node", None, "node-a", |n| {
         n["metadata"]["annotations"] = json!({"lameduck.io/notice": record});
         n["spec"] = json!({"unschedulable": true});
