@@ -50,8 +50,16 @@ pub struct AgentArgs {
 
     /// Kept between the pods' deadline and the moment the instance goes: for ending streams,
     /// stopping engines and the API calls that remove the pods.
-    #[arg(long, value_name = "DURATION", default_value = "5")]
+    #[arg(long, value_name = "DURATION", default_value_t = Dur(lameduck_pod::facts::NOTICE_MARGIN))]
     pub margin: Dur,
+
+    /// How long the kubelet's graceful node shutdown leaves regular pods when a reclaim shuts
+    /// the instance down at once (GCP sends its preemption notice as the shutdown itself):
+    /// the pods' deadline is never later than this after such a notice. `auto`: 15 s on GCP
+    /// (GKE's split of the 30 s notice on spot and preemptible nodes), none elsewhere; `0`:
+    /// the kubelet does not stop pods early.
+    #[arg(long, value_name = "DURATION", default_value = "auto", value_parser = parse_window)]
+    pub node_shutdown_grace: Window,
 
     /// How often the metadata service is polled (AWS, Azure; GCP's is a hanging request).
     #[arg(long, value_name = "DURATION", default_value = "1")]
@@ -110,6 +118,37 @@ pub enum AgentError {
         /// The cause.
         source: std::io::Error,
     },
+}
+
+/// `--node-shutdown-grace`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Window {
+    /// The provider's usual window.
+    Auto,
+    /// This long (zero: none).
+    Set(Duration),
+}
+
+impl Window {
+    /// The window for a reclaim from `provider`, if the node's shutdown starts with the notice.
+    pub fn for_reclaim(self, provider: Provider) -> Option<Duration> {
+        match self {
+            Window::Auto => {
+                (provider == Provider::Gcp).then(|| lameduck_pod::Spot::Gcp.pod_window())
+            }
+            Window::Set(d) if d.is_zero() => None,
+            Window::Set(d) => Some(d),
+        }
+    }
+}
+
+fn parse_window(s: &str) -> Result<Window, String> {
+    if s == "auto" {
+        return Ok(Window::Auto);
+    }
+    s.parse::<Dur>()
+        .map(|d| Window::Set(d.0))
+        .map_err(|e| format!("{e}; or `auto`"))
 }
 
 fn provider_of(name: &str) -> Option<Provider> {

@@ -27,6 +27,11 @@ struct ResultLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OpLabel {
     operation: &'static str,
 }
@@ -39,6 +44,8 @@ pub struct Metrics {
     drains: Family<ResultLabel, Counter>,
     removals: Family<ResultLabel, Counter>,
     kube_errors: Family<OpLabel, Counter>,
+    pods_ended: Family<ResultLabel, Counter>,
+    streams: Family<OutcomeLabel, Counter>,
     /// Seconds from the notice to the pods' deadline, for the last notice acted on.
     pub budget: Gauge<f64, AtomicU64>,
 }
@@ -71,6 +78,18 @@ impl Metrics {
             "Kubernetes API calls that failed, by operation",
             kube_errors.clone(),
         );
+        let pods_ended = Family::default();
+        registry.register(
+            "gated_pods_ended",
+            "Gated pods drained for a notice, by result from their gate's report (in_time: drained before the instance went; cut_by_the_end: still busy then; unknown: no report)",
+            pods_ended.clone(),
+        );
+        let streams = Family::default();
+        registry.register(
+            "streams",
+            "Requests in flight on gated pods during a notice's drain, by how they ended (completed, truncated with the terminal event, upstream_error), from the gates' reports",
+            streams.clone(),
+        );
         let budget = Gauge::default();
         registry.register(
             "notice_budget_seconds",
@@ -83,6 +102,8 @@ impl Metrics {
             drains,
             removals,
             kube_errors,
+            pods_ended,
+            streams,
             budget,
         }
     }
@@ -102,6 +123,18 @@ impl Metrics {
     /// Counts a pod removal.
     pub fn removal(&self, result: &'static str) {
         self.removals.get_or_create(&ResultLabel { result }).inc();
+    }
+
+    /// Counts a gated pod whose drain is over.
+    pub fn pod_ended(&self, result: &'static str) {
+        self.pods_ended.get_or_create(&ResultLabel { result }).inc();
+    }
+
+    /// Counts requests by how they ended.
+    pub fn streams(&self, outcome: &'static str, n: u64) {
+        self.streams
+            .get_or_create(&OutcomeLabel { outcome })
+            .inc_by(n);
     }
 
     /// Counts a failed API call.

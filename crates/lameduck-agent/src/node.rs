@@ -10,7 +10,7 @@ use lameduck_kube::{Context, KubeError, Op, retry_conflicts};
 use serde_json::{Value, json};
 
 /// The taint a reclaimed node gets (effect NoSchedule).
-pub const TAINT: &str = "lameduck.io/reclaimed";
+pub const TAINT: &str = lameduck_pod::facts::RECLAIMED_TAINT;
 /// The annotation holding the notice the agent acts on.
 pub const RECORD: &str = "lameduck.io/notice";
 

@@ -48,6 +48,56 @@ fn unix(t: SystemTime) -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// How often a draining gate's `/status` is read for its report.
+const FOLLOW_EVERY: Duration = Duration::from_millis(250);
+
+/// Follows one draining gate until its drain is over, it stops answering (its pod exited) or
+/// the instance goes, then counts how its streams ended from the last report it gave.
+async fn follow(metrics: Arc<Metrics>, client: GateClient, pod: String, goes_at: SystemTime) {
+    let mut last = None;
+    let mut idle = false;
+    loop {
+        match client.status().await {
+            Ok(st) => {
+                idle = st.in_flight_total() == 0;
+                let done = st.drain.as_ref().is_some_and(|r| r.report.total.is_some());
+                if st.drain.is_some() {
+                    last = st.drain;
+                }
+                if done {
+                    break;
+                }
+            }
+            // Gone with its pod: the last report stands.
+            Err(_) => break,
+        }
+        if SystemTime::now() >= goes_at {
+            idle = false;
+            break;
+        }
+        tokio::time::sleep(FOLLOW_EVERY).await;
+    }
+    let Some(r) = last else {
+        metrics.pod_ended("unknown");
+        tracing::warn!(pod = %pod, "The gate gave no drain report before it went");
+        return;
+    };
+    let rep = &r.report;
+    let in_time = rep.total.is_some() || idle;
+    metrics.pod_ended(if in_time { "in_time" } else { "cut_by_the_end" });
+    metrics.streams("completed", rep.completed);
+    metrics.streams("truncated", rep.truncated);
+    metrics.streams("upstream_error", rep.upstream_errors);
+    tracing::info!(
+        pod = %pod,
+        in_time,
+        completed = rep.completed,
+        truncated = rep.truncated,
+        upstream_errors = rep.upstream_errors,
+        "Gate's drain report"
+    );
+}
+
 fn secs(d: Duration) -> String {
     format!("{:.1} s", d.as_secs_f64())
 }
@@ -135,7 +185,14 @@ impl Responder {
             tracing::debug!(id = %n.id, "Notice seen again; acted on already");
             return;
         }
-        let goes_at = n.not_before.unwrap_or(n.seen_at + Duration::from_secs(30));
+        let mut goes_at = n.not_before.unwrap_or(n.seen_at + Duration::from_secs(30));
+        // A reclaim that shuts the instance down at once: the kubelet's node shutdown stops
+        // the pods sooner than the instance goes.
+        if matches!(n.kind, NoticeKind::Reclaim)
+            && let Some(w) = self.args.node_shutdown_grace.for_reclaim(n.provider)
+        {
+            goes_at = goes_at.min(n.seen_at + w);
+        }
         let left = goes_at
             .duration_since(SystemTime::now())
             .unwrap_or(Duration::ZERO);
@@ -312,6 +369,13 @@ impl Responder {
                 Ok(_) => {
                     ok += 1;
                     self.metrics.drain("ok");
+                    if let Role::Gated(addr) = p.role {
+                        let client = GateClient::new(addr)
+                            .with_token(token.clone())
+                            .with_timeout(GATE_TIMEOUT);
+                        let pod = format!("{}/{}", p.namespace, p.name);
+                        tokio::spawn(follow(self.metrics.clone(), client, pod, goes_at));
+                    }
                 }
                 Err(e) => {
                     self.metrics.drain("failed");

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 pub use lameduck_pod::facts::{
-    ASSUMED_INFERENCE_REQUEST, Annotations, MAX_REQUEST_ANNOTATION, MaxRequestSource, PodFacts,
-    SPOT_ANNOTATION, Spot,
+    ASSUMED_INFERENCE_REQUEST, Annotations, MAX_REQUEST_ANNOTATION, MaxRequestSource,
+    NOTICE_MARGIN, PodFacts, SPOT_ANNOTATION, Spot,
 };
 
 use crate::Workload;

@@ -36,6 +36,7 @@ fn rollout_every_hour_for_24h(bencher: divan::Bencher) {
                 every: Some(Duration::from_secs(3600)),
                 horizon: Some(Duration::from_secs(24 * 3600)),
                 sample_every: Duration::from_secs(1),
+                agent: false,
             },
         )
         .run();

@@ -246,18 +246,30 @@ pub fn execute(req: &Request) -> Result<Output, RunError> {
         every: req.every,
         horizon,
         sample_every: Duration::from_secs(1),
+        agent: false,
     };
     let mut runs = Vec::new();
     for &scenario in &scenarios {
-        let mut specs = vec![("current", &current)];
+        // (label, spec, with the agent)
+        let mut specs = vec![("current", &current, false)];
         if req.compare {
-            specs.push(("recommended", &the_plan.fleet));
+            specs.push(("recommended", &the_plan.fleet, false));
         }
-        let simulate =
-            |spec: &FleetSpec, cfg: SimConfig| Sim::new(spec, &latency, rate.clone(), cfg).run();
+        // On spot, a gated fleet is also simulated with `lameduck agent` on its nodes.
+        if scenario.provider().is_some() {
+            if current.pod.gated() {
+                specs.push(("current + agent", &current, true));
+            }
+            if req.compare && the_plan.fleet.pod.gated() {
+                specs.push(("recommended + agent", &the_plan.fleet, true));
+            }
+        }
+        let simulate = |spec: &FleetSpec, agent: bool, cfg: SimConfig| {
+            Sim::new(spec, &latency, rate.clone(), SimConfig { agent, ..cfg }).run()
+        };
         let mut reports: Vec<SimReport> = specs
             .iter()
-            .map(|(_, s)| simulate(s, config(scenario)))
+            .map(|(_, s, agent)| simulate(s, *agent, config(scenario)))
             .collect();
         // Compared specs see the same arrivals: send requests for as long as the slower one
         // needed, to both.
@@ -269,10 +281,10 @@ pub fn execute(req: &Request) -> Result<Output, RunError> {
             };
             reports = specs
                 .iter()
-                .map(|(_, s)| simulate(s, cfg.clone()))
+                .map(|(_, s, agent)| simulate(s, *agent, cfg.clone()))
                 .collect();
         }
-        for ((label, _), report) in specs.iter().zip(reports) {
+        for ((label, _, _), report) in specs.iter().zip(reports) {
             runs.push(RunOut {
                 spec: label,
                 report,
@@ -476,7 +488,7 @@ pub fn render_text(o: &Output) -> String {
     if !o.runs.is_empty() {
         let _ = writeln!(
             t,
-            "\nSimulation (seed {}; times in seconds; refused = never served, killed = cut dead, truncated = ended cleanly by the gate's deadline)",
+            "\nSimulation (seed {}; times in seconds; refused = never served; killed silently = cut dead, no terminal event; ended cleanly = the gate's deadline ended it with a terminal event; + agent: `lameduck agent` on the nodes)",
             o.runs[0].report.seed
         );
         let rows: Vec<crate::report::Row<'_>> =

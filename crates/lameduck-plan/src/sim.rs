@@ -15,7 +15,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 use std::time::Duration;
 
-use lameduck_manifest::facts::Spot;
+use lameduck_manifest::facts::{NOTICE_MARGIN, Spot};
 use lameduck_timeline::{
     Action, Admission, DrainConfig, DrainMachine, DrainRequest, Outcome, Time, Trigger,
 };
@@ -102,6 +102,9 @@ pub const EVICTION_RETRY: Duration = Duration::from_secs(5);
 /// (node-monitor-grace-period).
 pub const NODE_MONITOR_GRACE: Duration = Duration::from_secs(40);
 
+/// The agent never tells a gate less than this (it still ends its streams cleanly).
+const MIN_AGENT_BUDGET: Duration = Duration::from_millis(500);
+
 /// A single disruption still under way this long after it started is reported as stuck.
 pub const STUCK_AFTER: Duration = Duration::from_secs(2 * 3600);
 
@@ -172,6 +175,10 @@ pub struct SimConfig {
     pub horizon: Option<Duration>,
     /// How often the time series is sampled.
     pub sample_every: Duration,
+    /// `lameduck agent` runs on the nodes: on a spot notice it tells every gated pod the
+    /// notice's deadline (minus [`NOTICE_MARGIN`]) and deletes it with the time left as its
+    /// grace period. Pods without a gate are removed as without the agent.
+    pub agent: bool,
 }
 
 /// What happens to a pod's requests when it is cut.
@@ -911,6 +918,31 @@ impl<'a> Sim<'a> {
                     })
                     .collect();
                 match scenario.provider() {
+                    Some(spot) if self.cfg.agent && self.spec.pod.gated() => {
+                        // The agent: every gate learns the real deadline at once, then the
+                        // pods are deleted with the time left (on GCP the kubelet's node
+                        // shutdown leaves them less than the notice: that is the time left).
+                        let left = spot.pod_window();
+                        let deadline = left.saturating_sub(NOTICE_MARGIN).max(MIN_AGENT_BUDGET);
+                        let now = self.now;
+                        for &v in &victims {
+                            if let Some(g) = self.pods[v as usize].gate.as_mut() {
+                                g.drain(
+                                    now,
+                                    DrainRequest {
+                                        deadline: Some(deadline),
+                                        ..DrainRequest::new(Trigger::Endpoint)
+                                    },
+                                );
+                            }
+                            self.drive_gate(v);
+                        }
+                        for v in victims {
+                            self.delete(v, Some(left));
+                        }
+                        self.reconcile();
+                        self.push(self.now + spot.notice(), Ev::NodeGone { node });
+                    }
                     Some(spot) if !spot.evicts() => {
                         // The kubelet's graceful node shutdown: no evictions, no PDB.
                         for v in victims {

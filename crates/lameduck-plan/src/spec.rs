@@ -76,6 +76,11 @@ pub struct PodModel {
 }
 
 impl PodModel {
+    /// Whether a gate drains the pod.
+    pub fn gated(&self) -> bool {
+        matches!(self.shutdown, Shutdown::Gate { .. })
+    }
+
     /// The kubelet's view of the termination (for SIGTERM and SIGKILL instants), with the
     /// grace period the deletion asked for.
     pub fn termination(&self, grace: Duration) -> Termination {

@@ -44,6 +44,7 @@ fn run(spec: &FleetSpec, lat: &Latency, rate: f64, scenario: Scenario, seed: u64
             every: None,
             horizon: None,
             sample_every: S(1),
+            agent: false,
         },
     )
     .run()

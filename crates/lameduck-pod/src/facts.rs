@@ -107,6 +107,13 @@ pub fn max_request_described(
     Some((d, from))
 }
 
+/// Kept between the pods' deadline and the moment their node goes, for ending streams,
+/// stopping engines and the API calls that remove the pods (`lameduck agent --margin`).
+pub const NOTICE_MARGIN: Duration = Duration::from_secs(5);
+
+/// The taint `lameduck agent` puts on a node whose instance is being reclaimed.
+pub const RECLAIMED_TAINT: &str = "lameduck.io/reclaimed";
+
 /// A spot provider and its termination notice.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Spot {

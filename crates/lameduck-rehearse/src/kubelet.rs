@@ -154,6 +154,8 @@ pub struct PodHandle {
     pub name: String,
     /// The port it serves on (the gate's, or the engine's without one), on 127.0.0.1.
     pub serve_port: u16,
+    /// The gate's admin port on 127.0.0.1 (unused without a gate).
+    pub admin_port: u16,
     ready: watch::Receiver<bool>,
     gone: watch::Receiver<bool>,
     delete: Mutex<Option<oneshot::Sender<Delete>>>,
@@ -238,6 +240,7 @@ pub fn spawn_pod(env: Arc<PodEnv>, index: u32) -> std::io::Result<PodHandle> {
     let (gone_tx, gone_rx) = watch::channel(false);
     let (del_tx, del_rx) = oneshot::channel();
     let serve_port = ports.serve;
+    let admin_port = ports.admin;
     let pod = Arc::new(Pod {
         env,
         name: name.clone(),
@@ -254,6 +257,7 @@ pub fn spawn_pod(env: Arc<PodEnv>, index: u32) -> std::io::Result<PodHandle> {
     Ok(PodHandle {
         name,
         serve_port,
+        admin_port,
         ready: ready_rx,
         gone: gone_rx,
         delete: Mutex::new(Some(del_tx)),

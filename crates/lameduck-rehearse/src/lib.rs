@@ -9,6 +9,7 @@
 //! - [`load`]: open-loop streamed chat completions, each classified.
 //! - [`run`]: one setup's run and its scenario; [`report`] and [`html`] show the results.
 
+pub mod agent;
 pub mod balancer;
 pub mod clock;
 pub mod html;
@@ -138,6 +139,12 @@ pub struct RehearseArgs {
     /// Spot scenario: time from the preemption notice until the node disappears.
     #[arg(long, default_value = "30s", value_parser = dur, value_name = "DURATION")]
     pub notice: Duration,
+
+    /// Spot scenario: leave `lameduck agent` off the reclaimed node. By default setups with
+    /// the gate run it (with a fake AWS metadata service and an in-process API server), so
+    /// the gate learns the notice as its deadline.
+    #[arg(long)]
+    pub no_agent: bool,
 
     /// A stream silent this long is counted as truncated (stalled).
     #[arg(
@@ -316,6 +323,7 @@ impl RehearseArgs {
                 lag: self.propagation_lag,
                 at: self.at,
                 notice: self.notice,
+                agent: !self.no_agent,
                 time_scale: scale,
                 seed: self.seed,
                 exe,

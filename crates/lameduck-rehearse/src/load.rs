@@ -96,6 +96,16 @@ pub struct RequestRecord {
 }
 
 impl RequestRecord {
+    /// Whether the stream said how it ended: a terminal error event or a finish reason.
+    pub fn told_client(&self) -> bool {
+        self.detail.starts_with(TERMINAL_EVENT) || self.detail.starts_with(FINISH_REASON)
+    }
+}
+
+const TERMINAL_EVENT: &str = "terminal error event";
+const FINISH_REASON: &str = "finish_reason";
+
+impl RequestRecord {
     /// Time to first token, in unscaled seconds.
     pub fn ttft(&self) -> Option<f64> {
         self.first_token.map(|t| t - self.start)
@@ -373,13 +383,13 @@ impl Sse {
 
     fn verdict(&self) -> (Outcome, String) {
         if let Some(e) = &self.error {
-            return (Outcome::Truncated, format!("terminal error event ({e})"));
+            return (Outcome::Truncated, format!("{TERMINAL_EVENT} ({e})"));
         }
         match (&self.finish, self.done) {
             (Some(f), true) if f == "stop" || f == "length" => {
-                (Outcome::Ok, format!("finish_reason {f}"))
+                (Outcome::Ok, format!("{FINISH_REASON} {f}"))
             }
-            (Some(f), _) => (Outcome::Truncated, format!("finish_reason {f}")),
+            (Some(f), _) => (Outcome::Truncated, format!("{FINISH_REASON} {f}")),
             (None, true) => (Outcome::Truncated, "[DONE] without a finish reason".into()),
             (None, false) => (Outcome::Truncated, "ended without [DONE]".into()),
         }

@@ -140,12 +140,15 @@ fn secs(v: Option<f64>) -> String {
 pub type Row = (&'static str, fn(&SetupResult) -> String);
 
 /// The comparison table's rows, shared by the terminal and the HTML report.
-pub const ROWS: [Row; 13] = [
+pub const ROWS: [Row; 14] = [
     ("requests", |s| s.summary.requests.to_string()),
     ("ok", |s| s.summary.ok.to_string()),
     ("refused", |s| s.summary.refused.to_string()),
     ("reset", |s| s.summary.reset.to_string()),
     ("truncated", |s| s.summary.truncated.to_string()),
+    ("  told the client", |s| {
+        s.summary.truncated_clean.to_string()
+    }),
     ("TTFT p50 (s)", |s| secs(s.summary.ttft_p50)),
     ("TTFT p99 (s)", |s| secs(s.summary.ttft_p99)),
     ("added p50 (ms, real)", |s| ms(s.summary.added_p50_ms)),

@@ -9,11 +9,12 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::Error;
+use crate::agent::AgentRig;
 use crate::balancer::{Balancer, Endpoints, Lag};
 use crate::clock::{Clock, Event, EventKind, Recorder};
 use crate::kubelet::{Delete, Engine, PodEnv, PodHandle, Reaper, pod_log, spawn_pod};
 use crate::load::{self, Counts, LoadSpec, Outcome, RequestRecord};
-use crate::setup::{Replace, Setup, Strategy};
+use crate::setup::{Replace, Server, Setup, Strategy};
 
 /// What happens mid-load.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -47,6 +48,8 @@ pub struct Plan {
     pub at: Duration,
     /// Spot notice window (unscaled).
     pub notice: Duration,
+    /// Spot scenario: `lameduck agent` runs on the reclaimed node of gated setups.
+    pub agent: bool,
     /// Speed-up.
     pub time_scale: f64,
     /// Seed.
@@ -70,6 +73,9 @@ pub struct Summary {
     pub reset: usize,
     /// Stream ended incomplete.
     pub truncated: usize,
+    /// Of the truncated, those the client was told about: a terminal error event or a finish
+    /// reason. The rest stopped without either (cut silently, or stalled).
+    pub truncated_clean: usize,
     /// Everything but ok.
     pub lost: usize,
     /// Median time to first token, in seconds as a client would see it at real speed: the
@@ -264,6 +270,28 @@ pub async fn run_setup(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
+    // On spot, a gated setup's node runs the agent (unless --no-agent).
+    let rig = if plan.scenario == Scenario::Spot
+        && plan.agent
+        && matches!(setup.server, Server::Gate { .. })
+    {
+        status.phase("starting lameduck agent");
+        Some(
+            AgentRig::start(
+                &plan.exe,
+                &dir,
+                clock,
+                &pods[0].name,
+                pods[0].admin_port,
+                setup.grace,
+            )
+            .await?,
+        )
+    } else {
+        None
+    };
+    let mut agent_note = None;
+
     // The load.
     status.phase("load");
     let load_start = clock.now();
@@ -291,7 +319,44 @@ pub async fn run_setup(
             let how = Delete {
                 node_deadline: (plan.scenario == Scenario::Spot).then_some(plan.notice),
             };
-            pods[0].delete(how);
+            match &rig {
+                // The metadata service announces the reclaim; the agent tells the gate the
+                // deadline and deletes the pod through the API, where this kubelet sees it.
+                Some(rig) => {
+                    status.phase("spot reclaim: the agent acts on the notice");
+                    let noticed = clock.now();
+                    rig.reclaim(clock.real(plan.notice));
+                    let by_agent = rig.deleted(clock.real(plan.notice)).await;
+                    let after = clock.now() - noticed;
+                    let left = (plan.notice.as_secs_f64() - after).max(0.0);
+                    pods[0].delete(Delete {
+                        node_deadline: Some(Duration::from_secs_f64(left)),
+                    });
+                    agent_note = Some(if by_agent {
+                        format!(
+                            "lameduck agent on the node: {}; it deleted the pod {after:.1} s after the notice{}",
+                            if rig.gate_accepted() {
+                                "the gate took the notice as its deadline"
+                            } else {
+                                "the gate did NOT accept the agent's /drain"
+                            },
+                            if rig.node_marked() {
+                                ", the node tainted and cordoned"
+                            } else {
+                                ""
+                            }
+                        )
+                    } else {
+                        format!(
+                            "lameduck agent on the node did NOT delete the pod before the node went; its log is {}",
+                            dir.join("agent.log").display()
+                        )
+                    });
+                }
+                None => {
+                    pods[0].delete(how);
+                }
+            }
             deleted.push(0);
             match setup.replace {
                 // The ReplicaSet replaces a deleted pod at once.
@@ -336,6 +401,9 @@ pub async fn run_setup(
     for &i in &deleted {
         let _ = tokio::time::timeout(clock.real(limit), pods[i].wait_gone()).await;
     }
+    if let Some(rig) = rig {
+        rig.stop().await;
+    }
     status.phase("finishing requests");
     let requests = load
         .await
@@ -359,9 +427,17 @@ pub async fn run_setup(
         scenario_start,
         (clock.scale(), engine_ttft),
     );
+    let mut setup = setup.clone();
+    setup.notes.extend(agent_note);
+    if plan.scenario == Scenario::Spot && !plan.agent && matches!(setup.server, Server::Gate { .. })
+    {
+        setup.notes.push(
+            "without lameduck agent (--no-agent): the gate learns of the reclaim only from its preStop and plans for its whole grace period".into(),
+        );
+    }
     Ok(SetupResult {
         verdict: verdict(&summary),
-        setup: setup.clone(),
+        setup,
         summary,
         load_start,
         scenario_start,
@@ -531,6 +607,10 @@ fn summarize(
         refused: count(Outcome::Refused),
         reset: count(Outcome::Reset),
         truncated: count(Outcome::Truncated),
+        truncated_clean: requests
+            .iter()
+            .filter(|r| r.outcome == Outcome::Truncated && r.told_client())
+            .count(),
         lost: requests.len() - ok,
         ttft_p50: load::quantile(&mut ttft, 0.5),
         ttft_p99: load::quantile(&mut ttft, 0.99),

@@ -220,6 +220,25 @@ async fn reclaim_mid_load(
             .any(|e| e["reason"] == "NodeReclaimed" && e["involvedObject"]["kind"] == "Node")
     })
     .await;
+    // The agent read each gate's report: both streams of each pod ended with the terminal
+    // event before the instance went.
+    until("the gates' reports", LONG, || {
+        agent
+            .lines()
+            .iter()
+            .filter(|l| l.contains("Gate's drain report"))
+            .count()
+            == 2
+    })
+    .await;
+    for l in agent
+        .lines()
+        .iter()
+        .filter(|l| l.contains("Gate's drain report"))
+    {
+        let v: Value = serde_json::from_str(l).unwrap_or_else(|_| json!({"raw": l}));
+        assert!(v["in_time"] == true && v["truncated"] == 2, "{l}");
+    }
     if provider == Provider::Azure {
         until("acknowledged", LONG, || !cloud.acknowledged().is_empty()).await;
         // The approved event then starts and leaves the list: that is no withdrawal, the node
@@ -242,8 +261,10 @@ async fn aws_spot_notice_mid_load() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gcp_preemption_mid_load() {
-    // GCP gives 30 s from the change; a 25 s margin leaves the pods 5 s.
-    reclaim_mid_load(Provider::Gcp, ["127.0.0.33", "127.0.0.34"], "25", 30).await;
+    // GCP powers the instance off 30 s after the change, but GKE's node shutdown stops the
+    // pods after 15 s: with a 10 s margin the gates get 5 s, so every stream has ended well
+    // before 12 + 5 s (it would be 20 s if the agent took the whole 30 s).
+    reclaim_mid_load(Provider::Gcp, ["127.0.0.33", "127.0.0.34"], "10", 12).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

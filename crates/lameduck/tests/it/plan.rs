@@ -205,3 +205,59 @@ fn errors_name_what_to_fix() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("vllm:e2e_request_latency_seconds"), "{err}");
 }
+
+/// On spot, a gated fleet is simulated with and without `lameduck agent`: without it the
+/// node's end (or GKE's 15 s SIGKILL) cuts long streams silently; with it every one that
+/// cannot finish ends cleanly at the notice's deadline.
+#[test]
+fn spot_with_and_without_the_agent() {
+    let gated = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../docs/examples/kube-vllm.yaml")
+        .display()
+        .to_string();
+    for scenario in ["spot-gcp", "spot-azure"] {
+        let out = run_with_stdin(
+            &[
+                "plan",
+                "-f",
+                &gated,
+                "--max-request",
+                "90s",
+                "--scenario",
+                scenario,
+                "--json",
+            ],
+            None,
+        );
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+        let runs = v["runs"].as_array().expect("runs");
+        let row = |spec: &str| {
+            runs.iter()
+                .find(|r| r["spec"] == spec)
+                .unwrap_or_else(|| panic!("{scenario}: no `{spec}` row in {runs:?}"))
+        };
+        let (without, with) = (row("current"), row("current + agent"));
+        let n = |r: &Value, k: &str| r["requests"][k].as_u64().expect("count");
+        assert_eq!(n(without, "total"), n(with, "total"), "same arrivals");
+        assert!(
+            n(without, "killed") > 0,
+            "{scenario}: without the agent long streams are cut silently: {without}"
+        );
+        assert_eq!(n(without, "truncated"), 0, "{scenario}: {without}");
+        assert_eq!(
+            n(with, "killed"),
+            0,
+            "{scenario}: with the agent nothing is cut silently: {with}"
+        );
+        assert!(
+            n(with, "truncated") > 0,
+            "{scenario}: what cannot finish ends cleanly: {with}"
+        );
+    }
+}

@@ -313,6 +313,7 @@ fn a_spot_reclaim_resets_streams_that_outlast_the_notice() {
             "lameduck",
             "--scenario",
             "spot",
+            "--no-agent",
             "--notice",
             "3s",
             "--lengths",
@@ -336,6 +337,43 @@ fn a_spot_reclaim_resets_streams_that_outlast_the_notice() {
     );
     let deleted = event_time(s, pod, "deleted").expect("deleted");
     assert!(kill["t"].as_f64().unwrap_or(0.0) - deleted >= 2.99);
+}
+
+/// With `lameduck agent` on the node (a fake AWS metadata service, the test API server and the
+/// agent as a real process), the gate learns the notice as its deadline: streams that outlast
+/// it end with the terminal event, none is reset (`--no-agent` resets them: the test above).
+#[test]
+fn a_spot_reclaim_with_the_agent_ends_every_stream_cleanly() {
+    let run = rehearse(
+        &args(&[
+            "--setups",
+            "lameduck",
+            "--scenario",
+            "spot",
+            "--notice",
+            "30s",
+            "--lengths",
+            "uniform:400-600",
+        ]),
+        None,
+    );
+    let s = setup(&run, "lameduck");
+    let notes = s["setup"]["notes"].to_string();
+    assert!(
+        notes.contains("the gate took the notice as its deadline"),
+        "{notes}\n{}",
+        run.stderr
+    );
+    assert_eq!(n(s, "reset"), 0, "{:?}", outcomes(s));
+    assert!(n(s, "truncated") >= 1, "{:?}", outcomes(s));
+    assert_eq!(
+        n(s, "truncated_clean"),
+        n(s, "truncated"),
+        "every stream cut at the deadline got the terminal event: {:?}",
+        outcomes(s)
+    );
+    // The pod finished before its node went: nothing was left for the node to kill.
+    assert_eq!(n(s, "sigkills"), 0, "{}", s["events"]);
 }
 
 #[test]
