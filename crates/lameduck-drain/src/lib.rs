@@ -6,6 +6,7 @@
 //! first; this module reads the objects, prints, and acts.
 
 pub mod plan;
+pub mod progress;
 pub mod surge;
 
 use std::collections::BTreeMap;
@@ -19,6 +20,7 @@ use lameduck_kube::{Clients, ClusterArgs, Context, KubeError, Op, Target};
 use lameduck_timeline::Dur;
 
 use crate::plan::{Action, Plan, Switches};
+use crate::progress::Progress;
 
 /// `lameduck drain`'s flags.
 #[derive(clap::Args, Debug, Clone)]
@@ -156,22 +158,24 @@ pub async fn run(args: DrainArgs) -> Result<i32, DrainError> {
     }
     let t0 = Instant::now();
     let progress = surge::InProgress::default();
+    let prog = Progress::new(json);
     let work = async {
         let mut all_gone = true;
         for (p, pods) in plans.iter().zip(&node_pods) {
             cordon(&clients, &p.node).await?;
             if !json {
-                println!("{}: cordoned", p.node);
+                prog.say(&format!("{}: cordoned", p.node));
             }
-            all_gone &= empty(&clients, &args, p, pods, &progress, t0, json).await?;
+            all_gone &= empty(&clients, &args, p, pods, &progress, t0, &prog).await?;
         }
         Ok::<bool, DrainError>(all_gone)
     };
     let all_gone = tokio::select! {
         r = work => r?,
         _ = tokio::signal::ctrl_c() => {
-            for (ns, name, replicas) in progress.all() {
-                match surge::restore(&clients, &ns, &name, replicas).await {
+            for (ns, name, saved) in progress.all() {
+                let replicas = saved.replicas;
+                match surge::restore(&clients, &ns, &name, &saved).await {
                     Ok(()) => println!("interrupted: {ns}/{name} restored to {replicas} replicas"),
                     Err(e) => println!("interrupted: cannot restore {ns}/{name} to {replicas} replicas: {e}; the next run restores it"),
                 }
@@ -179,7 +183,10 @@ pub async fn run(args: DrainArgs) -> Result<i32, DrainError> {
             return Ok(130);
         }
     };
-    if !json {
+    if json {
+        println!("{}", prog.summary_json());
+    } else {
+        print!("{}", prog.summary());
         println!(
             "{} in {:.1} s",
             if all_gone {
@@ -202,8 +209,9 @@ async fn empty(
     pods: &[Pod],
     progress: &surge::InProgress,
     t0: Instant,
-    json: bool,
+    prog: &Progress,
 ) -> Result<bool, DrainError> {
+    let json = args.format == "json";
     let leaving: Vec<&str> = p
         .pods
         .iter()
@@ -233,8 +241,17 @@ async fn empty(
         if json {
             println!("{}", serde_json::json!({"surge": line}));
         } else {
-            println!("{line}");
+            prog.say(&line);
         }
+    };
+    let port_of = |key: &str| {
+        pods.iter()
+            .find(|pod| {
+                pod.metadata.name.as_deref() == key.split_once('/').map(|k| k.1)
+                    && pod.metadata.namespace.as_deref().unwrap_or("default")
+                        == key.split_once('/').map_or("default", |k| k.0)
+            })
+            .and_then(progress::admin_port)
     };
     let mut surged: Vec<String> = Vec::new();
     for g in &groups {
@@ -243,13 +260,22 @@ async fn empty(
             Err(why) => say(format!("surge failed, evicting instead: {why}")),
         }
     }
+    let w = Watch {
+        clients,
+        timeout: args.timeout.0,
+        t0,
+        prog,
+    };
     let leaves = leaving.iter().map(|pod| {
         let surged = surged.iter().any(|s| s == pod);
+        let port = port_of(pod);
         async move {
             if surged {
-                wait_gone(clients, pod, args.timeout.0, t0, json).await
+                prog.leaving(pod, "surged, then removed by the ReplicaSet");
+                wait_gone(&w, pod, port).await
             } else {
-                leave(clients, pod, args.timeout.0, t0, json).await
+                prog.leaving(pod, "evicted");
+                leave(&w, pod, port).await
             }
         }
     });
@@ -358,18 +384,27 @@ async fn cordon(clients: &Clients, node: &str) -> Result<(), DrainError> {
     Ok(())
 }
 
+/// What watching pods leave needs.
+#[derive(Clone, Copy)]
+struct Watch<'a> {
+    clients: &'a Clients,
+    timeout: Duration,
+    t0: Instant,
+    prog: &'a Progress,
+}
+
 /// Evicts one pod (retrying while its budget refuses, saying why once per reason) and waits
 /// until it is gone. Returns whether it left within the timeout.
-async fn leave(clients: &Clients, pod: &str, timeout: Duration, t0: Instant, json: bool) -> bool {
+async fn leave(w: &Watch<'_>, pod: &str, port: Option<u16>) -> bool {
+    let Watch {
+        clients,
+        timeout,
+        t0,
+        prog,
+    } = *w;
     let (ns, name) = pod.split_once('/').unwrap_or(("default", pod));
     let mut said: BTreeMap<String, ()> = BTreeMap::new();
-    let say = |line: String, fields: serde_json::Value| {
-        if json {
-            println!("{fields}");
-        } else {
-            println!("{line}");
-        }
-    };
+    let say = |line: String, fields: serde_json::Value| prog.event(&line, fields);
     loop {
         if t0.elapsed() > timeout {
             say(
@@ -408,36 +443,40 @@ async fn leave(clients: &Clients, pod: &str, timeout: Duration, t0: Instant, jso
             }
         }
     }
-    wait_gone(clients, pod, timeout, t0, json).await
+    wait_gone(w, pod, port).await
 }
 
 /// Waits until the pod is gone from the API: its grace period (and a gate's drain) has run.
-async fn wait_gone(
-    clients: &Clients,
-    pod: &str,
-    timeout: Duration,
-    t0: Instant,
-    json: bool,
-) -> bool {
+/// Meanwhile its line shows its phase and, for a gated pod, what its gate says.
+async fn wait_gone(w: &Watch<'_>, pod: &str, port: Option<u16>) -> bool {
+    let Watch {
+        clients,
+        timeout,
+        t0,
+        prog,
+    } = *w;
     let (ns, name) = pod.split_once('/').unwrap_or(("default", pod));
-    let say = |line: String, fields: serde_json::Value| {
-        if json {
-            println!("{fields}");
-        } else {
-            println!("{line}");
-        }
-    };
     let pods: Api<Pod> = Api::namespaced(clients.api.clone(), ns);
     while t0.elapsed() <= timeout {
         match pods.get_opt(name).await {
             Ok(None) => {
-                say(
-                    format!("{pod}: gone after {:.1} s", t0.elapsed().as_secs_f64()),
-                    serde_json::json!({"pod": pod, "result": "gone", "at_s": t0.elapsed().as_secs_f64()}),
-                );
+                prog.gone(pod, t0.elapsed());
                 return true;
             }
-            Ok(Some(_)) | Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+            Ok(Some(p)) => {
+                let phase = if p.metadata.deletion_timestamp.is_some() {
+                    "terminating"
+                } else {
+                    "waiting for its deletion"
+                };
+                let gate = match port {
+                    Some(port) => progress::gate_status(&clients.direct, pod, port).await,
+                    None => None,
+                };
+                prog.update(pod, phase, gate.as_ref());
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
         }
     }
     false

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use lameduck_kube::{Clients, Context, KubeError, Op};
@@ -33,16 +34,26 @@ pub struct Group {
     pub pods: Vec<String>,
 }
 
+/// What a surge changed, to put back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Saved {
+    /// The Deployment's replicas before.
+    pub replicas: i32,
+    /// The HorizontalPodAutoscaler that owns the count: its name, minReplicas and maxReplicas
+    /// before.
+    pub hpa: Option<(String, Option<i32>, i32)>,
+}
+
 /// Surges in progress, for undoing them on Ctrl-C.
 #[derive(Debug, Default, Clone)]
-pub struct InProgress(Arc<Mutex<BTreeMap<(String, String), i32>>>);
+pub struct InProgress(Arc<Mutex<BTreeMap<(String, String), Saved>>>);
 
 impl InProgress {
-    fn start(&self, ns: &str, name: &str, replicas: i32) {
+    fn start(&self, ns: &str, name: &str, saved: Saved) {
         self.0
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert((ns.to_owned(), name.to_owned()), replicas);
+            .insert((ns.to_owned(), name.to_owned()), saved);
     }
 
     fn done(&self, ns: &str, name: &str) {
@@ -52,13 +63,13 @@ impl InProgress {
             .remove(&(ns.to_owned(), name.to_owned()));
     }
 
-    /// Every surge still in progress: (namespace, deployment, original replicas).
-    pub fn all(&self) -> Vec<(String, String, i32)> {
+    /// Every surge still in progress: (namespace, deployment, what to put back).
+    pub fn all(&self) -> Vec<(String, String, Saved)> {
         self.0
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
-            .map(|((ns, n), r)| (ns.clone(), n.clone(), *r))
+            .map(|((ns, n), r)| (ns.clone(), n.clone(), r.clone()))
             .collect()
     }
 }
@@ -110,8 +121,46 @@ pub async fn groups(clients: &Clients, pods: &[&Pod]) -> Result<Vec<Group>, Kube
         .collect())
 }
 
-fn record(node: &str, replicas: i32, added: usize) -> String {
-    json!({"node": node, "replicas": replicas, "added": added}).to_string()
+fn record(node: &str, saved: &Saved, added: usize) -> String {
+    let mut r = json!({"node": node, "replicas": saved.replicas, "added": added});
+    if let Some((name, min, max)) = &saved.hpa {
+        r["hpa"] = json!({"name": name, "minReplicas": min, "maxReplicas": max});
+    }
+    r.to_string()
+}
+
+/// The HorizontalPodAutoscaler (autoscaling/v2) that scales `deployment`, if any.
+async fn hpa_of(
+    clients: &Clients,
+    ns: &str,
+    deployment: &str,
+) -> Result<Option<HorizontalPodAutoscaler>, KubeError> {
+    let api: Api<HorizontalPodAutoscaler> = Api::namespaced(clients.api.clone(), ns);
+    let list = api.list(&ListParams::default()).await.op(Op {
+        verb: "list",
+        resource: "horizontalpodautoscalers.autoscaling",
+        namespace: Some(ns.to_owned()),
+        name: None,
+    })?;
+    Ok(list.items.into_iter().find(|h| {
+        h.spec.scale_target_ref.kind == "Deployment" && h.spec.scale_target_ref.name == deployment
+    }))
+}
+
+/// Sets an HPA's bounds.
+async fn set_hpa(
+    clients: &Clients,
+    ns: &str,
+    name: &str,
+    min: Option<i32>,
+    max: i32,
+) -> Result<(), KubeError> {
+    let api: Api<HorizontalPodAutoscaler> = Api::namespaced(clients.api.clone(), ns);
+    let patch = json!({"spec": {"minReplicas": min, "maxReplicas": max}});
+    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .op(Op::new("patch", "horizontalpodautoscalers.autoscaling", ns).named(name))?;
+    Ok(())
 }
 
 async fn set_replicas(
@@ -131,15 +180,18 @@ async fn set_replicas(
     Ok(())
 }
 
-/// Undoes a surge: the recorded replica count back, the record gone.
+/// Undoes a surge: the HPA's bounds and the replica count back, the record gone.
 pub async fn restore(
     clients: &Clients,
     ns: &str,
     name: &str,
-    replicas: i32,
+    saved: &Saved,
 ) -> Result<(), KubeError> {
+    if let Some((hpa, min, max)) = &saved.hpa {
+        set_hpa(clients, ns, hpa, *min, *max).await?;
+    }
     let api: Api<Deployment> = Api::namespaced(clients.api.clone(), ns);
-    set_replicas(&api, ns, name, replicas, None).await
+    set_replicas(&api, ns, name, saved.replicas, None).await
 }
 
 /// Finds surges a crashed run left on Deployments for `node` and undoes them; returns what it
@@ -173,9 +225,25 @@ pub async fn recover(clients: &Clients, node: &str) -> Result<Vec<String>, KubeE
             .unwrap_or_else(|| "default".into());
         let name = d.metadata.name.clone().unwrap_or_default();
         let replicas = rec["replicas"].as_i64().and_then(|r| i32::try_from(r).ok());
+        let hpa = rec["hpa"]["name"].as_str().map(|h| {
+            let int = |v: &serde_json::Value| v.as_i64().and_then(|n| i32::try_from(n).ok());
+            (
+                h.to_owned(),
+                int(&rec["hpa"]["minReplicas"]),
+                int(&rec["hpa"]["maxReplicas"]).unwrap_or(1),
+            )
+        });
         if let Some(r) = replicas {
-            restore(clients, &ns, &name, r).await?;
-            restored.push(format!("{ns}/{name} back to {r} replicas"));
+            let saved = Saved { replicas: r, hpa };
+            restore(clients, &ns, &name, &saved).await?;
+            let bounds = match &saved.hpa {
+                Some((h, min, max)) => format!(
+                    ", HorizontalPodAutoscaler {h} back to minReplicas {}, maxReplicas {max}",
+                    min.map_or("unset".to_owned(), |m| m.to_string())
+                ),
+                None => String::new(),
+            };
+            restored.push(format!("{ns}/{name} back to {r} replicas{bounds}"));
         }
     }
     Ok(restored)
@@ -219,16 +287,41 @@ pub async fn surge(
         .collect::<Vec<_>>()
         .join(",");
     let target = replicas.saturating_add(i32::try_from(added).unwrap_or(i32::MAX));
-    progress.start(ns, &g.deployment, replicas);
+    // An HPA owns the count: its minReplicas is raised too, or it would scale the surge away.
+    let hpa = hpa_of(clients, ns, &g.deployment)
+        .await
+        .map_err(|e| e.to_string())?
+        .and_then(|h| Some((h.metadata.name?, h.spec.min_replicas, h.spec.max_replicas)));
+    let saved = Saved { replicas, hpa };
+    progress.start(ns, &g.deployment, saved.clone());
     set_replicas(
         &api,
         ns,
         &g.deployment,
         target,
-        Some(record(node, replicas, added)),
+        Some(record(node, &saved, added)),
     )
     .await
     .map_err(|e| e.to_string())?;
+    if let Some((h, min, max)) = &saved.hpa {
+        let r = set_hpa(
+            clients,
+            ns,
+            h,
+            Some(min.unwrap_or(1).max(target)),
+            (*max).max(target),
+        )
+        .await;
+        if let Err(e) = r {
+            let _ = restore(clients, ns, &g.deployment, &saved).await;
+            progress.done(ns, &g.deployment);
+            return Err(e.to_string());
+        }
+        say(format!(
+            "{ns}/{}: its HorizontalPodAutoscaler {h} owns the count: minReplicas raised to {target} for the surge",
+            g.deployment
+        ));
+    }
     say(format!(
         "{ns}/{}: surging {replicas} → {target} replicas; waiting for {added} replacements to be Ready on other nodes",
         g.deployment
@@ -255,7 +348,7 @@ pub async fn surge(
             break;
         }
         if t0.elapsed() > timeout {
-            let _ = restore(clients, ns, &g.deployment, replicas).await;
+            let _ = restore(clients, ns, &g.deployment, &saved).await;
             progress.done(ns, &g.deployment);
             return Err(format!(
                 "{ns}/{}: only {elsewhere} of {replicas} Ready on other nodes after {:.0} s (--surge-timeout); restored to {replicas} replicas",
@@ -273,12 +366,12 @@ pub async fn surge(
             .await
             .op(Op::new("patch", "pods", ns).named(name))
         {
-            let _ = restore(clients, ns, &g.deployment, replicas).await;
+            let _ = restore(clients, ns, &g.deployment, &saved).await;
             progress.done(ns, &g.deployment);
             return Err(e.to_string());
         }
     }
-    restore(clients, ns, &g.deployment, replicas)
+    restore(clients, ns, &g.deployment, &saved)
         .await
         .map_err(|e| e.to_string())?;
     progress.done(ns, &g.deployment);

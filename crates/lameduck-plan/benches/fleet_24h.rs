@@ -37,6 +37,7 @@ fn rollout_every_hour_for_24h(bencher: divan::Bencher) {
                 horizon: Some(Duration::from_secs(24 * 3600)),
                 sample_every: Duration::from_secs(1),
                 agent: false,
+                surge: false,
             },
         )
         .run();

@@ -247,10 +247,11 @@ pub fn execute(req: &Request) -> Result<Output, RunError> {
         horizon,
         sample_every: Duration::from_secs(1),
         agent: false,
+        surge: false,
     };
     let mut runs = Vec::new();
     for &scenario in &scenarios {
-        // (label, spec, with the agent)
+        // (label, spec, the agent on spot / surge-first on drain)
         let mut specs = vec![("current", &current, false)];
         if req.compare {
             specs.push(("recommended", &the_plan.fleet, false));
@@ -264,12 +265,24 @@ pub fn execute(req: &Request) -> Result<Output, RunError> {
                 specs.push(("recommended + agent", &the_plan.fleet, true));
             }
         }
-        let simulate = |spec: &FleetSpec, agent: bool, cfg: SimConfig| {
-            Sim::new(spec, &latency, rate.clone(), SimConfig { agent, ..cfg }).run()
+        // A node drain is also simulated as `lameduck drain` does it: surge first.
+        if scenario == Scenario::Drain {
+            specs.push(("current + surge", &current, true));
+            if req.compare {
+                specs.push(("recommended + surge", &the_plan.fleet, true));
+            }
+        }
+        let simulate = |spec: &FleetSpec, variant: bool, cfg: SimConfig| {
+            let cfg = SimConfig {
+                agent: variant && scenario.provider().is_some(),
+                surge: variant && scenario == Scenario::Drain,
+                ..cfg
+            };
+            Sim::new(spec, &latency, rate.clone(), cfg).run()
         };
         let mut reports: Vec<SimReport> = specs
             .iter()
-            .map(|(_, s, agent)| simulate(s, *agent, config(scenario)))
+            .map(|(_, s, variant)| simulate(s, *variant, config(scenario)))
             .collect();
         // Compared specs see the same arrivals: send requests for as long as the slower one
         // needed, to both.
@@ -281,7 +294,7 @@ pub fn execute(req: &Request) -> Result<Output, RunError> {
             };
             reports = specs
                 .iter()
-                .map(|(_, s, agent)| simulate(s, *agent, cfg.clone()))
+                .map(|(_, s, variant)| simulate(s, *variant, cfg.clone()))
                 .collect();
         }
         for ((label, _, _), report) in specs.iter().zip(reports) {
@@ -488,7 +501,7 @@ pub fn render_text(o: &Output) -> String {
     if !o.runs.is_empty() {
         let _ = writeln!(
             t,
-            "\nSimulation (seed {}; times in seconds; refused = never served; killed silently = cut dead, no terminal event; ended cleanly = the gate's deadline ended it with a terminal event; + agent: `lameduck agent` on the nodes)",
+            "\nSimulation (seed {}; times in seconds; refused = never served; killed silently = cut dead, no terminal event; ended cleanly = the gate's deadline ended it with a terminal event; + agent: `lameduck agent` on the nodes; + surge: `lameduck drain`, replacements Ready before the node's pods go)",
             o.runs[0].report.seed
         );
         let rows: Vec<crate::report::Row<'_>> =

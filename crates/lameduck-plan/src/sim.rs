@@ -179,6 +179,11 @@ pub struct SimConfig {
     /// notice's deadline (minus [`NOTICE_MARGIN`]) and deletes it with the time left as its
     /// grace period. Pods without a gate are removed as without the agent.
     pub agent: bool,
+    /// The `drain` scenario as `lameduck drain` does it: surge first (the Deployment's replicas
+    /// raised by the node's pods, replacements Ready elsewhere), then the count lowered so
+    /// that exactly the node's pods go, through their graceful termination. Without it, as
+    /// `kubectl drain`: evictions first, replacements cold-start afterwards.
+    pub surge: bool,
 }
 
 /// What happens to a pod's requests when it is cut.
@@ -284,6 +289,8 @@ pub struct Sim<'a> {
     series: Series,
     drained_pods: u32,
     drained_pods_losing: u32,
+    /// A surge-first drain waiting for its replacements: the node's pods.
+    surge_victims: Vec<u32>,
 }
 
 /// Heap payload; ordering is by (time, seq) only.
@@ -346,6 +353,7 @@ impl<'a> Sim<'a> {
             series: Series::default(),
             drained_pods: 0,
             drained_pods_losing: 0,
+            surge_victims: Vec::new(),
         };
         for _ in 0..spec.replicas {
             let p = sim.create_pod();
@@ -385,6 +393,7 @@ impl<'a> Sim<'a> {
             Ev::Ready { pod } => {
                 self.ready(pod);
                 self.reconcile();
+                self.surge_ready();
                 self.check_active();
             }
             Ev::Routable { pod } => self.routable(pod),
@@ -957,6 +966,12 @@ impl<'a> Sim<'a> {
                         }
                         self.push(self.now + spot.notice(), Ev::NodeGone { node });
                     }
+                    None if self.cfg.surge => {
+                        // lameduck drain: replacements first, on other nodes.
+                        self.desired += victims.len() as u32;
+                        self.surge_victims = victims;
+                        self.reconcile();
+                    }
                     None => {
                         for v in victims {
                             self.evict(v);
@@ -967,6 +982,30 @@ impl<'a> Sim<'a> {
         }
         self.active = Some(active);
         self.check_active();
+    }
+
+    /// A surge-first drain goes on once as many pods are Ready off the node as the
+    /// Deployment had: the count goes back down, and pod-deletion-cost makes the node's pods
+    /// the ones the ReplicaSet deletes (a scale-down: no eviction, no PDB).
+    fn surge_ready(&mut self) {
+        if self.surge_victims.is_empty() {
+            return;
+        }
+        let k = self.surge_victims.len() as u32;
+        let elsewhere = self
+            .pods
+            .iter()
+            .enumerate()
+            .filter(|(i, p)| p.alive() && p.ready && !self.surge_victims.contains(&(*i as u32)))
+            .count() as u32;
+        if elsewhere < self.desired - k {
+            return;
+        }
+        self.desired -= k;
+        for v in std::mem::take(&mut self.surge_victims) {
+            self.delete(v, None);
+        }
+        self.reconcile();
     }
 
     fn busiest_node(&self) -> Option<u32> {

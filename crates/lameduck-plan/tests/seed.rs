@@ -45,6 +45,7 @@ fn run(spec: &FleetSpec, lat: &Latency, rate: f64, scenario: Scenario, seed: u64
             horizon: None,
             sample_every: S(1),
             agent: false,
+            surge: false,
         },
     )
     .run()

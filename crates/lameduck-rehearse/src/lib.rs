@@ -140,6 +140,12 @@ pub struct RehearseArgs {
     #[arg(long, default_value = "30s", value_parser = dur, value_name = "DURATION")]
     pub notice: Duration,
 
+    /// Drain scenario: `evict` deletes the pod and lets its replacement cold-start afterwards
+    /// (kubectl drain); `surge` starts the replacement first and deletes the pod once it is
+    /// Ready (lameduck drain).
+    #[arg(long, value_enum, value_name = "MODE", default_value_t = run::DrainMode::Evict)]
+    pub drain: run::DrainMode,
+
     /// Spot scenario: leave `lameduck agent` off the reclaimed node. By default setups with
     /// the gate run it (with a fake AWS metadata service and an in-process API server), so
     /// the gate learns the notice as its deadline.
@@ -324,6 +330,7 @@ impl RehearseArgs {
                 at: self.at,
                 notice: self.notice,
                 agent: !self.no_agent,
+                drain: self.drain,
                 time_scale: scale,
                 seed: self.seed,
                 exe,

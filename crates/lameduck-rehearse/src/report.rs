@@ -140,7 +140,7 @@ fn secs(v: Option<f64>) -> String {
 pub type Row = (&'static str, fn(&SetupResult) -> String);
 
 /// The comparison table's rows, shared by the terminal and the HTML report.
-pub const ROWS: [Row; 14] = [
+pub const ROWS: [Row; 15] = [
     ("requests", |s| s.summary.requests.to_string()),
     ("ok", |s| s.summary.ok.to_string()),
     ("refused", |s| s.summary.refused.to_string()),
@@ -157,6 +157,11 @@ pub const ROWS: [Row; 14] = [
     ("propagation lag (s)", |s| secs(s.summary.propagation_lag)),
     ("routed after delete", |s| {
         s.summary.routed_after_delete.to_string()
+    }),
+    ("min ready endpoints", |s| {
+        s.summary
+            .min_ready
+            .map_or_else(|| "-".to_owned(), |n| n.to_string())
     }),
     ("SIGKILLs", |s| s.summary.sigkills.to_string()),
 ];

@@ -29,6 +29,18 @@ pub enum Scenario {
     Spot,
 }
 
+/// How the `drain` scenario removes its pod.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DrainMode {
+    /// As `kubectl drain`: the pod is deleted and its replacement cold-starts afterwards.
+    #[default]
+    Evict,
+    /// As `lameduck drain`: the replacement is created first, and the pod is deleted once it
+    /// is Ready (a Deployment's pods; others as with evict).
+    Surge,
+}
+
 /// Everything a run needs besides the setup.
 #[derive(Debug, Clone)]
 pub struct Plan {
@@ -50,6 +62,8 @@ pub struct Plan {
     pub notice: Duration,
     /// Spot scenario: `lameduck agent` runs on the reclaimed node of gated setups.
     pub agent: bool,
+    /// Drain scenario: evict first or surge first.
+    pub drain: DrainMode,
     /// Speed-up.
     pub time_scale: f64,
     /// Seed.
@@ -97,6 +111,9 @@ pub struct Summary {
     pub propagation_lag: Option<f64>,
     /// Requests the balancer sent to a pod after it was deleted.
     pub routed_after_delete: usize,
+    /// Fewest ready endpoints in the balancer from the scenario's start to the end of the
+    /// run: the capacity dip.
+    pub min_ready: Option<usize>,
     /// SIGKILLs the kubelet sent.
     pub sigkills: usize,
     /// Containers restarted by a failed liveness probe.
@@ -291,6 +308,7 @@ pub async fn run_setup(
         None
     };
     let mut agent_note = None;
+    let mut surge_note = None;
 
     // The load.
     status.phase("load");
@@ -353,12 +371,44 @@ pub async fn run_setup(
                         )
                     });
                 }
+                None if plan.scenario == Scenario::Drain
+                    && plan.drain == DrainMode::Surge
+                    && setup.replace == Replace::Immediately =>
+                {
+                    status.phase("surge: waiting for the replacement");
+                    let surged = clock.now();
+                    pods.push(spawn(next)?);
+                    next += 1;
+                    // Ready, and in the balancer: the capacity is there before the pod goes.
+                    let limit = clock.real(cold + Duration::from_secs(600));
+                    let in_balancer = async {
+                        while endpoints.ready_count() <= replicas as usize {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                    };
+                    if tokio::time::timeout(limit, in_balancer).await.is_err() {
+                        return Err(Error::Run(format!(
+                            "setup {}: the surge's replacement was not ready within {:.0} s (unscaled); see the logs in {}",
+                            setup.name,
+                            (cold + Duration::from_secs(600)).as_secs_f64(),
+                            dir.display()
+                        )));
+                    }
+                    status.phase("draining one pod");
+                    pods[0].delete(how);
+                    surge_note = Some(format!(
+                        "surge first (lameduck drain): the replacement was Ready and in the balancer {:.1} s after it was created, then the pod was deleted",
+                        clock.now() - surged
+                    ));
+                }
                 None => {
                     pods[0].delete(how);
                 }
             }
             deleted.push(0);
             match setup.replace {
+                // The surge created the replacement already.
+                Replace::Immediately if surge_note.is_some() => {}
                 // The ReplicaSet replaces a deleted pod at once.
                 Replace::Immediately => pods.push(spawn(next)?),
                 // The StatefulSet waits until the ordinal is free.
@@ -429,6 +479,7 @@ pub async fn run_setup(
     );
     let mut setup = setup.clone();
     setup.notes.extend(agent_note);
+    setup.notes.extend(surge_note);
     if plan.scenario == Scenario::Spot && !plan.agent && matches!(setup.server, Server::Gate { .. })
     {
         setup.notes.push(
@@ -601,6 +652,20 @@ fn summarize(
         }
     }
     let ok = count(Outcome::Ok);
+    // Ready endpoints over time, as the balancer saw them.
+    let mut ready: std::collections::HashMap<&str, bool> = std::collections::HashMap::new();
+    let mut min_ready: Option<usize> = None;
+    let mut ordered: Vec<&Event> = events.iter().collect();
+    ordered.sort_by(|a, b| a.t.total_cmp(&b.t));
+    for e in ordered {
+        if let EventKind::Endpoint { state } = e.kind {
+            ready.insert(&e.pod, state == "ready");
+        }
+        if e.t >= scenario_start {
+            let n = ready.values().filter(|r| **r).count();
+            min_ready = Some(min_ready.map_or(n, |m| m.min(n)));
+        }
+    }
     Summary {
         requests: requests.len(),
         ok,
@@ -619,6 +684,7 @@ fn summarize(
         drain_seconds: gone_last.map(|g| g - scenario_start),
         propagation_lag: lag,
         routed_after_delete: after,
+        min_ready,
         sigkills: events
             .iter()
             .filter(|e| matches!(e.kind, EventKind::Sigkill { .. }))

@@ -166,6 +166,16 @@ pub(crate) const RESOURCES: &[Resource] = &[
         short_names: &["ev"],
         subresources: &[],
     },
+    Resource {
+        group: "autoscaling",
+        version: "v2",
+        plural: "horizontalpodautoscalers",
+        singular: "horizontalpodautoscaler",
+        kind: "HorizontalPodAutoscaler",
+        namespaced: true,
+        short_names: &["hpa"],
+        subresources: &[Sub::Status],
+    },
 ];
 
 impl Resource {

@@ -8,7 +8,7 @@ use lameduck_fakecloud::FakeMetadata;
 use lameduck_testapi::TestApi;
 use serde_json::{Value, json};
 
-use crate::cluster::{KubePod, PodSetup, kubeconfig, service};
+use crate::cluster::{KubePod, LONG_STREAMS, PodSetup, kubeconfig, service};
 use crate::support::*;
 
 const LONG: Duration = Duration::from_secs(30);
@@ -113,14 +113,6 @@ async fn reclaim_mid_load(
     service(&api);
     node_and_bystanders(&api);
     let cloud = FakeMetadata::start(provider).await;
-    let sim = [
-        "--tokens-per-second",
-        "20",
-        "--output-tokens",
-        "100000",
-        "--ttft",
-        "20ms",
-    ];
     let config = kubeconfig(&api, &format!("pods-{}", provider.name()));
     let mut pods = Vec::new();
     for (i, ip) in ips.iter().enumerate() {
@@ -135,7 +127,7 @@ async fn reclaim_mid_load(
                     ip,
                     kube: false,
                     probe_period: 2,
-                    sim_args: &sim,
+                    sim_args: LONG_STREAMS,
                     ..PodSetup::default()
                 },
             )
@@ -414,14 +406,7 @@ async fn a_silent_gate_and_a_down_api_server_do_not_stop_the_drain() {
             name: "llm-0",
             ip: "127.0.0.41",
             kube: false,
-            sim_args: &[
-                "--tokens-per-second",
-                "20",
-                "--output-tokens",
-                "100000",
-                "--ttft",
-                "20ms",
-            ],
+            sim_args: LONG_STREAMS,
             ..PodSetup::default()
         },
     )

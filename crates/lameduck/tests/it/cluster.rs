@@ -16,6 +16,16 @@ use crate::support::*;
 
 const LONG: Duration = Duration::from_secs(30);
 
+/// engine-sim settings for streams that outlast any test: 20 tokens a second, up to 100,000.
+pub(crate) const LONG_STREAMS: &[&str] = &[
+    "--tokens-per-second",
+    "20",
+    "--output-tokens",
+    "100000",
+    "--ttft",
+    "20ms",
+];
+
 /// A test pod: its gate process, its address, and the API server it is registered with.
 pub(crate) struct KubePod {
     pub(crate) name: String,
@@ -465,14 +475,7 @@ async fn a_shorter_deletion_grace_moves_the_deadline() {
         &config,
         PodSetup {
             ip: "127.0.0.13",
-            sim_args: &[
-                "--tokens-per-second",
-                "20",
-                "--output-tokens",
-                "100000",
-                "--ttft",
-                "20ms",
-            ],
+            sim_args: LONG_STREAMS,
             ..PodSetup::default()
         },
     )
@@ -534,14 +537,7 @@ async fn scale_in_removes_the_idle_replica() {
         ip,
         deletion_cost: true,
         gate_args: &["--time-scale", "5"],
-        sim_args: &[
-            "--tokens-per-second",
-            "20",
-            "--output-tokens",
-            "100000",
-            "--ttft",
-            "20ms",
-        ],
+        sim_args: LONG_STREAMS,
         ..PodSetup::default()
     };
     // The ReplicaSet creates its two pods; each gets an address and a gate.

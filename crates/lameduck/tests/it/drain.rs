@@ -259,7 +259,15 @@ fn ready_web(api: &TestApi) -> Vec<(String, String)> {
 /// drops below the starting count, and the Deployment ends at its own replica count.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn surge_first_keeps_ready_capacity() {
-    let least = capacity_through_a_drain(&[]).await;
+    let least = capacity_through_a_drain(&[], false).await;
+    assert!(least >= 2, "Ready capacity dipped to {least}");
+}
+
+/// When a HorizontalPodAutoscaler owns the Deployment's count, the surge raises its
+/// minReplicas too (or it would scale the surge away), and puts its bounds back after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_hpa_owned_deployment_surges_through_its_min_replicas() {
+    let least = capacity_through_a_drain(&[], true).await;
     assert!(least >= 2, "Ready capacity dipped to {least}");
 }
 
@@ -267,13 +275,13 @@ async fn surge_first_keeps_ready_capacity() {
 /// while the replacements start — the comparison the surge exists for.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn evict_first_dips_ready_capacity() {
-    let least = capacity_through_a_drain(&["--no-surge"]).await;
+    let least = capacity_through_a_drain(&["--no-surge"], false).await;
     assert!(least < 2, "evict-first kept {least} Ready");
 }
 
-/// Drains n1 of a two-replica Deployment with `extra` flags; returns the least Ready capacity
-/// seen meanwhile, after checking the end state.
-async fn capacity_through_a_drain(extra: &[&str]) -> usize {
+/// Drains n1 of a two-replica Deployment (scaled by an HPA with `hpa`) with `extra` flags;
+/// returns the least Ready capacity seen meanwhile, after checking the end state.
+async fn capacity_through_a_drain(extra: &[&str], hpa: bool) -> usize {
     let surge = extra.is_empty();
     let api = Arc::new(TestApi::start().await);
     nodes(&api);
@@ -293,6 +301,14 @@ async fn capacity_through_a_drain(extra: &[&str]) -> usize {
             api.list("v1", "Pod", Some("ml"))
         );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    if hpa {
+        api.create(json!({
+            "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+            "metadata": {"name": "web", "namespace": "ml"},
+            "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web"},
+                     "minReplicas": 2, "maxReplicas": 3}
+        }));
     }
     let before: Vec<String> = ready_web(&api).into_iter().map(|(n, _)| n).collect();
     // The least Ready capacity seen while the drain runs.
@@ -320,6 +336,28 @@ async fn capacity_through_a_drain(extra: &[&str]) -> usize {
         "{now:?}"
     );
     assert_restored(&api);
+    if hpa {
+        assert!(out.contains("minReplicas raised to 4"), "{out}");
+        let h = api
+            .get(
+                "autoscaling/v2",
+                "HorizontalPodAutoscaler",
+                Some("ml"),
+                "web",
+            )
+            .expect("hpa");
+        assert_eq!(
+            (&h["spec"]["minReplicas"], &h["spec"]["maxReplicas"]),
+            (&json!(2), &json!(3)),
+            "{h}"
+        );
+        let patched = api
+            .requests()
+            .iter()
+            .filter(|(m, p)| m == "PATCH" && p.contains("/horizontalpodautoscalers/web"))
+            .count();
+        assert!(patched >= 2, "raised, then put back: {patched}");
+    }
     // Surging, the old pods leave through a graceful delete by the ReplicaSet, never an
     // eviction.
     let evicted = api
@@ -458,5 +496,116 @@ async fn a_drain_can_wait_for_its_blockers() {
         out.matches("BLOCKED ml/web-a").count(),
         1,
         "shown once while waiting: {out}"
+    );
+}
+
+/// A gated pod drained for real: while it terminates, the drain's line for it shows its
+/// gate's phase and the requests in flight (read from the gate's `/status` through the API
+/// server's pod proxy); the summary at the end counts its stream as ended at the deadline,
+/// from the gate's report.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_shows_the_gate_and_the_summary_its_report() {
+    use crate::cluster::{KubePod, LONG_STREAMS, PodSetup};
+    use crate::support::{StreamEnd, get};
+    use std::io::{BufRead, BufReader};
+    use std::time::{Duration, Instant};
+
+    let api = Arc::new(TestApi::start().await);
+    for n in ["node-a", "node-b"] {
+        api.create(json!({
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": n, "labels": {"kubernetes.io/hostname": n}}, "spec": {}
+        }));
+    }
+    let config = kubeconfig(&api, "progress");
+    let pod = KubePod::start(
+        &api,
+        &config,
+        PodSetup {
+            name: "llm-0",
+            ip: "127.0.0.51",
+            probe_period: 2,
+            sim_args: LONG_STREAMS,
+            ..PodSetup::default()
+        },
+    )
+    .await;
+    let stream = pod.open_stream(100_000);
+    pod.wait_streams(1).await;
+
+    let mut child = std::process::Command::new(bin())
+        .args([
+            "drain",
+            "node-a",
+            "--force",
+            "--timeout",
+            "60s",
+            "--kubeconfig",
+        ])
+        .arg(&config)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("drain runs");
+    let stdout = child.stdout.take().expect("stdout");
+    let lines = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let sink = lines.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            sink.lock().expect("lines").push(line);
+        }
+    });
+    let seen = |what: &dyn Fn(&str) -> bool| lines.lock().expect("lines").iter().any(|l| what(l));
+    let until = |what: &'static str, f: &dyn Fn() -> bool| {
+        let t0 = Instant::now();
+        while !f() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "{what}: {:#?}",
+                lines.lock().expect("lines")
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    // Evicted: terminating, and the line shows the gate with its stream.
+    until("the pod terminating", &|| {
+        api.get("v1", "Pod", Some("default"), "llm-0")
+            .is_some_and(|p| p["metadata"]["deletionTimestamp"].is_string())
+    });
+    until("the gate's line", &|| {
+        seen(&|l| l.starts_with("default/llm-0: terminating · gate") && l.contains("1 in flight"))
+    });
+    // The kubelet's preStop, with a short deadline: the stream ends with the terminal event.
+    get(&pod.admin("/drain?deadline=2s&wait=false"))
+        .await
+        .expect("drain");
+    let end = stream.await.expect("stream task");
+    assert!(
+        matches!(&end, StreamEnd::TerminalError { done: true, .. }),
+        "{end:?}"
+    );
+    until("the gate's line with nothing in flight", &|| {
+        seen(&|l| l.starts_with("default/llm-0: terminating · gate") && l.contains("0 in flight"))
+    });
+    // The container exits; the kubelet's final delete.
+    pod.gate.signal(nix::sys::signal::Signal::SIGTERM);
+    api.remove("v1", "Pod", Some("default"), "llm-0");
+    let status = tokio::task::spawn_blocking(move || child.wait().expect("wait"))
+        .await
+        .expect("join");
+    let all = lines.lock().expect("lines").clone();
+    // The output, for docs/drain.md.
+    eprintln!("{}", all.join("\n"));
+    assert_eq!(status.code(), Some(0), "{all:#?}");
+    assert!(
+        all.iter()
+            .any(|l| l.contains("default/llm-0: evicted, gone after")
+                && l.contains("its gate: 0 completed, 1 ended at the deadline")),
+        "{all:#?}"
+    );
+    assert!(
+        all.iter()
+            .any(|l| l.contains("pods moved: 1")
+                && l.contains("0 completed, 1 ended at the deadline")),
+        "{all:#?}"
     );
 }

@@ -72,7 +72,14 @@ fn histogram_in_recommendations_and_comparison_out() {
             .is_some_and(|a| a.contains("may run 119.4 s (p99.9 of histogram")),
         "{grace}"
     );
-    let runs = v["runs"].as_array().expect("runs");
+    // Drain also has its surge-first rows (tested below); here the specs as they are.
+    let runs: Vec<Value> = v["runs"]
+        .as_array()
+        .expect("runs")
+        .iter()
+        .filter(|r| !r["spec"].as_str().unwrap_or("").contains('+'))
+        .cloned()
+        .collect();
     assert_eq!(runs.len(), 4);
     for pair in runs.chunks(2) {
         let (cur, rec) = (&pair[0], &pair[1]);
@@ -206,6 +213,29 @@ fn errors_name_what_to_fix() {
     assert!(err.contains("vllm:e2e_request_latency_seconds"), "{err}");
 }
 
+/// `lameduck plan ARGS --json`, which must succeed; its runs.
+fn plan_runs(args: &[&str]) -> Vec<Value> {
+    let mut all = vec!["plan"];
+    all.extend_from_slice(args);
+    all.push("--json");
+    let out = run_with_stdin(&all, None);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    v["runs"].as_array().expect("runs").clone()
+}
+
+/// The run of `spec` (`current`, `current + agent`, …).
+fn run_of<'a>(runs: &'a [Value], spec: &str) -> &'a Value {
+    runs.iter()
+        .find(|r| r["spec"] == spec)
+        .unwrap_or_else(|| panic!("no `{spec}` row in {runs:?}"))
+}
+
 /// On spot, a gated fleet is simulated with and without `lameduck agent`: without it the
 /// node's end (or GKE's 15 s SIGKILL) cuts long streams silently; with it every one that
 /// cannot finish ends cleanly at the notice's deadline.
@@ -216,32 +246,8 @@ fn spot_with_and_without_the_agent() {
         .display()
         .to_string();
     for scenario in ["spot-gcp", "spot-azure"] {
-        let out = run_with_stdin(
-            &[
-                "plan",
-                "-f",
-                &gated,
-                "--max-request",
-                "90s",
-                "--scenario",
-                scenario,
-                "--json",
-            ],
-            None,
-        );
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let v: Value = serde_json::from_slice(&out.stdout).expect("JSON");
-        let runs = v["runs"].as_array().expect("runs");
-        let row = |spec: &str| {
-            runs.iter()
-                .find(|r| r["spec"] == spec)
-                .unwrap_or_else(|| panic!("{scenario}: no `{spec}` row in {runs:?}"))
-        };
+        let runs = plan_runs(&["-f", &gated, "--max-request", "90s", "--scenario", scenario]);
+        let row = |spec: &str| run_of(&runs, spec);
         let (without, with) = (row("current"), row("current + agent"));
         let n = |r: &Value, k: &str| r["requests"][k].as_u64().expect("count");
         assert_eq!(n(without, "total"), n(with, "total"), "same arrivals");
@@ -260,4 +266,35 @@ fn spot_with_and_without_the_agent() {
             "{scenario}: what cannot finish ends cleanly: {with}"
         );
     }
+}
+
+/// A node drain is simulated as `kubectl drain` does it (evict, then replacements cold-start)
+/// and as `lameduck drain` does it (surge first): the surge never has fewer pods in the balancer
+/// than the Deployment's count, and its requests wait no longer.
+#[test]
+fn drain_evict_first_against_surge_first() {
+    let naive = fixture("seed-naive.yaml");
+    let runs = plan_runs(&[
+        "-f",
+        &naive,
+        "--max-request",
+        "90s",
+        "--replicas",
+        "8",
+        "--pods-per-node",
+        "4",
+        "--scenario",
+        "drain",
+    ]);
+    let row = |spec: &str| run_of(&runs, spec);
+    let (evict, surge) = (row("current"), row("current + surge"));
+    assert_eq!(evict["requests"]["total"], surge["requests"]["total"]);
+    assert_eq!(surge["min_ready"], 8, "{surge}");
+    assert!(
+        evict["min_ready"].as_u64().expect("min_ready") <= 4,
+        "kubectl drain takes the node's 4 pods out before replacements are up: {evict}"
+    );
+    let p99 = |r: &Value| r["queue_delay"]["p99"].as_f64().expect("p99");
+    assert!(p99(surge) <= p99(evict), "{surge}\n{evict}");
+    assert!(p99(evict) > 0.0, "the dip makes requests queue: {evict}");
 }

@@ -376,6 +376,31 @@ fn a_spot_reclaim_with_the_agent_ends_every_stream_cleanly() {
     assert_eq!(n(s, "sigkills"), 0, "{}", s["events"]);
 }
 
+/// `--drain surge`: the replacement is Ready and in the balancer before the pod is deleted, so
+/// the balancer never has fewer ready endpoints than the replicas.
+#[test]
+fn a_surge_first_drain_keeps_every_endpoint() {
+    let run = rehearse(&args(&["--setups", "lameduck", "--drain", "surge"]), None);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let s = setup(&run, "lameduck");
+    assert_eq!(n(s, "lost"), 0, "{:?}", outcomes(s));
+    assert_eq!(n(s, "min_ready"), 3, "{}", s["summary"]);
+    let notes = s["setup"]["notes"].to_string();
+    assert!(notes.contains("surge first"), "{notes}");
+    // The pod was deleted only after its replacement had joined the balancer.
+    let pod = s["deleted"][0].as_str().expect("deleted pod");
+    let deleted = event_time(s, pod, "deleted").expect("deleted");
+    let joined = s["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter(|e| e["pod"] == "lameduck-3" && e["kind"] == "endpoint" && e["state"] == "ready")
+        .filter_map(|e| e["t"].as_f64())
+        .next()
+        .expect("the replacement joined the balancer");
+    assert!(joined <= deleted, "joined {joined}, deleted {deleted}");
+}
+
 #[test]
 fn a_rollout_replaces_every_pod_without_loss() {
     let run = rehearse(
