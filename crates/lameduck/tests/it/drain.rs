@@ -400,10 +400,41 @@ async fn a_crashed_surge_is_undone_by_the_next_run() {
 /// its record is removed, the exit status is 130.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_interrupted_surge_is_restored() {
+    // The replacements never start: the drain is still waiting when Ctrl-C comes.
+    let (code, lines) = interrupted_at("surging 2 → 4", false).await;
+    assert_eq!(code, Some(130), "{lines:#?}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("interrupted: ml/web restored to 2 replicas")),
+        "{lines:#?}"
+    );
+}
+
+/// Ctrl-C at the other steps — right after the cordon, once the replacements are Ready (while
+/// this node's pods are marked and the count goes back), and while the pods leave — leaves the
+/// Deployment at its own count with no record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_drain_restores_at_every_step() {
+    for step in [
+        "n1: cordoned",
+        "Ready on other nodes after",
+        "back to 2 replicas",
+    ] {
+        let (code, lines) = interrupted_at(step, true).await;
+        eprintln!("Ctrl-C at {step:?}: exit {code:?}");
+        // Late steps may finish before the signal lands; either way nothing stays changed.
+        assert!(matches!(code, Some(130 | 0)), "{step}: {lines:#?}");
+    }
+}
+
+/// Runs `lameduck drain n1` on a two-replica Deployment and sends SIGINT when a line contains
+/// `trigger`; checks that the Deployment is restored; returns the exit status and the output.
+/// `placing`: the scheduler keeps starting pods (else the replacements never start).
+async fn interrupted_at(trigger: &'static str, placing: bool) -> (Option<i32>, Vec<String>) {
     use std::io::{BufRead, BufReader};
     let api = Arc::new(TestApi::start().await);
     nodes(&api);
-    // Only the first two pods are ever placed: the replacements never start.
     let placer = scheduler(&api, 2);
     api.create(json!({
         "apiVersion": "apps/v1", "kind": "Deployment",
@@ -417,7 +448,9 @@ async fn an_interrupted_surge_is_restored() {
         assert!(t0.elapsed() < std::time::Duration::from_secs(20));
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    placer.abort();
+    if !placing {
+        placer.abort();
+    }
     let config = kubeconfig(&api, "interrupt");
     let mut child = std::process::Command::new(bin())
         .args(["drain", "n1", "--kubeconfig"])
@@ -430,9 +463,9 @@ async fn an_interrupted_surge_is_restored() {
     let seen = tokio::task::spawn_blocking(move || {
         let mut lines = Vec::new();
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let surging = line.contains("surging 2 → 4");
+            let hit = line.contains(trigger);
             lines.push(line);
-            if surging {
+            if hit {
                 let _ = nix::sys::signal::kill(
                     nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap_or(0)),
                     nix::sys::signal::Signal::SIGINT,
@@ -445,14 +478,13 @@ async fn an_interrupted_surge_is_restored() {
         .await
         .expect("join");
     let lines = seen.await.expect("lines");
-    assert_eq!(status.code(), Some(130), "{lines:#?}");
+    placer.abort();
     assert!(
-        lines
-            .iter()
-            .any(|l| l.contains("interrupted: ml/web restored to 2 replicas")),
-        "{lines:#?}"
+        lines.iter().any(|l| l.contains(trigger)),
+        "{trigger} never came: {lines:#?}"
     );
     assert_restored(&api);
+    (status.code(), lines)
 }
 
 /// `--wait-for-blockers`: nothing changes while a blocker stands; once it is gone the drain
