@@ -26,6 +26,7 @@ pub mod quiet;
 pub mod server;
 pub mod state;
 pub mod supervisor;
+pub mod ws;
 
 use std::collections::HashMap;
 use std::future::Future;

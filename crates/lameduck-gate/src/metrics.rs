@@ -85,6 +85,11 @@ struct PhaseLabel {
 type FGauge = Gauge<f64, AtomicU64>;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EndLabel {
+    end: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KubeLabel {
     operation: &'static str,
     kind: &'static str,
@@ -119,6 +124,7 @@ pub struct Metrics {
     /// 1 while the child process runs (wrapper mode).
     pub child_running: Gauge,
     kube_errors: Family<KubeLabel, Counter>,
+    websockets: Family<EndLabel, Counter>,
     /// Seconds from drain start until the control plane took the endpoint out of rotation.
     pub endpoint_gone: FGauge,
     /// From the endpoint's removal to the last arrival after it.
@@ -211,6 +217,12 @@ impl Metrics {
             "The in-flight request limit in effect (0: none)",
             max_in_flight.clone(),
         );
+        let websockets = Family::<EndLabel, Counter>::default();
+        registry.register(
+            "websockets",
+            "WebSocket connections relayed, by how they ended (closed: by the client or the engine; going_away: the gate's 1001 Close at the deadline; broken)",
+            websockets.clone(),
+        );
         let kube_errors = Family::<KubeLabel, Counter>::default();
         registry.register(
             "kube_errors",
@@ -264,6 +276,7 @@ impl Metrics {
             max_connections,
             max_in_flight,
             kube_errors,
+            websockets,
             endpoint_gone,
             data_plane_lag,
             deletion_cost,
@@ -275,6 +288,11 @@ impl Metrics {
         self.kube_errors
             .get_or_create(&KubeLabel { operation, kind })
             .inc();
+    }
+
+    /// Counts a WebSocket connection that ended (`closed`, `going_away`, `broken`).
+    pub fn websocket_ended(&self, end: &'static str) {
+        self.websockets.get_or_create(&EndLabel { end }).inc();
     }
 
     /// The close counter of `reason`.

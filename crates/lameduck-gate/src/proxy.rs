@@ -185,6 +185,10 @@ pub async fn handle(
         }
     };
     let upgrade_value = parts.headers.get(header::UPGRADE).cloned();
+    let websocket = upgrade
+        && upgrade_value
+            .as_ref()
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
     strip_hop_by_hop(&mut parts.headers, upgrade);
     if upgrade && let Some(v) = upgrade_value {
         parts
@@ -264,6 +268,7 @@ pub async fn handle(
     {
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
         guard.set_kind(Kind::Upgraded);
+        let guard_metrics = shared.clone();
         tokio::spawn(async move {
             let mut guard = guard;
             let (client_io, upstream_io) = match tokio::try_join!(client_upgrade, upstream_upgrade)
@@ -277,6 +282,20 @@ pub async fn handle(
             };
             let mut client_io = TokioIo::new(client_io);
             let mut upstream_io = TokioIo::new(upstream_io);
+            if websocket {
+                // Frames pass untouched; at the deadline both sides get a 1001 Close at a
+                // frame boundary.
+                let metrics = &guard_metrics;
+                let end = crate::ws::relay(client_io, upstream_io, deadline).await;
+                let (outcome, name) = match end {
+                    crate::ws::WsEnd::Closed => (Outcome::Ok, "closed"),
+                    crate::ws::WsEnd::GoingAway => (Outcome::Truncated, "going_away"),
+                    crate::ws::WsEnd::Broken => (Outcome::ClientAbort, "broken"),
+                };
+                metrics.metrics.websocket_ended(name);
+                guard.set_outcome(outcome);
+                return;
+            }
             tokio::select! {
                 r = tokio::io::copy_bidirectional(&mut client_io, &mut upstream_io) => {
                     guard.set_outcome(if r.is_ok() { Outcome::Ok } else { Outcome::ClientAbort });

@@ -11,6 +11,7 @@ mod inject;
 mod lint;
 mod live_pod;
 mod plan;
+mod protocols;
 mod rehearse;
 mod support;
 mod upstream;

@@ -1,0 +1,116 @@
+//! Protocols other than SSE through the gate, with third-party peers on both ends: the Python
+//! `websockets` library as server and client.
+//!
+//! `scripts/test` installs the library; run alone, set LAMEDUCK_TEST_PYTHON to a Python with
+//! `websockets` installed.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use crate::support::*;
+
+fn python() -> String {
+    std::env::var("LAMEDUCK_TEST_PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
+fn script() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/clients/ws_through_gate.py")
+}
+
+/// Starts the script with `args`; returns it and its stdout's lines.
+fn start(
+    args: &[&str],
+) -> (
+    Child,
+    tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+) {
+    let mut child = Command::new(python())
+        .arg(script())
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run {} (install it with scripts/test): {e}",
+                python()
+            )
+        });
+    let out = child.stdout.take().expect("stdout");
+    (child, BufReader::new(out).lines())
+}
+
+async fn line(lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>) -> String {
+    tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .expect("a line within 30 s")
+        .expect("read")
+        .expect("the peer exited early (is `websockets` installed? run scripts/test)")
+}
+
+/// A connection that closes on its own passes untouched. Messages, a ping and a fragmented
+/// message pass through untouched; at the deadline, with
+/// 256 KiB frames streaming from the server, the client receives a Close with 1001 (going
+/// away) — a clean close, no protocol error — and the gate counts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websockets_pass_and_get_going_away_at_the_deadline() {
+    let (_server, mut server_out) = start(&["server"]);
+    let port = line(&mut server_out).await;
+    let upstream = format!("http://127.0.0.1:{port}");
+    let gate = Gate::start(
+        &[
+            "--upstream",
+            &upstream,
+            "--grace-period",
+            "30",
+            "--kill-margin",
+            "1",
+            "--convergence-min",
+            "100ms",
+            "--convergence-max",
+            "500ms",
+        ],
+        None,
+    )
+    .await;
+    let url = format!("ws://{}/ws", gate.proxy);
+    // A connection that ends on its own, before any drain: untouched, counted as closed.
+    let (mut short, mut short_out) = start(&["short", &url]);
+    let v: Value = serde_json::from_str(&line(&mut short_out).await).expect("JSON");
+    let _ = tokio::time::timeout(Duration::from_secs(10), short.wait()).await;
+    assert_eq!(v["echo"], true, "{v}");
+    assert_eq!(v["close_code"], 1000, "{v}");
+    let (mut client, mut client_out) = start(&["client", &url]);
+    assert_eq!(line(&mut client_out).await, "ready");
+    // Let frames flow, then drain with a short deadline.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, _) = get(&gate.admin_url("/drain?deadline=1s&wait=false"))
+        .await
+        .expect("drain");
+    assert!(status.is_success(), "{status}");
+    let result = line(&mut client_out).await;
+    let _ = tokio::time::timeout(Duration::from_secs(10), client.wait()).await;
+    let v: Value = serde_json::from_str(&result).unwrap_or_else(|e| panic!("{e}: {result}"));
+    assert_eq!(v["echo"], true, "{v}");
+    assert_eq!(v["ping"], true, "{v}");
+    assert_eq!(v["fragmented"], true, "{v}");
+    assert!(v["pushed"].as_u64().unwrap_or(0) > 2, "{v}");
+    assert!(v.get("bad_message").is_none(), "a message arrived cut: {v}");
+    assert_eq!(v["code"], 1001, "{v}");
+    assert_eq!(v["error"], "ConnectionClosedOK", "{v}");
+    let (_, metrics) = get(&gate.admin_url("/metrics")).await.expect("metrics");
+    for end in ["going_away", "closed"] {
+        assert!(
+            metrics.contains(&format!(
+                "lameduck_gate_websockets_total{{end=\"{end}\"}} 1"
+            )),
+            "{end}: {metrics}"
+        );
+    }
+}
