@@ -301,6 +301,41 @@ pub enum CutError {
     Idle,
 }
 
+/// How a response ends when the gate cannot let it finish (the deadline, an engine that
+/// fails mid-response): chosen once per response, from what it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// A `text/event-stream`: framed at event boundaries and ended with the terminal event.
+    Sse,
+    /// A gRPC call: ended with trailers `grpc-status: 14` (UNAVAILABLE), which gRPC clients
+    /// treat as retryable — a reset would surface as INTERNAL or UNKNOWN.
+    Grpc,
+    /// Anything else: aborted (a reset, or a closed connection on HTTP/1.1).
+    Abort,
+}
+
+/// gRPC's status UNAVAILABLE.
+pub const GRPC_UNAVAILABLE: u16 = 14;
+
+/// Trailers ending a gRPC call with `code` and `message` (the message percent-encoded as the
+/// gRPC HTTP/2 protocol asks: bytes outside printable ASCII, and `%`).
+pub fn grpc_trailers(code: u16, message: &str) -> http::HeaderMap {
+    let mut enc = String::with_capacity(message.len());
+    for b in message.bytes() {
+        if (0x20..=0x7e).contains(&b) && b != b'%' {
+            enc.push(char::from(b));
+        } else {
+            enc.push_str(&format!("%{b:02X}"));
+        }
+    }
+    let mut h = http::HeaderMap::new();
+    h.insert("grpc-status", http::HeaderValue::from(code));
+    if let Ok(v) = http::HeaderValue::from_str(&enc) {
+        h.insert("grpc-message", v);
+    }
+    h
+}
+
 pin_project_lite::pin_project! {
     /// A proxied response body.
     pub struct TrackedBody {
@@ -313,6 +348,7 @@ pin_project_lite::pin_project! {
         idle_timeout: Option<Duration>,
         last_data: Instant,
         sse: Option<SseFramer>,
+        grpc: bool,
         // Kept until the body has been read to its end (or dropped), so that a request counts
         // as in flight until its last bytes were handed to the connection.
         guard: Option<Guard>,
@@ -322,14 +358,15 @@ pin_project_lite::pin_project! {
 }
 
 impl TrackedBody {
-    /// Wraps an upstream body; `sse` enables event framing and the terminal event.
+    /// Wraps an upstream body; `ending` says how it ends if it cannot finish (SSE also enables
+    /// event framing).
     /// `deadline` is this request's own child of the gate's deadline token, so that polling
     /// it touches no lock shared with other requests.
     /// `client_failed` is the request body's failure flag ([`ClientBody::new`]).
     pub fn new(
         inner: Incoming,
         guard: Guard,
-        sse: bool,
+        ending: Ending,
         deadline: CancellationToken,
         client_failed: Option<Arc<AtomicBool>>,
     ) -> Self {
@@ -346,7 +383,8 @@ impl TrackedBody {
             idle: idle_timeout.map(tokio::time::sleep),
             idle_timeout,
             last_data: Instant::now(),
-            sse: sse.then(SseFramer::default),
+            sse: (ending == Ending::Sse).then(SseFramer::default),
+            grpc: ending == Ending::Grpc,
             guard,
             done,
             client_failed,
@@ -410,6 +448,17 @@ impl Body for TrackedBody {
                     CutError::Idle => Outcome::UpstreamError,
                 };
                 finish(this.guard, this.done, outcome);
+                if *this.grpc {
+                    return Poll::Ready(Some(Ok(Frame::trailers(grpc_trailers(
+                        GRPC_UNAVAILABLE,
+                        match why {
+                            CutError::Deadline => {
+                                "the server is shutting down and could not finish this call in time; retry it"
+                            }
+                            CutError::Idle => "the server stopped sending; retry the call",
+                        },
+                    )))));
+                }
                 return Poll::Ready(match this.sse.as_ref() {
                     Some(framer) => Some(Ok(Frame::data(framer.terminal(match why {
                         CutError::Deadline => terminal_event(
@@ -437,6 +486,12 @@ impl Body for TrackedBody {
                     }
                     tracing::debug!(error = %e, "Upstream body failed mid-response");
                     finish(this.guard, this.done, Outcome::UpstreamError);
+                    if *this.grpc {
+                        return Poll::Ready(Some(Ok(Frame::trailers(grpc_trailers(
+                            GRPC_UNAVAILABLE,
+                            "the server failed mid-call; retry it",
+                        )))));
+                    }
                     return Poll::Ready(match this.sse.as_ref() {
                         Some(framer) => Some(Ok(Frame::data(framer.terminal(terminal_event(
                             "upstream_error",

@@ -37,6 +37,8 @@ pub struct Config {
     pub retry_after: u32,
     /// Upstream idle timeout.
     pub upstream_idle_timeout: Option<Duration>,
+    /// `--upstream-protocol`.
+    pub upstream_protocol: UpstreamProtocol,
     /// Admin token.
     pub admin_token: Option<String>,
     /// Most client connections, when set by flag (otherwise derived from the fd limit).
@@ -51,6 +53,28 @@ pub struct Config {
     pub kube: Option<KubeSettings>,
     /// `--time-scale` (1 in a pod): the gate's own fixed intervals are divided by it too.
     pub time_scale: f64,
+}
+
+/// How the gate speaks to the engine (`--upstream-protocol`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 for everything.
+    Http1,
+    /// HTTP/2 with prior knowledge for everything.
+    H2c,
+    /// gRPC over HTTP/2, the rest over HTTP/1.1.
+    Auto,
+}
+
+impl UpstreamProtocol {
+    /// Whether a request goes over HTTP/2.
+    pub fn h2(self, grpc: bool) -> bool {
+        match self {
+            UpstreamProtocol::Http1 => false,
+            UpstreamProtocol::H2c => true,
+            UpstreamProtocol::Auto => grpc,
+        }
+    }
 }
 
 /// What `--kube` needs.
@@ -141,6 +165,7 @@ struct Resolver {
     warmup_path: String,
     retry_after: u32,
     upstream_idle_timeout: Duration,
+    upstream_protocol: String,
     max_in_flight: u64,
     max_connections: Option<std::num::NonZeroUsize>,
     header_timeout: Duration,
@@ -177,6 +202,7 @@ impl From<GateArgs> for Resolver {
             warmup_path: a.warmup_path,
             retry_after: a.retry_after,
             upstream_idle_timeout: a.upstream_idle_timeout.0,
+            upstream_protocol: a.upstream_protocol,
             max_in_flight: a.max_in_flight,
             max_connections: a.max_connections,
             header_timeout: a.header_timeout.0,
@@ -338,6 +364,11 @@ impl Resolver {
             retry_after: self.retry_after,
             upstream_idle_timeout: (!self.upstream_idle_timeout.is_zero())
                 .then_some(self.upstream_idle_timeout),
+            upstream_protocol: match self.upstream_protocol.as_str() {
+                "http1" => UpstreamProtocol::Http1,
+                "h2c" => UpstreamProtocol::H2c,
+                _ => UpstreamProtocol::Auto,
+            },
             admin_token: self.admin_token.filter(|t| !t.is_empty()),
             max_connections: self.max_connections.map(std::num::NonZeroUsize::get),
             header_timeout: self.header_timeout,

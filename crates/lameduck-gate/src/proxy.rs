@@ -14,7 +14,10 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use lameduck_timeline::{Admission, Outcome};
 
-use crate::body::{ClientBody, GateBody, Guard, TrackedBody, client_failed};
+use crate::body::{
+    ClientBody, Ending, GRPC_UNAVAILABLE, GateBody, Guard, TrackedBody, client_failed,
+    grpc_trailers,
+};
 use crate::conn::ConnCtl;
 use crate::metrics::Kind;
 use crate::state::Shared;
@@ -24,16 +27,18 @@ use crate::state::Shared;
 /// buffers for the pool's idle timeout (as nginx's `keepalive 32` does).
 pub const ENGINE_POOL_IDLE: usize = 128;
 
-/// The proxy: shared state plus the pooled HTTP/1.1 client to the engine.
+/// The proxy: shared state plus the pooled clients to the engine (HTTP/1.1, and HTTP/2 with
+/// prior knowledge for gRPC or `--upstream-protocol h2c`).
 #[derive(Debug)]
 pub struct Proxy {
     /// Shared state.
     pub shared: Arc<Shared>,
     client: Client<HttpConnector, ClientBody>,
+    h2: Client<HttpConnector, ClientBody>,
 }
 
 impl Proxy {
-    /// A proxy with a keep-alive connection pool to the engine.
+    /// A proxy with keep-alive connection pools to the engine.
     pub fn new(shared: Arc<Shared>) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
@@ -41,9 +46,41 @@ impl Proxy {
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(std::time::Duration::from_secs(60))
             .pool_max_idle_per_host(ENGINE_POOL_IDLE)
+            .build(connector.clone());
+        // One HTTP/2 connection carries many calls; it is reused like the HTTP/1.1 pool.
+        let h2 = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(std::time::Duration::from_secs(60))
+            .http2_only(true)
             .build(connector);
-        Proxy { shared, client }
+        Proxy { shared, client, h2 }
     }
+}
+
+/// Whether a request is a gRPC call (`content-type: application/grpc`, `application/grpc+proto`,
+/// …).
+fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| {
+            let t = t.trim().to_ascii_lowercase();
+            t == "application/grpc"
+                || t.starts_with("application/grpc+")
+                || t.starts_with("application/grpc;")
+        })
+}
+
+/// A gRPC answer from the gate itself, with no message: HTTP 200, the status in the headers
+/// ("trailers-only", as the gRPC HTTP/2 protocol allows).
+fn grpc_response(code: u16, message: &str) -> Response<GateBody> {
+    let mut resp = Response::new(GateBody::Empty);
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    h.extend(grpc_trailers(code, message));
+    resp
 }
 
 /// Headers that describe one hop and are never forwarded (RFC 9110 §7.6.1).
@@ -163,6 +200,7 @@ pub async fn handle(
             h1,
         ));
     }
+    let grpc = is_grpc(req.headers());
     let mut guard = Guard::new(shared.clone(), Kind::Request, Some(ctl.clone()));
     // This request's own view of the deadline: waiting on it locks nothing shared.
     let deadline = shared.deadline.child_token();
@@ -203,14 +241,32 @@ pub async fn handle(
         parts.headers.insert(header::HOST, v);
     }
     append_forwarded_for(&mut parts.headers, peer, ctl.forwarded_for.as_ref());
-    parts.version = Version::HTTP_11;
+    if grpc {
+        // gRPC servers require it; it was removed with the other hop-by-hop headers.
+        parts
+            .headers
+            .insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    let h2 = !upgrade && shared.config.upstream_protocol.h2(grpc);
+    parts.version = if h2 {
+        Version::HTTP_2
+    } else {
+        Version::HTTP_11
+    };
     let (body, body_failed) = ClientBody::new(body);
     let upstream_req = Request::from_parts(parts, body);
 
+    let upstream = if h2 { &proxy.h2 } else { &proxy.client };
     let result = tokio::select! {
-        r = proxy.client.request(upstream_req) => r,
+        r = upstream.request(upstream_req) => r,
         _ = deadline.cancelled() => {
             guard.set_outcome(Outcome::Truncated);
+            if grpc {
+                return Ok(grpc_response(
+                    GRPC_UNAVAILABLE,
+                    "the server is shutting down and could not start this call in time; retry it",
+                ));
+            }
             return Ok(error_response(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "server_shutdown",
@@ -253,6 +309,9 @@ pub async fn handle(
                 )
             };
             tracing::warn!(%peer, error = %msg, "Upstream error");
+            if grpc {
+                return Ok(grpc_response(GRPC_UNAVAILABLE, &msg));
+            }
             return Ok(error_response(
                 status,
                 "upstream_error",
@@ -316,6 +375,14 @@ pub async fn handle(
             .headers
             .get(header::CONTENT_ENCODING)
             .is_none_or(|v| v.as_bytes().eq_ignore_ascii_case(b"identity"));
+    // How this response ends if it cannot finish: decided once, here.
+    let ending = if sse {
+        Ending::Sse
+    } else if grpc {
+        Ending::Grpc
+    } else {
+        Ending::Abort
+    };
     if sse {
         // The gate may append a terminal event, so the length is no longer known.
         parts.headers.remove(header::CONTENT_LENGTH);
@@ -329,7 +396,7 @@ pub async fn handle(
     Ok(Response::from_parts(
         parts,
         GateBody::Proxied {
-            body: TrackedBody::new(body, guard, sse, deadline, body_failed),
+            body: TrackedBody::new(body, guard, ending, deadline, body_failed),
         },
     ))
 }

@@ -59,6 +59,12 @@ pub struct GateArgs {
     #[arg(long, value_name = "URL", env = "LAMEDUCK_UPSTREAM")]
     pub upstream: Option<http::Uri>,
 
+    /// How the gate speaks to the engine: `http1`; `h2c` (HTTP/2 without TLS, prior
+    /// knowledge) for everything; `auto`: gRPC requests (`content-type: application/grpc…`)
+    /// over h2c, the rest over HTTP/1.1.
+    #[arg(long, value_name = "PROTOCOL", default_value = "auto", value_parser = ["http1", "h2c", "auto"], env = "LAMEDUCK_UPSTREAM_PROTOCOL")]
+    pub upstream_protocol: String,
+
     /// The pod's terminationGracePeriodSeconds. The drain budget is computed from it.
     #[arg(long, value_name = "DURATION", default_value_t = Dur(DEFAULT_GRACE), env = "LAMEDUCK_GRACE_PERIOD")]
     pub grace_period: Dur,

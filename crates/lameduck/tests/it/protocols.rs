@@ -1,8 +1,8 @@
 //! Protocols other than SSE through the gate, with third-party peers on both ends: the Python
-//! `websockets` library as server and client.
+//! `websockets` library and `grpcio`, each as server and client.
 //!
-//! `scripts/test` installs the library; run alone, set LAMEDUCK_TEST_PYTHON to a Python with
-//! `websockets` installed.
+//! `scripts/test` installs the libraries; run alone, set LAMEDUCK_TEST_PYTHON to a Python with
+//! `websockets` and `grpcio` installed.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -18,19 +18,23 @@ fn python() -> String {
     std::env::var("LAMEDUCK_TEST_PYTHON").unwrap_or_else(|_| "python3".into())
 }
 
-fn script() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/clients/ws_through_gate.py")
+fn script(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/clients")
+        .join(name)
 }
 
-/// Starts the script with `args`; returns it and its stdout's lines.
-fn start(
-    args: &[&str],
-) -> (
-    Child,
-    tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
-) {
+type Lines = tokio::io::Lines<BufReader<tokio::process::ChildStdout>>;
+
+/// Starts the WebSocket script with `args`; returns it and its stdout's lines.
+fn start(args: &[&str]) -> (Child, Lines) {
+    start_script("ws_through_gate.py", args)
+}
+
+/// Starts `tests/clients/NAME` with `args`; returns it and its stdout's lines.
+fn start_script(name: &str, args: &[&str]) -> (Child, Lines) {
     let mut child = Command::new(python())
-        .arg(script())
+        .arg(script(name))
         .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -46,7 +50,7 @@ fn start(
     (child, BufReader::new(out).lines())
 }
 
-async fn line(lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>) -> String {
+async fn line(lines: &mut Lines) -> String {
     tokio::time::timeout(Duration::from_secs(30), lines.next_line())
         .await
         .expect("a line within 30 s")
@@ -113,4 +117,51 @@ async fn websockets_pass_and_get_going_away_at_the_deadline() {
             "{end}: {metrics}"
         );
     }
+}
+
+/// gRPC through the gate, to a gRPC server over HTTP/2: a unary call and a short
+/// server-streaming call finish untouched (trailing metadata included); at the deadline a long
+/// server-streaming call ends with status UNAVAILABLE (retryable), not INTERNAL or UNKNOWN.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_calls_pass_and_end_unavailable_at_the_deadline() {
+    let (_server, mut server_out) = start_script("grpc_through_gate.py", &["server"]);
+    let port = line(&mut server_out).await;
+    let upstream = format!("http://127.0.0.1:{port}");
+    let gate = Gate::start(
+        &[
+            "--upstream",
+            &upstream,
+            "--grace-period",
+            "30",
+            "--kill-margin",
+            "1",
+            "--convergence-min",
+            "100ms",
+            "--convergence-max",
+            "500ms",
+        ],
+        None,
+    )
+    .await;
+    let target = gate.proxy.to_string();
+    let (mut client, mut client_out) = start_script("grpc_through_gate.py", &["client", &target]);
+    assert_eq!(line(&mut client_out).await, "ready");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (status, _) = get(&gate.admin_url("/drain?deadline=1s&wait=false"))
+        .await
+        .expect("drain");
+    assert!(status.is_success(), "{status}");
+    let result = line(&mut client_out).await;
+    let _ = tokio::time::timeout(Duration::from_secs(10), client.wait()).await;
+    let v: Value = serde_json::from_str(&result).unwrap_or_else(|e| panic!("{e}: {result}"));
+    assert_eq!(v["unary"], "kcudemal", "{v}");
+    assert_eq!(v["unary_code"], "OK", "{v}");
+    assert_eq!(v["unary_trailer"], "kept", "{v}");
+    assert_eq!(v["short"], 5, "{v}");
+    assert_eq!(v["short_code"], "OK", "{v}");
+    assert_eq!(v["long_code"], "UNAVAILABLE", "{v}");
+    assert!(v["long_received"].as_u64().unwrap_or(0) > 5, "{v}");
+    let report = get(&gate.admin_url("/status")).await.expect("status").1;
+    let report: Value = serde_json::from_str(&report).expect("status JSON");
+    assert_eq!(report["drain"]["truncated"], 1, "{report}");
 }
