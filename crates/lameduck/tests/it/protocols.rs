@@ -58,16 +58,10 @@ async fn line(lines: &mut Lines) -> String {
         .expect("the peer exited early (is `websockets` installed? run scripts/test)")
 }
 
-/// A connection that closes on its own passes untouched. Messages, a ping and a fragmented
-/// message pass through untouched; at the deadline, with
-/// 256 KiB frames streaming from the server, the client receives a Close with 1001 (going
-/// away) — a clean close, no protocol error — and the gate counts it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn websockets_pass_and_get_going_away_at_the_deadline() {
-    let (_server, mut server_out) = start(&["server"]);
-    let port = line(&mut server_out).await;
+/// A gate in sidecar mode in front of the peer server on `port`, with a short convergence.
+async fn gate_in_front_of(port: &str) -> Gate {
     let upstream = format!("http://127.0.0.1:{port}");
-    let gate = Gate::start(
+    Gate::start(
         &[
             "--upstream",
             &upstream,
@@ -82,7 +76,26 @@ async fn websockets_pass_and_get_going_away_at_the_deadline() {
         ],
         None,
     )
-    .await;
+    .await
+}
+
+/// Starts a drain whose deadline is a second away.
+async fn drain_within_a_second(gate: &Gate) {
+    let (status, _) = get(&gate.admin_url("/drain?deadline=1s&wait=false"))
+        .await
+        .expect("drain");
+    assert!(status.is_success(), "{status}");
+}
+
+/// A connection that closes on its own passes untouched. Messages, a ping and a fragmented
+/// message pass through untouched; at the deadline, with
+/// 256 KiB frames streaming from the server, the client receives a Close with 1001 (going
+/// away) — a clean close, no protocol error — and the gate counts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websockets_pass_and_get_going_away_at_the_deadline() {
+    let (_server, mut server_out) = start(&["server"]);
+    let port = line(&mut server_out).await;
+    let gate = gate_in_front_of(&port).await;
     let url = format!("ws://{}/ws", gate.proxy);
     // A connection that ends on its own, before any drain: untouched, counted as closed.
     let (mut short, mut short_out) = start(&["short", &url]);
@@ -94,10 +107,7 @@ async fn websockets_pass_and_get_going_away_at_the_deadline() {
     assert_eq!(line(&mut client_out).await, "ready");
     // Let frames flow, then drain with a short deadline.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let (status, _) = get(&gate.admin_url("/drain?deadline=1s&wait=false"))
-        .await
-        .expect("drain");
-    assert!(status.is_success(), "{status}");
+    drain_within_a_second(&gate).await;
     let result = line(&mut client_out).await;
     let _ = tokio::time::timeout(Duration::from_secs(10), client.wait()).await;
     let v: Value = serde_json::from_str(&result).unwrap_or_else(|e| panic!("{e}: {result}"));
@@ -126,31 +136,12 @@ async fn websockets_pass_and_get_going_away_at_the_deadline() {
 async fn grpc_calls_pass_and_end_unavailable_at_the_deadline() {
     let (_server, mut server_out) = start_script("grpc_through_gate.py", &["server"]);
     let port = line(&mut server_out).await;
-    let upstream = format!("http://127.0.0.1:{port}");
-    let gate = Gate::start(
-        &[
-            "--upstream",
-            &upstream,
-            "--grace-period",
-            "30",
-            "--kill-margin",
-            "1",
-            "--convergence-min",
-            "100ms",
-            "--convergence-max",
-            "500ms",
-        ],
-        None,
-    )
-    .await;
+    let gate = gate_in_front_of(&port).await;
     let target = gate.proxy.to_string();
     let (mut client, mut client_out) = start_script("grpc_through_gate.py", &["client", &target]);
     assert_eq!(line(&mut client_out).await, "ready");
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let (status, _) = get(&gate.admin_url("/drain?deadline=1s&wait=false"))
-        .await
-        .expect("drain");
-    assert!(status.is_success(), "{status}");
+    drain_within_a_second(&gate).await;
     let result = line(&mut client_out).await;
     let _ = tokio::time::timeout(Duration::from_secs(10), client.wait()).await;
     let v: Value = serde_json::from_str(&result).unwrap_or_else(|e| panic!("{e}: {result}"));
