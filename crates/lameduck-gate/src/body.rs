@@ -32,6 +32,7 @@ pub struct Guard {
     kind: Kind,
     outcome: Outcome,
     conn: Option<Arc<ConnCtl>>,
+    grpc: bool,
 }
 
 impl Guard {
@@ -46,7 +47,13 @@ impl Guard {
             kind,
             outcome: Outcome::ClientAbort,
             conn,
+            grpc: false,
         }
+    }
+
+    /// Marks the request as a gRPC call (also counted in `grpc_calls_total`).
+    pub fn set_grpc(&mut self) {
+        self.grpc = true;
     }
 
     /// Records how the request ended (applied on drop).
@@ -69,6 +76,9 @@ impl Guard {
 impl Drop for Guard {
     fn drop(&mut self) {
         self.shared.finish(self.kind, self.outcome);
+        if self.grpc {
+            self.shared.metrics.grpc_call_ended(self.outcome.as_str());
+        }
         if let Some(c) = &self.conn {
             c.request_ended(self.shared.now());
         }

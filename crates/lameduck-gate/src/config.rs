@@ -27,6 +27,8 @@ pub struct Config {
     pub drain_file: Option<PathBuf>,
     /// Health checking.
     pub health_path: String,
+    /// `--health-grpc`: the service whose gRPC health is checked instead of the path.
+    pub health_grpc: Option<String>,
     /// Health check period.
     pub health_interval: Duration,
     /// Health check timeout.
@@ -159,6 +161,7 @@ struct Resolver {
     child_timeout: Duration,
     drain_file: Option<PathBuf>,
     health_path: String,
+    health_grpc: Option<String>,
     health_interval: Duration,
     health_timeout: Duration,
     warmup_request: Option<PathBuf>,
@@ -196,6 +199,7 @@ impl From<GateArgs> for Resolver {
             child_timeout: a.child_timeout.0,
             drain_file: a.drain_file,
             health_path: a.health_path,
+            health_grpc: a.health_grpc,
             health_interval: a.health_interval.0,
             health_timeout: a.health_timeout.0,
             warmup_request: a.warmup_request,
@@ -358,6 +362,7 @@ impl Resolver {
             pre_stop_spent: self.pre_stop_spent,
             drain_file: self.drain_file,
             health_path: self.health_path,
+            health_grpc: self.health_grpc,
             health_interval: self.health_interval,
             health_timeout: self.health_timeout,
             warmup,

@@ -125,6 +125,7 @@ pub struct Metrics {
     pub child_running: Gauge,
     kube_errors: Family<KubeLabel, Counter>,
     websockets: Family<EndLabel, Counter>,
+    grpc_calls: Family<OutcomeLabel, Counter>,
     /// Seconds from drain start until the control plane took the endpoint out of rotation.
     pub endpoint_gone: FGauge,
     /// From the endpoint's removal to the last arrival after it.
@@ -223,6 +224,12 @@ impl Metrics {
             "WebSocket connections relayed, by how they ended (closed: by the client or the engine; going_away: the gate's 1001 Close at the deadline; broken)",
             websockets.clone(),
         );
+        let grpc_calls = Family::<OutcomeLabel, Counter>::default();
+        registry.register(
+            "grpc_calls",
+            "gRPC calls, by how they ended (the outcomes of requests_total; truncated: ended with grpc-status 14 at the deadline)",
+            grpc_calls.clone(),
+        );
         let kube_errors = Family::<KubeLabel, Counter>::default();
         registry.register(
             "kube_errors",
@@ -277,6 +284,7 @@ impl Metrics {
             max_in_flight,
             kube_errors,
             websockets,
+            grpc_calls,
             endpoint_gone,
             data_plane_lag,
             deletion_cost,
@@ -287,6 +295,13 @@ impl Metrics {
     pub fn kube_error(&self, operation: &'static str, kind: &'static str) {
         self.kube_errors
             .get_or_create(&KubeLabel { operation, kind })
+            .inc();
+    }
+
+    /// Counts a gRPC call that ended, by outcome.
+    pub fn grpc_call_ended(&self, outcome: &'static str) {
+        self.grpc_calls
+            .get_or_create(&OutcomeLabel { outcome })
             .inc();
     }
 

@@ -202,6 +202,9 @@ pub async fn handle(
     }
     let grpc = is_grpc(req.headers());
     let mut guard = Guard::new(shared.clone(), Kind::Request, Some(ctl.clone()));
+    if grpc {
+        guard.set_grpc();
+    }
     // This request's own view of the deadline: waiting on it locks nothing shared.
     let deadline = shared.deadline.child_token();
 

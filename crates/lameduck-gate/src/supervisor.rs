@@ -155,13 +155,27 @@ pub async fn health_loop(shared: Arc<Shared>) {
             return;
         }
     };
+    let grpc_client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http();
     let mut was_healthy = None;
     loop {
-        let check = client.get(uri.clone());
-        let healthy = matches!(
-            tokio::time::timeout(cfg.health_timeout, check).await,
-            Ok(Ok(r)) if r.status().is_success()
-        );
+        let healthy = match &cfg.health_grpc {
+            Some(service) => {
+                let check = grpc_health(&grpc_client, cfg, service);
+                matches!(
+                    tokio::time::timeout(cfg.health_timeout, check).await,
+                    Ok(true)
+                )
+            }
+            None => {
+                let check = client.get(uri.clone());
+                matches!(
+                    tokio::time::timeout(cfg.health_timeout, check).await,
+                    Ok(Ok(r)) if r.status().is_success()
+                )
+            }
+        };
         shared.upstream_healthy.store(healthy, Ordering::SeqCst);
         shared.metrics.upstream_healthy.set(i64::from(healthy));
         if was_healthy != Some(healthy) {
@@ -189,6 +203,94 @@ pub async fn health_loop(shared: Arc<Shared>) {
             _ = shared.exit.cancelled() => return,
         }
     }
+}
+
+/// `grpc.health.v1.Health/Check` for `service`: whether the engine answers SERVING.
+///
+/// The two protobuf messages are one field each (`HealthCheckRequest.service = 1`,
+/// `HealthCheckResponse.status = 1`, SERVING = 1), encoded and read here rather than by
+/// generated code: a protobuf toolchain for two fields would cost more than it saves.
+async fn grpc_health(
+    client: &Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+    cfg: &crate::config::Config,
+    service: &str,
+) -> bool {
+    let up = &cfg.upstream;
+    let mut msg = Vec::new();
+    if !service.is_empty() {
+        msg.push(0x0a);
+        put_varint(&mut msg, service.len() as u64);
+        msg.extend_from_slice(service.as_bytes());
+    }
+    let mut body = vec![0u8];
+    body.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+    body.extend_from_slice(&msg);
+    let req = Request::builder()
+        .method(Method::POST)
+        .version(http::Version::HTTP_2)
+        .uri(format!(
+            "{}://{}/grpc.health.v1.Health/Check",
+            up.scheme, up.authority
+        ))
+        .header(http::header::CONTENT_TYPE, "application/grpc")
+        .header(http::header::TE, "trailers")
+        .body(Full::new(Bytes::from(body)));
+    let Ok(req) = req else { return false };
+    let Ok(resp) = client.request(req).await else {
+        return false;
+    };
+    let (parts, body) = resp.into_parts();
+    let Ok(collected) = body.collect().await else {
+        return false;
+    };
+    let ok_status = |h: &http::HeaderMap| h.get("grpc-status").is_some_and(|v| v == "0");
+    let status_ok = ok_status(&parts.headers) || collected.trailers().is_some_and(ok_status);
+    let data = collected.to_bytes();
+    status_ok && parts.status.is_success() && serving(&data)
+}
+
+/// Whether a length-prefixed `HealthCheckResponse` says SERVING (status field 1 = 1).
+fn serving(data: &[u8]) -> bool {
+    let Some(msg) = data.get(5..) else {
+        return false;
+    };
+    let mut i = 0;
+    while i < msg.len() {
+        let tag = msg[i];
+        i += 1;
+        let Some((value, used)) = varint(&msg[i..]) else {
+            return false;
+        };
+        match tag {
+            // Field 1, varint: the status.
+            0x08 => return value == 1,
+            // Any other varint field: skip it.
+            t if t & 0x07 == 0 => i += used,
+            // Length-delimited: skip its bytes.
+            t if t & 0x07 == 2 => i += used + value as usize,
+            _ => return false,
+        }
+    }
+    false
+}
+
+fn varint(b: &[u8]) -> Option<(u64, usize)> {
+    let mut v = 0u64;
+    for (i, byte) in b.iter().enumerate().take(10) {
+        v |= u64::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            return Some((v, i + 1));
+        }
+    }
+    None
+}
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8 & 0x7f) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
 }
 
 async fn warm_up(
@@ -305,4 +407,35 @@ pub async fn marker_loop(shared: Arc<Shared>) {
         }
     }
     shared.exit.cancelled().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn framed(msg: &[u8]) -> Vec<u8> {
+        let mut b = vec![0u8];
+        b.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+        b.extend_from_slice(msg);
+        b
+    }
+
+    #[test]
+    fn health_responses_are_read() {
+        assert!(serving(&framed(&[0x08, 0x01])));
+        assert!(!serving(&framed(&[0x08, 0x02])), "NOT_SERVING");
+        assert!(!serving(&framed(&[])), "UNKNOWN (the default, omitted)");
+        assert!(!serving(&[0, 0]), "truncated");
+        // An unknown length-delimited field before the status is skipped.
+        assert!(serving(&framed(&[0x12, 0x02, b'h', b'i', 0x08, 0x01])));
+    }
+
+    #[test]
+    fn varints_round_trip() {
+        for v in [0u64, 1, 127, 128, 300, 16_384, u64::from(u32::MAX)] {
+            let mut b = Vec::new();
+            put_varint(&mut b, v);
+            assert_eq!(varint(&b), Some((v, b.len())));
+        }
+    }
 }

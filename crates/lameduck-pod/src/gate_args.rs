@@ -116,6 +116,18 @@ pub struct GateArgs {
     )]
     pub health_path: String,
 
+    /// Check the engine's health with the gRPC health service instead
+    /// (`grpc.health.v1.Health/Check` over h2c) for SERVICE (empty, or the flag alone: the
+    /// server as a whole); /ready mirrors SERVING.
+    #[arg(
+        long,
+        value_name = "SERVICE",
+        num_args = 0..=1,
+        default_missing_value = "",
+        env = "LAMEDUCK_HEALTH_GRPC"
+    )]
+    pub health_grpc: Option<String>,
+
     /// How often the engine's health is checked.
     #[arg(
         long,

@@ -155,4 +155,49 @@ async fn grpc_calls_pass_and_end_unavailable_at_the_deadline() {
     let report = get(&gate.admin_url("/status")).await.expect("status").1;
     let report: Value = serde_json::from_str(&report).expect("status JSON");
     assert_eq!(report["drain"]["truncated"], 1, "{report}");
+    let (_, metrics) = get(&gate.admin_url("/metrics")).await.expect("metrics");
+    for (outcome, n) in [("ok", 2), ("truncated", 1)] {
+        assert!(
+            metrics.contains(&format!(
+                "lameduck_gate_grpc_calls_total{{outcome=\"{outcome}\"}} {n}"
+            )),
+            "{outcome}: {metrics}"
+        );
+    }
+}
+
+/// `--health-grpc`: /ready mirrors the engine's gRPC health service, as a grpcio server
+/// reports it (SERVING, then NOT_SERVING, then SERVING again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_mirrors_the_grpc_health_service() {
+    let (_server, mut server_out) = start_script("grpc_through_gate.py", &["server"]);
+    let port = line(&mut server_out).await;
+    let upstream = format!("http://127.0.0.1:{port}");
+    let gate = Gate::start(
+        &[
+            "--upstream",
+            &upstream,
+            "--health-grpc",
+            "--health-interval",
+            "200ms",
+        ],
+        None,
+    )
+    .await;
+    gate.wait_ready(Duration::from_secs(20)).await;
+    let ready = || async { get(&gate.admin_url("/ready")).await.map(|r| r.0.as_u16()) };
+    let target = format!("127.0.0.1:{port}");
+    for (status, want) in [("not_serving", 503), ("serving", 200)] {
+        let (mut c, mut out) = start_script("grpc_through_gate.py", &["health", &target, status]);
+        assert_eq!(line(&mut out).await, "ok");
+        let _ = c.wait().await;
+        let t0 = std::time::Instant::now();
+        while ready().await != Ok(want) {
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "/ready never answered {want} after the engine went {status}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
 }
