@@ -324,6 +324,29 @@ pub enum Ending {
     Abort,
 }
 
+impl Ending {
+    /// The ending of a response with these headers, to a request that was (or not) gRPC. A
+    /// compressed event stream cannot be framed or extended with a plain-text event: it ends
+    /// like any other body.
+    pub fn of(headers: &http::HeaderMap, grpc: bool) -> Ending {
+        let event_stream = headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|t| t.trim().eq_ignore_ascii_case("text/event-stream"));
+        let identity = headers
+            .get(http::header::CONTENT_ENCODING)
+            .is_none_or(|v| v.as_bytes().eq_ignore_ascii_case(b"identity"));
+        if event_stream && identity {
+            Ending::Sse
+        } else if grpc {
+            Ending::Grpc
+        } else {
+            Ending::Abort
+        }
+    }
+}
+
 /// gRPC's status UNAVAILABLE.
 pub const GRPC_UNAVAILABLE: u16 = 14;
 

@@ -211,9 +211,8 @@ pub async fn handle(
     let upgrade = wants_upgrade(&req);
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
-    let original_authority = parts.uri.authority().cloned();
-    parts.uri = match shared.config.upstream.uri(parts.uri.path_and_query()) {
-        Ok(uri) => uri,
+    let route = match rewrite_request(shared, &mut parts, peer, &ctl, grpc, upgrade) {
+        Ok(route) => route,
         Err(e) => {
             guard.set_outcome(Outcome::Ok);
             return Ok(error_response(
@@ -225,6 +224,91 @@ pub async fn handle(
             ));
         }
     };
+    let (body, body_failed) = ClientBody::new(body);
+    let upstream_req = Request::from_parts(parts, body);
+
+    let upstream = if route.h2 { &proxy.h2 } else { &proxy.client };
+    let result = tokio::select! {
+        r = upstream.request(upstream_req) => r,
+        _ = deadline.cancelled() => {
+            guard.set_outcome(Outcome::Truncated);
+            return Ok(not_started(shared, grpc, h1));
+        }
+    };
+    let mut resp = match result {
+        Ok(resp) => resp,
+        Err(e) => {
+            let client_error = client_failed(body_failed.as_ref());
+            return Ok(upstream_failed(
+                shared,
+                &mut guard,
+                peer,
+                &e,
+                client_error,
+                grpc,
+                (close, h1),
+            ));
+        }
+    };
+
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS
+        && let Some(client_upgrade) = client_upgrade
+    {
+        let upstream_upgrade = hyper::upgrade::on(&mut resp);
+        guard.set_kind(Kind::Upgraded);
+        tokio::spawn(relay_upgraded(
+            guard,
+            client_upgrade,
+            upstream_upgrade,
+            route.websocket,
+            deadline,
+        ));
+        let (parts, _) = resp.into_parts();
+        return Ok(Response::from_parts(parts, GateBody::Empty));
+    }
+
+    let (mut parts, body) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers, false);
+    // How this response ends if it cannot finish: decided once, here.
+    let ending = Ending::of(&parts.headers, grpc);
+    if ending == Ending::Sse {
+        // The gate may append a terminal event, so the length is no longer known.
+        parts.headers.remove(header::CONTENT_LENGTH);
+        guard.set_kind(Kind::Stream);
+    }
+    if close && h1 {
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    Ok(Response::from_parts(
+        parts,
+        GateBody::Proxied {
+            body: TrackedBody::new(body, guard, ending, deadline, body_failed),
+        },
+    ))
+}
+
+/// Where a request goes, decided from the client's request.
+struct Route {
+    /// A WebSocket upgrade.
+    websocket: bool,
+    /// Over the HTTP/2 client.
+    h2: bool,
+}
+
+/// Turns the client's request into the engine's: its URI, hop-by-hop headers (an upgrade's
+/// kept), `Host`, `X-Forwarded-For`, `te: trailers` for gRPC, and the protocol version.
+fn rewrite_request(
+    shared: &Shared,
+    parts: &mut http::request::Parts,
+    peer: SocketAddr,
+    ctl: &ConnCtl,
+    grpc: bool,
+    upgrade: bool,
+) -> Result<Route, http::Error> {
+    let original_authority = parts.uri.authority().cloned();
+    parts.uri = shared.config.upstream.uri(parts.uri.path_and_query())?;
     let upgrade_value = parts.headers.get(header::UPGRADE).cloned();
     let websocket = upgrade
         && upgrade_value
@@ -256,160 +340,109 @@ pub async fn handle(
     } else {
         Version::HTTP_11
     };
-    let (body, body_failed) = ClientBody::new(body);
-    let upstream_req = Request::from_parts(parts, body);
-
-    let upstream = if h2 { &proxy.h2 } else { &proxy.client };
-    let result = tokio::select! {
-        r = upstream.request(upstream_req) => r,
-        _ = deadline.cancelled() => {
-            guard.set_outcome(Outcome::Truncated);
-            if grpc {
-                return Ok(grpc_response(
-                    GRPC_UNAVAILABLE,
-                    "the server is shutting down and could not start this call in time; retry it",
-                ));
-            }
-            return Ok(error_response(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "server_shutdown",
-                "the server is shutting down and could not start this response in time; retry the request",
-                Some(shared.config.retry_after),
-                h1,
-            ));
-        }
-    };
-    let mut resp = match result {
-        Ok(resp) => resp,
-        Err(e) if client_failed(body_failed.as_ref()) => {
-            // The client's body could not be read (a malformed chunked encoding, a reset
-            // mid-upload): the client's error, and nothing the engine did.
-            guard.set_outcome(Outcome::ClientError);
-            tracing::debug!(%peer, error = %error_chain(&e), "Client request body failed");
-            return Ok(error_response(
-                StatusCode::BAD_REQUEST,
-                "invalid_request_error",
-                "the request body could not be read: it ended early or its framing is malformed",
-                None,
-                h1,
-            ));
-        }
-        Err(e) => {
-            guard.set_outcome(Outcome::UpstreamError);
-            let (status, msg) = if e.is_connect() {
-                (
-                    StatusCode::BAD_GATEWAY,
-                    format!(
-                        "cannot reach the inference engine at {}: {}",
-                        shared.config.upstream.authority,
-                        error_chain(&e)
-                    ),
-                )
-            } else {
-                (
-                    StatusCode::BAD_GATEWAY,
-                    format!("the inference engine failed: {}", error_chain(&e)),
-                )
-            };
-            tracing::warn!(%peer, error = %msg, "Upstream error");
-            if grpc {
-                return Ok(grpc_response(GRPC_UNAVAILABLE, &msg));
-            }
-            return Ok(error_response(
-                status,
-                "upstream_error",
-                &msg,
-                None,
-                close && h1,
-            ));
-        }
-    };
-
-    if resp.status() == StatusCode::SWITCHING_PROTOCOLS
-        && let Some(client_upgrade) = client_upgrade
-    {
-        let upstream_upgrade = hyper::upgrade::on(&mut resp);
-        guard.set_kind(Kind::Upgraded);
-        let guard_metrics = shared.clone();
-        tokio::spawn(async move {
-            let mut guard = guard;
-            let (client_io, upstream_io) = match tokio::try_join!(client_upgrade, upstream_upgrade)
-            {
-                Ok(ios) => ios,
-                Err(e) => {
-                    tracing::debug!(error = %e, "Upgrade failed");
-                    guard.set_outcome(Outcome::UpstreamError);
-                    return;
-                }
-            };
-            let mut client_io = TokioIo::new(client_io);
-            let mut upstream_io = TokioIo::new(upstream_io);
-            if websocket {
-                // Frames pass untouched; at the deadline both sides get a 1001 Close at a
-                // frame boundary.
-                let metrics = &guard_metrics;
-                let end = crate::ws::relay(client_io, upstream_io, deadline).await;
-                let (outcome, name) = match end {
-                    crate::ws::WsEnd::Closed => (Outcome::Ok, "closed"),
-                    crate::ws::WsEnd::GoingAway => (Outcome::Truncated, "going_away"),
-                    crate::ws::WsEnd::Broken => (Outcome::ClientAbort, "broken"),
-                };
-                metrics.metrics.websocket_ended(name);
-                guard.set_outcome(outcome);
-                return;
-            }
-            tokio::select! {
-                r = tokio::io::copy_bidirectional(&mut client_io, &mut upstream_io) => {
-                    guard.set_outcome(if r.is_ok() { Outcome::Ok } else { Outcome::ClientAbort });
-                }
-                _ = deadline.cancelled() => guard.set_outcome(Outcome::Truncated),
-            }
-        });
-        let (parts, _) = resp.into_parts();
-        return Ok(Response::from_parts(parts, GateBody::Empty));
-    }
-
-    let (mut parts, body) = resp.into_parts();
-    strip_hop_by_hop(&mut parts.headers, false);
-    // A compressed stream cannot be framed or extended with a plain-text event: it is treated
-    // like any other body (aborted at the deadline).
-    let sse = is_event_stream(&parts.headers)
-        && parts
-            .headers
-            .get(header::CONTENT_ENCODING)
-            .is_none_or(|v| v.as_bytes().eq_ignore_ascii_case(b"identity"));
-    // How this response ends if it cannot finish: decided once, here.
-    let ending = if sse {
-        Ending::Sse
-    } else if grpc {
-        Ending::Grpc
-    } else {
-        Ending::Abort
-    };
-    if sse {
-        // The gate may append a terminal event, so the length is no longer known.
-        parts.headers.remove(header::CONTENT_LENGTH);
-        guard.set_kind(Kind::Stream);
-    }
-    if close && h1 {
-        parts
-            .headers
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
-    }
-    Ok(Response::from_parts(
-        parts,
-        GateBody::Proxied {
-            body: TrackedBody::new(body, guard, ending, deadline, body_failed),
-        },
-    ))
+    Ok(Route { websocket, h2 })
 }
 
-fn is_event_stream(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|t| t.trim().eq_ignore_ascii_case("text/event-stream"))
+/// The deadline came before the engine's response started.
+fn not_started(shared: &Shared, grpc: bool, h1: bool) -> Response<GateBody> {
+    if grpc {
+        return grpc_response(
+            GRPC_UNAVAILABLE,
+            "the server is shutting down and could not start this call in time; retry it",
+        );
+    }
+    error_response(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "server_shutdown",
+        "the server is shutting down and could not start this response in time; retry the request",
+        Some(shared.config.retry_after),
+        h1,
+    )
+}
+
+/// The exchange with the engine failed before its response: the client's body broke it, or
+/// the engine could not be reached or failed.
+fn upstream_failed(
+    shared: &Shared,
+    guard: &mut Guard,
+    peer: SocketAddr,
+    e: &hyper_util::client::legacy::Error,
+    client_error: bool,
+    grpc: bool,
+    (close, h1): (bool, bool),
+) -> Response<GateBody> {
+    if client_error {
+        // The client's body could not be read (a malformed chunked encoding, a reset
+        // mid-upload): the client's error, and nothing the engine did.
+        guard.set_outcome(Outcome::ClientError);
+        tracing::debug!(%peer, error = %error_chain(e), "Client request body failed");
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "the request body could not be read: it ended early or its framing is malformed",
+            None,
+            h1,
+        );
+    }
+    guard.set_outcome(Outcome::UpstreamError);
+    let msg = if e.is_connect() {
+        format!(
+            "cannot reach the inference engine at {}: {}",
+            shared.config.upstream.authority,
+            error_chain(e)
+        )
+    } else {
+        format!("the inference engine failed: {}", error_chain(e))
+    };
+    tracing::warn!(%peer, error = %msg, "Upstream error");
+    if grpc {
+        return grpc_response(GRPC_UNAVAILABLE, &msg);
+    }
+    error_response(
+        StatusCode::BAD_GATEWAY,
+        "upstream_error",
+        &msg,
+        None,
+        close && h1,
+    )
+}
+
+/// Relays an upgraded connection once both sides switched protocols: a WebSocket frame-aware
+/// (a 1001 Close at the deadline), anything else byte for byte (cut at the deadline).
+async fn relay_upgraded(
+    mut guard: Guard,
+    client_upgrade: hyper::upgrade::OnUpgrade,
+    upstream_upgrade: hyper::upgrade::OnUpgrade,
+    websocket: bool,
+    deadline: tokio_util::sync::CancellationToken,
+) {
+    let (client_io, upstream_io) = match tokio::try_join!(client_upgrade, upstream_upgrade) {
+        Ok(ios) => ios,
+        Err(e) => {
+            tracing::debug!(error = %e, "Upgrade failed");
+            guard.set_outcome(Outcome::UpstreamError);
+            return;
+        }
+    };
+    let mut client_io = TokioIo::new(client_io);
+    let mut upstream_io = TokioIo::new(upstream_io);
+    if websocket {
+        let end = crate::ws::relay(client_io, upstream_io, deadline).await;
+        let (outcome, name) = match end {
+            crate::ws::WsEnd::Closed => (Outcome::Ok, "closed"),
+            crate::ws::WsEnd::GoingAway => (Outcome::Truncated, "going_away"),
+            crate::ws::WsEnd::Broken => (Outcome::ClientAbort, "broken"),
+        };
+        guard.shared().metrics.websocket_ended(name);
+        guard.set_outcome(outcome);
+        return;
+    }
+    tokio::select! {
+        r = tokio::io::copy_bidirectional(&mut client_io, &mut upstream_io) => {
+            guard.set_outcome(if r.is_ok() { Outcome::Ok } else { Outcome::ClientAbort });
+        }
+        _ = deadline.cancelled() => guard.set_outcome(Outcome::Truncated),
+    }
 }
 
 /// Appends the client's address to `X-Forwarded-For`; `cached` is its formatted value.
@@ -487,18 +520,42 @@ mod tests {
     }
 
     #[test]
-    fn event_stream_detection() {
+    fn the_ending_is_chosen_from_the_response_and_the_request() {
         let mut h = HeaderMap::new();
         h.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("Text/Event-Stream; charset=utf-8"),
         );
-        assert!(is_event_stream(&h));
-        h.insert(
+        assert_eq!(Ending::of(&h, false), Ending::Sse);
+        h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        assert_eq!(Ending::of(&h, false), Ending::Abort, "compressed SSE");
+        let mut g = HeaderMap::new();
+        g.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
+        assert_eq!(Ending::of(&g, true), Ending::Grpc);
+        let mut j = HeaderMap::new();
+        j.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
-        assert!(!is_event_stream(&h));
+        assert_eq!(Ending::of(&j, false), Ending::Abort);
+    }
+
+    #[test]
+    fn grpc_requests_are_recognised() {
+        for (t, grpc) in [
+            ("application/grpc", true),
+            ("application/grpc+proto", true),
+            ("Application/GRPC; charset=x", true),
+            ("application/grpc-web", false),
+            ("application/json", false),
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static(t));
+            assert_eq!(is_grpc(&h), grpc, "{t}");
+        }
     }
 
     #[test]
