@@ -124,6 +124,14 @@ pub struct GateReport {
     pub report: DrainReport,
     /// When the drain started, Unix seconds.
     pub started_at_unix: Option<f64>,
+    /// gRPC calls that ended during the drain, by outcome (`ok`, `truncated`: ended with
+    /// `grpc-status: 14` at the deadline, …); empty without any.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub grpc_calls: std::collections::BTreeMap<String, u64>,
+    /// WebSocket connections that ended during the drain (`closed`, `going_away`: the gate's
+    /// 1001 Close at the deadline, `broken`); empty without any.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub websockets: std::collections::BTreeMap<String, u64>,
 }
 
 /// `POST /drain?wait=false`: the drain was started or joined; its report so far.

@@ -78,6 +78,7 @@ impl Drop for Guard {
         self.shared.finish(self.kind, self.outcome);
         if self.grpc {
             self.shared.metrics.grpc_call_ended(self.outcome.as_str());
+            self.shared.protocol_ended(false, self.outcome.as_str());
         }
         if let Some(c) = &self.conn {
             c.request_ended(self.shared.now());

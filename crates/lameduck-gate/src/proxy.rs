@@ -434,6 +434,7 @@ async fn relay_upgraded(
             crate::ws::WsEnd::Broken => (Outcome::ClientAbort, "broken"),
         };
         guard.shared().metrics.websocket_ended(name);
+        guard.shared().protocol_ended(true, name);
         guard.set_outcome(outcome);
         return;
     }

@@ -126,6 +126,15 @@ pub struct Shared {
     pub pressure: AtomicBool,
     /// Notified when `pressure` is set.
     pub pressure_changed: Notify,
+    /// gRPC calls and WebSocket connections that ended during the drain, by how.
+    protocols: Mutex<ProtocolEnds>,
+}
+
+/// How gRPC calls and WebSocket connections ended during the drain.
+#[derive(Debug, Default)]
+struct ProtocolEnds {
+    grpc: std::collections::BTreeMap<String, u64>,
+    websockets: std::collections::BTreeMap<String, u64>,
 }
 
 impl Shared {
@@ -163,6 +172,7 @@ impl Shared {
             connections: TaskTracker::new(),
             pressure: AtomicBool::new(false),
             pressure_changed: Notify::new(),
+            protocols: Mutex::new(ProtocolEnds::default()),
         })
     }
 
@@ -377,10 +387,29 @@ impl Shared {
 
     /// The report as one JSON object, with wall-clock anchors.
     pub fn gate_report(&self) -> Option<lameduck_gate_api::GateReport> {
+        let report = self.report()?;
+        let p = self.protocols.lock().unwrap_or_else(|e| e.into_inner());
         Some(lameduck_gate_api::GateReport {
-            report: self.report()?,
+            report,
             started_at_unix: self.drain_started_unix(),
+            grpc_calls: p.grpc.clone(),
+            websockets: p.websockets.clone(),
         })
+    }
+
+    /// A gRPC call ended (`websocket: false`) or a WebSocket connection did, `how`: counted in
+    /// the drain report when a drain is under way.
+    pub fn protocol_ended(&self, websocket: bool, how: &str) {
+        if !self.announce.is_cancelled() {
+            return;
+        }
+        let mut p = self.protocols.lock().unwrap_or_else(|e| e.into_inner());
+        let map = if websocket {
+            &mut p.websockets
+        } else {
+            &mut p.grpc
+        };
+        *map.entry(how.to_owned()).or_default() += 1;
     }
 }
 

@@ -119,6 +119,13 @@ async fn websockets_pass_and_get_going_away_at_the_deadline() {
     assert_eq!(v["code"], 1001, "{v}");
     assert_eq!(v["error"], "ConnectionClosedOK", "{v}");
     let (_, metrics) = get(&gate.admin_url("/metrics")).await.expect("metrics");
+    let (_, status) = get(&gate.admin_url("/status")).await.expect("status");
+    let status: Value = serde_json::from_str(&status).expect("status JSON");
+    assert_eq!(
+        status["drain"]["websockets"],
+        serde_json::json!({"going_away": 1}),
+        "{status}"
+    );
     for end in ["going_away", "closed"] {
         assert!(
             metrics.contains(&format!(
@@ -155,6 +162,12 @@ async fn grpc_calls_pass_and_end_unavailable_at_the_deadline() {
     let report = get(&gate.admin_url("/status")).await.expect("status").1;
     let report: Value = serde_json::from_str(&report).expect("status JSON");
     assert_eq!(report["drain"]["truncated"], 1, "{report}");
+    // The calls before the drain are not the drain's.
+    assert_eq!(
+        report["drain"]["grpc_calls"],
+        serde_json::json!({"truncated": 1}),
+        "{report}"
+    );
     let (_, metrics) = get(&gate.admin_url("/metrics")).await.expect("metrics");
     for (outcome, n) in [("ok", 2), ("truncated", 1)] {
         assert!(
