@@ -214,3 +214,51 @@ async fn ready_mirrors_the_grpc_health_service() {
         }
     }
 }
+
+/// `--upstream-protocol h2c`: plain HTTP requests reach the engine over HTTP/2 too (engine-sim
+/// serves both); a short stream completes, and a long one still ends with the terminal event
+/// at the deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sse_over_an_h2c_upstream_still_ends_with_the_terminal_event() {
+    let gate = Gate::wrapping_sim(
+        &[
+            "--upstream-protocol",
+            "h2c",
+            "--grace-period",
+            "4",
+            "--kill-margin",
+            "1",
+        ],
+        &[
+            "--tokens-per-second",
+            "20",
+            "--output-tokens",
+            "100000",
+            "--ttft",
+            "10ms",
+        ],
+    )
+    .await;
+    let short = gate.open_stream(5).await.expect("join");
+    assert!(matches!(short, StreamEnd::Finished { .. }), "{short:?}");
+    let long = gate.open_stream(100_000);
+    gate.wait_streams(1).await;
+    drain_within_a_second(&gate).await;
+    let end = long.await.expect("join");
+    assert!(
+        matches!(&end, StreamEnd::TerminalError { done: true, .. }),
+        "{end:?}"
+    );
+    // The same flag in front of a server that speaks only HTTP/1.1 (the websockets library's)
+    // fails with 502: the gate really spoke HTTP/2 to the engine.
+    let (_server, mut server_out) = start(&["server"]);
+    let port = line(&mut server_out).await;
+    let upstream = format!("http://127.0.0.1:{port}");
+    let h1_only = Gate::start(
+        &["--upstream", &upstream, "--upstream-protocol", "h2c"],
+        None,
+    )
+    .await;
+    let (status, body) = get(&h1_only.url("/")).await.expect("answer");
+    assert_eq!(status.as_u16(), 502, "{body}");
+}
