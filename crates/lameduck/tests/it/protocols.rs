@@ -229,14 +229,7 @@ async fn sse_over_an_h2c_upstream_still_ends_with_the_terminal_event() {
             "--kill-margin",
             "1",
         ],
-        &[
-            "--tokens-per-second",
-            "20",
-            "--output-tokens",
-            "100000",
-            "--ttft",
-            "10ms",
-        ],
+        crate::cluster::LONG_STREAMS,
     )
     .await;
     let short = gate.open_stream(5).await.expect("join");
