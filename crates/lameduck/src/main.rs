@@ -69,10 +69,46 @@ enum Command {
     Drain(Box<lameduck_drain::DrainArgs>),
     /// Copy this binary into a directory (the init container of `inject --mode wrapper`).
     CopyBinary(cmd::copy_binary::CopyBinaryArgs),
+    /// Print a shell completion script: `source <(lameduck completions bash)`.
+    Completions(CompletionsArgs),
+}
+
+/// `lameduck completions`.
+#[derive(Debug, clap::Args)]
+struct CompletionsArgs {
+    /// The shell.
+    #[arg(value_enum)]
+    shell: clap_complete::Shell,
+}
+
+/// The name the binary answers to: `kubectl lameduck` when run as the kubectl plugin
+/// `kubectl-lameduck` (kubectl finds plugins by that file name on the PATH).
+fn invoked_as() -> &'static str {
+    let argv0 = std::env::args_os().next();
+    let plugin = argv0
+        .as_deref()
+        .map(std::path::Path::new)
+        .and_then(std::path::Path::file_name)
+        .is_some_and(|n| n == "kubectl-lameduck");
+    if plugin {
+        "kubectl lameduck"
+    } else {
+        "lameduck"
+    }
+}
+
+/// The command line, named as invoked.
+fn command() -> clap::Command {
+    use clap::CommandFactory;
+    Cli::command().bin_name(invoked_as())
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    use clap::FromArgMatches;
+    let cli = match Cli::from_arg_matches(&command().get_matches()) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     logging::init(cli.log_format);
     let result = match cli.command {
         Command::Gate(args) => cmd::gate::run(*args),
@@ -84,6 +120,22 @@ fn main() -> ExitCode {
         Command::Agent(args) => cmd::agent::run(*args),
         Command::Drain(args) => cmd::drain::run(*args),
         Command::CopyBinary(args) => cmd::copy_binary::run(args),
+        Command::Completions(args) => {
+            let mut cmd = command();
+            let name = cmd.get_bin_name().unwrap_or("lameduck").to_owned();
+            // As a kubectl plugin the completion is kubectl's; the script is for `lameduck`.
+            let name = if name.contains(' ') {
+                "lameduck".to_owned()
+            } else {
+                name
+            };
+            // Into a buffer first: the generator panics on a write error (a closed pipe).
+            let mut script = Vec::new();
+            clap_complete::generate(args.shell, &mut cmd, name, &mut script);
+            use std::io::Write;
+            let _ = std::io::stdout().write_all(&script);
+            Ok(0)
+        }
     };
     match result {
         Ok(code) => ExitCode::from(u8::try_from(code.clamp(0, 255)).unwrap_or(1)),

@@ -2,6 +2,7 @@
 
 mod agent;
 mod agree;
+mod cli;
 mod clients;
 mod cluster;
 mod drain;
