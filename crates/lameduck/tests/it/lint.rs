@@ -140,3 +140,57 @@ fn the_agent_daemonset_lints_clean() {
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("0 error(s), 0 warning(s)"), "{out}");
 }
+
+/// `examples/ENGINE/`: each server's Deployment as people write it, and what `inject --kube`
+/// leaves of it. The injected file is exactly today's `inject` output (the examples cannot
+/// drift), lints with no finding, and both validate against the Kubernetes schema.
+#[test]
+fn the_engine_examples_are_injects_output_lint_clean_and_valid() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+    let python = std::env::var("LAMEDUCK_TEST_PYTHON").expect(
+        "LAMEDUCK_TEST_PYTHON: run the tests with scripts/test, which installs kubernetes-validate",
+    );
+    let validator = std::path::Path::new(&python)
+        .parent()
+        .expect("venv bin")
+        .join("kubernetes-validate");
+    for engine in ["vllm", "sglang", "tgi", "triton", "ollama"] {
+        let dir = root.join(engine);
+        let plain = dir.join("deployment.yaml");
+        let injected = dir.join("injected.yaml");
+        let out = Command::new(bin())
+            .args(["inject", "--kube", "-q"])
+            .arg(&plain)
+            .output()
+            .expect("inject runs");
+        assert!(
+            out.status.success(),
+            "{engine}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let expected = std::fs::read_to_string(&injected).expect("injected example");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            expected,
+            "{engine}: examples/{engine}/injected.yaml is not what inject writes today; regenerate it with `lameduck inject --kube examples/{engine}/deployment.yaml > examples/{engine}/injected.yaml`"
+        );
+        let (code, report) = lint(&[injected.to_str().expect("utf-8 path")], None);
+        assert_eq!(code, 0, "{engine}: {report}");
+        assert!(
+            report.contains("0 error(s), 0 warning(s)"),
+            "{engine}: {report}"
+        );
+        let valid = Command::new(&validator)
+            .args(["--strict", "--no-warn", "--quiet"])
+            .arg(&plain)
+            .arg(&injected)
+            .output()
+            .expect("kubernetes-validate runs");
+        assert!(
+            valid.status.success(),
+            "{engine}: {}{}",
+            String::from_utf8_lossy(&valid.stdout),
+            String::from_utf8_lossy(&valid.stderr)
+        );
+    }
+}
