@@ -147,13 +147,6 @@ fn the_agent_daemonset_lints_clean() {
 #[test]
 fn the_engine_examples_are_injects_output_lint_clean_and_valid() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
-    let python = std::env::var("LAMEDUCK_TEST_PYTHON").expect(
-        "LAMEDUCK_TEST_PYTHON: run the tests with scripts/test, which installs kubernetes-validate",
-    );
-    let validator = std::path::Path::new(&python)
-        .parent()
-        .expect("venv bin")
-        .join("kubernetes-validate");
     for engine in ["vllm", "sglang", "tgi", "triton", "ollama"] {
         let dir = root.join(engine);
         let plain = dir.join("deployment.yaml");
@@ -180,17 +173,6 @@ fn the_engine_examples_are_injects_output_lint_clean_and_valid() {
             report.contains("0 error(s), 0 warning(s)"),
             "{engine}: {report}"
         );
-        let valid = Command::new(&validator)
-            .args(["--strict", "--no-warn", "--quiet"])
-            .arg(&plain)
-            .arg(&injected)
-            .output()
-            .expect("kubernetes-validate runs");
-        assert!(
-            valid.status.success(),
-            "{engine}: {}{}",
-            String::from_utf8_lossy(&valid.stdout),
-            String::from_utf8_lossy(&valid.stderr)
-        );
+        crate::support::assert_schema_valid(engine, &[&plain, &injected]);
     }
 }

@@ -2,6 +2,7 @@
 
 mod agent;
 mod agree;
+mod chart;
 mod cli;
 mod clients;
 mod cluster;

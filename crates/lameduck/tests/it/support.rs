@@ -534,3 +534,30 @@ pub fn run_with_stdin(args: &[&str], stdin: Option<&str>) -> std::process::Outpu
     drop(input);
     child.wait_with_output().expect("wait")
 }
+
+/// A program of the test venv (`scripts/test` creates it and sets LAMEDUCK_TEST_PYTHON).
+pub fn venv_bin(name: &str) -> std::path::PathBuf {
+    let python = std::env::var("LAMEDUCK_TEST_PYTHON").expect(
+        "LAMEDUCK_TEST_PYTHON: run the tests with scripts/test, which installs the Python clients",
+    );
+    std::path::Path::new(&python)
+        .parent()
+        .expect("venv bin")
+        .join(name)
+}
+
+/// Validates files against the Kubernetes schema, strictly; panics with the validator's words.
+#[track_caller]
+pub fn assert_schema_valid(what: &str, files: &[&std::path::Path]) {
+    let out = std::process::Command::new(venv_bin("kubernetes-validate"))
+        .args(["--strict", "--no-warn", "--quiet"])
+        .args(files)
+        .output()
+        .expect("kubernetes-validate runs");
+    assert!(
+        out.status.success(),
+        "{what}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

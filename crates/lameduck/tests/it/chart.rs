@@ -1,0 +1,115 @@
+//! `charts/lameduck` rendered by Helm's own engine (PyPI `helm-python-sdk`, which
+//! `scripts/test` installs) with several value sets: `helm lint` has no error, every object
+//! validates against the Kubernetes schema, `lameduck lint` finds nothing, the agent's
+//! arguments are ones `lameduck agent` accepts, and the default values meet the restricted
+//! Pod Security Standard.
+
+use std::process::Command;
+
+use serde_json::{Value, json};
+
+use crate::support::{assert_schema_valid, bin, venv_bin};
+
+/// Renders the chart with `values` into `out`; returns the script's JSON line.
+fn render(values: &Value, out: &std::path::Path) -> Value {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let o = Command::new(venv_bin("python"))
+        .arg(root.join("tests/clients/render_chart.py"))
+        .arg(root.join("charts/lameduck"))
+        .args(["ld", "lameduck-system", &values.to_string()])
+        .arg(out)
+        .output()
+        .expect("python runs");
+    assert!(
+        o.status.success(),
+        "render failed (install helm-python-sdk with scripts/test): {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    serde_json::from_slice(&o.stdout).expect("JSON line")
+}
+
+#[test]
+fn the_chart_renders_lints_and_validates() {
+    let dir = std::env::temp_dir().join(format!("lameduck-chart-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let sets = [
+        ("defaults", json!({})),
+        (
+            "aws-host-network",
+            json!({"agent": {"provider": "aws", "hostNetwork": true, "dryRun": true,
+                             "gateTokenSecret": "gate-token", "extraArgs": ["--poll", "2"],
+                             "podMonitor": {"enabled": true}}}),
+        ),
+        ("agent-off", json!({"agent": {"enabled": false}})),
+    ];
+    for (name, values) in sets {
+        let out = dir.join(format!("{name}.yaml"));
+        let result = render(&values, &out);
+        assert_eq!(result["lint"]["errors"], json!([]), "{name}: {result}");
+        let text = std::fs::read_to_string(&out).expect("rendered");
+        let agent_on = values["agent"]["enabled"] != false;
+        assert_eq!(text.contains("kind: DaemonSet"), agent_on, "{name}: {text}");
+        if !agent_on {
+            continue;
+        }
+        // The PodMonitor is a CRD the schema validator does not know: the rest must validate.
+        let core: Vec<&str> = text
+            .split("\n---\n")
+            .filter(|d| !d.contains("kind: PodMonitor"))
+            .collect();
+        assert_eq!(
+            text.contains("kind: PodMonitor"),
+            values["agent"]["podMonitor"]["enabled"] == true,
+            "{name}"
+        );
+        let core_path = dir.join(format!("{name}-core.yaml"));
+        std::fs::write(&core_path, core.join("\n---\n")).expect("write");
+        assert_schema_valid(name, &[&core_path]);
+        let lint = Command::new(bin())
+            .args(["lint"])
+            .arg(&out)
+            .output()
+            .expect("lint runs");
+        let report = String::from_utf8_lossy(&lint.stdout);
+        assert!(lint.status.success(), "{name}: {report}");
+        assert!(report.contains(" 0 error(s)"), "{name}: {report}");
+        // The agent's arguments, as rendered, are accepted by `lameduck agent`.
+        let args: Vec<String> = text
+            .lines()
+            .skip_while(|l| l.trim() != "args:")
+            .skip(1)
+            .take_while(|l| l.trim_start().starts_with("- "))
+            .map(|l| l.trim_start()[2..].trim_matches('"').to_owned())
+            .collect();
+        assert_eq!(
+            args.first().map(String::as_str),
+            Some("agent"),
+            "{name}: {args:?}"
+        );
+        let help = Command::new(bin())
+            .args(&args)
+            .arg("--help")
+            .env("LAMEDUCK_NODE_NAME", "n1")
+            .output()
+            .expect("agent --help runs");
+        assert!(
+            help.status.success(),
+            "{name}: {args:?}: {}",
+            String::from_utf8_lossy(&help.stderr)
+        );
+        // Restricted Pod Security Standard, unless the host network was asked for.
+        if values["agent"]["hostNetwork"] != true {
+            for needle in [
+                "runAsNonRoot: true",
+                "allowPrivilegeEscalation: false",
+                "type: RuntimeDefault",
+                "drop: [\"ALL\"]",
+                "readOnlyRootFilesystem: true",
+            ] {
+                assert!(text.contains(needle), "{name}: {needle}");
+            }
+            assert!(!text.contains("hostNetwork"), "{name}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
