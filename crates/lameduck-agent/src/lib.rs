@@ -175,7 +175,9 @@ pub async fn run(args: AgentArgs) -> Result<i32, AgentError> {
             .await
             .map_err(|e| AgentError::Detect(e.to_string()))?,
     };
+    let admin_addr = admin.local_addr().unwrap_or(args.admin);
     let metrics = Arc::new(metrics::Metrics::new());
+    metrics.start_at_zero(provider.name());
     tokio::spawn(metrics::serve(admin, metrics.clone()));
     let inventory = inventory::Inventory::start(clients.api.clone(), &args.node, metrics.clone());
     let mut watch_cfg = WatchConfig::new(provider, args.metadata_url.clone());
@@ -186,6 +188,7 @@ pub async fn run(args: AgentArgs) -> Result<i32, AgentError> {
         metadata = %watch_cfg.base_url,
         api = %clients.server,
         dry_run = args.dry_run,
+        admin = %admin_addr,
         "Agent watching for notices"
     );
     let responder = Arc::new(respond::Responder::new(

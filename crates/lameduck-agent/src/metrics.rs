@@ -108,6 +108,40 @@ impl Metrics {
         }
     }
 
+    /// Creates every series whose label values are known, at zero. A counter series that first
+    /// appears at 1 is invisible to Prometheus's `increase()`, so without this a node's first
+    /// notice, or an agent's first drain, would never show on a dashboard or trip an alert.
+    pub fn start_at_zero(&self, provider: &'static str) {
+        for kind in ["reclaim", "maintenance", "advisory"] {
+            let _ = self
+                .notices
+                .get_or_create_owned(&NoticeLabel { provider, kind });
+        }
+        for result in ["ok", "failed", "skipped"] {
+            let _ = self.drains.get_or_create_owned(&ResultLabel { result });
+        }
+        for result in ["deleted", "evicted", "blocked", "failed"] {
+            let _ = self.removals.get_or_create_owned(&ResultLabel { result });
+        }
+        for result in ["in_time", "cut_by_the_end", "unknown"] {
+            let _ = self.pods_ended.get_or_create_owned(&ResultLabel { result });
+        }
+        for outcome in ["completed", "truncated", "upstream_error"] {
+            let _ = self.streams.get_or_create_owned(&OutcomeLabel { outcome });
+        }
+        for operation in [
+            "read_node",
+            "cordon_node",
+            "uncordon_node",
+            "delete_pod",
+            "evict_pod",
+            "post_event",
+            "watch_pods",
+        ] {
+            let _ = self.kube_errors.get_or_create_owned(&OpLabel { operation });
+        }
+    }
+
     /// Counts a notice.
     pub fn notice(&self, provider: &'static str, kind: &'static str) {
         self.notices
@@ -117,17 +151,26 @@ impl Metrics {
 
     /// Counts a gate drain.
     pub fn drain(&self, result: &'static str) {
-        self.drains.get_or_create(&ResultLabel { result }).inc();
+        let _ = self
+            .drains
+            .get_or_create_owned(&ResultLabel { result })
+            .inc();
     }
 
     /// Counts a pod removal.
     pub fn removal(&self, result: &'static str) {
-        self.removals.get_or_create(&ResultLabel { result }).inc();
+        let _ = self
+            .removals
+            .get_or_create_owned(&ResultLabel { result })
+            .inc();
     }
 
     /// Counts a gated pod whose drain is over.
     pub fn pod_ended(&self, result: &'static str) {
-        self.pods_ended.get_or_create(&ResultLabel { result }).inc();
+        let _ = self
+            .pods_ended
+            .get_or_create_owned(&ResultLabel { result })
+            .inc();
     }
 
     /// Counts requests by how they ended.
@@ -139,7 +182,10 @@ impl Metrics {
 
     /// Counts a failed API call.
     pub fn kube_error(&self, operation: &'static str) {
-        self.kube_errors.get_or_create(&OpLabel { operation }).inc();
+        let _ = self
+            .kube_errors
+            .get_or_create_owned(&OpLabel { operation })
+            .inc();
     }
 
     /// The text exposition.

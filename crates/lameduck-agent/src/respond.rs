@@ -349,6 +349,13 @@ impl Responder {
         }
         let t0 = std::time::Instant::now();
         let token = self.args.gate_token.clone();
+        // A gated pod with no IP yet cannot be told: it is deleted with the time left below.
+        for _ in pods
+            .iter()
+            .filter(|p| matches!(p.role, Role::GatedNoAddress))
+        {
+            self.metrics.drain("skipped");
+        }
         let drains = pods.iter().filter_map(|p| match &p.role {
             Role::Gated(addr) => {
                 let client = GateClient::new(*addr)

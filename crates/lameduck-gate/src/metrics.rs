@@ -132,6 +132,10 @@ pub struct Metrics {
     pub data_plane_lag: FGauge,
     /// The pod-deletion-cost last written (--deletion-cost).
     pub deletion_cost: Gauge,
+    /// --convergence-min in effect.
+    pub convergence_min: FGauge,
+    /// --convergence-max in effect.
+    pub convergence_max: FGauge,
 }
 
 impl Metrics {
@@ -254,6 +258,18 @@ impl Metrics {
             "The controller.kubernetes.io/pod-deletion-cost last written (--deletion-cost)",
             deletion_cost.clone(),
         );
+        let convergence_min = FGauge::default();
+        registry.register(
+            "convergence_min_seconds",
+            "The shortest announcing phase (--convergence-min)",
+            convergence_min.clone(),
+        );
+        let convergence_max = FGauge::default();
+        registry.register(
+            "convergence_max_seconds",
+            "The longest announcing phase (--convergence-max): a propagation lag above it means requests arrived after announcing ended",
+            convergence_max.clone(),
+        );
         let connection_closes = CloseReason::ALL
             .map(|r| closes_f.get_or_create_owned(&ReasonLabel { reason: r.as_str() }));
         let in_flight =
@@ -266,6 +282,16 @@ impl Metrics {
         let phase =
             Phase::ALL.map(|p| phase_f.get_or_create_owned(&PhaseLabel { phase: p.as_str() }));
         phase[0].set(1);
+        // Series with known label values start at zero: a counter that first appears at 1 is
+        // invisible to Prometheus's increase(), so a pod's first truncation would not alert.
+        for end in ["closed", "going_away", "broken"] {
+            let _ = websockets.get_or_create_owned(&EndLabel { end });
+        }
+        for o in Outcome::ALL {
+            let _ = grpc_calls.get_or_create_owned(&OutcomeLabel {
+                outcome: o.as_str(),
+            });
+        }
         Metrics {
             registry,
             in_flight,
@@ -288,6 +314,8 @@ impl Metrics {
             endpoint_gone,
             data_plane_lag,
             deletion_cost,
+            convergence_min,
+            convergence_max,
         }
     }
 

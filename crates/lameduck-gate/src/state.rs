@@ -154,6 +154,9 @@ impl Shared {
         metrics
             .max_in_flight
             .set(limits.max_in_flight.map_or(0, |m| m as i64));
+        let convergence = config.drain.convergence;
+        metrics.convergence_min.set(convergence.min.as_secs_f64());
+        metrics.convergence_max.set(convergence.max.as_secs_f64());
         Arc::new(Shared {
             config,
             limits,

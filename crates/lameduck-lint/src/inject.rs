@@ -22,7 +22,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1 as core;
 use lameduck_manifest::{Editor, Lifecycle, Workload, load_str};
 use lameduck_pod::engines::{self, Engine, PortSetting};
-use lameduck_pod::{GateFlags, PodModel, Slot};
+use lameduck_pod::{ADMIN_PORT_NAME, GateFlags, PodModel, Slot};
 use serde_json::{Value, json};
 
 use crate::facts;
@@ -701,7 +701,7 @@ fn plan(w: &Workload<'_>, opts: &Options) -> Result<Option<Planned>, InjectError
                 "image": opts.image,
                 "restartPolicy": "Always",
                 "command": cmd,
-                "ports": [{"name": "lameduck-admin", "containerPort": admin}],
+                "ports": [{"name": ADMIN_PORT_NAME, "containerPort": admin}],
                 "readinessProbe": gate_probe("/ready", 2, 1),
                 "livenessProbe": gate_probe("/live", 10, 3),
                 "resources": {"requests": {"cpu": "50m", "memory": "32Mi"}, "limits": {"memory": "128Mi"}},
@@ -802,6 +802,14 @@ fn plan(w: &Workload<'_>, opts: &Options) -> Result<Option<Planned>, InjectError
                 gate_probe("/live", 10, 3),
             ));
             lines.push("livenessProbe → the gate's /live".into());
+            // Declared by name, as the sidecar declares it, so that a PodMonitor or a
+            // kubernetes_sd relabel finds the gate's /metrics (it still goes into no Service).
+            let port = json!({"name": ADMIN_PORT_NAME, "containerPort": admin});
+            if c.ports.as_ref().is_some_and(|p| !p.is_empty()) {
+                edits.push(Edit::Push(format!("{cpath}.ports"), port));
+            } else {
+                edits.push(Edit::Set(cpath.clone(), "ports".into(), json!([port])));
+            }
             // A startup probe of the engine's old port would now ask the gate, which answers
             // only once the engine is healthy: point it at /ready.
             if c.startup_probe.is_some() {

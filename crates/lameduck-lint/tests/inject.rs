@@ -77,6 +77,10 @@ fn untouched(mut v: Value, c: usize) -> Value {
     ] {
         container.remove(k);
     }
+    // Wrapper mode declares the gate's admin port beside the container's own.
+    if let Some(ports) = container.get_mut("ports").and_then(Value::as_array_mut) {
+        ports.retain(|p| p["name"] != "lameduck-admin");
+    }
     v
 }
 
@@ -92,6 +96,11 @@ fn seed_examples_in_both_modes() {
             assert_eq!(untouched(after.clone(), 0), untouched(before, 0), "{name}");
             let pod = &after["spec"]["template"]["spec"];
             let c = &pod["containers"][0];
+            let admin_declared = c["ports"].as_array().is_some_and(|p| {
+                p.iter()
+                    .any(|p| p["name"] == "lameduck-admin" && p["containerPort"] == 9901)
+            });
+            assert_eq!(admin_declared, opts.mode == Mode::Wrapper, "{name}");
             // 15 s convergence + 150 s (assumed for vLLM) + 5 s margin; the complete
             // example's 180 s is already enough and stays.
             let grace = if name == "seed-naive.yaml" { 170 } else { 180 };

@@ -12,6 +12,10 @@ use lameduck_timeline::{
 
 /// The gate's admin port when `--admin` is not given.
 pub const DEFAULT_ADMIN_PORT: u16 = 9901;
+
+/// The name `lameduck inject` gives the admin port where it declares it: scrapers select the
+/// gate's `/metrics` by it, and the pod model does not count it as a port clients use.
+pub const ADMIN_PORT_NAME: &str = "lameduck-admin";
 /// The gate's client port when `--listen` is not given.
 pub const DEFAULT_LISTEN_PORT: u16 = 8000;
 

@@ -23,5 +23,5 @@ pub const SERVING_CONDITION: &str = "lameduck.io/serving";
 pub use budget::grace_need_gated;
 pub use engines::{ENGINES, Engine, PortSetting, Work};
 pub use facts::{Annotations, MaxRequestSource, PodFacts, Spot};
-pub use gate_args::{DEFAULT_ADMIN_PORT, GateArgs, GateArgsError, GateFlags};
+pub use gate_args::{ADMIN_PORT_NAME, DEFAULT_ADMIN_PORT, GateArgs, GateArgsError, GateFlags};
 pub use model::{Container, Gate, GateMode, PodModel, ServingError, Slot};

@@ -204,7 +204,7 @@ impl PodModel {
                 };
                 let accelerator = engines::wants_accelerator(c);
                 let serving = slot.long_running()
-                    && (c.ports.as_ref().is_some_and(|p| !p.is_empty())
+                    && (c.ports.iter().flatten().any(|p| !telemetry_port(p))
                         || c.readiness_probe.is_some()
                         || engine.is_some());
                 Container {
@@ -313,6 +313,30 @@ impl PodModel {
             .filter(|c| c.slot.long_running())
             .find_map(|c| c.engine.map(|(e, _)| e))
     }
+}
+
+/// A port declared only for scraping or probing (named `metrics`, `http-metrics`,
+/// `prometheus`, `healthz`, the gate's `lameduck-admin`, …): it does not make a container one
+/// that clients use. Node exporters and agents in DaemonSets declare such ports and serve no
+/// requests a drain could cut.
+fn telemetry_port(p: &core::ContainerPort) -> bool {
+    let Some(name) = p.name.as_deref() else {
+        return false;
+    };
+    name == crate::ADMIN_PORT_NAME
+        || [
+            "metrics",
+            "prometheus",
+            "prom",
+            "monitoring",
+            "healthz",
+            "health",
+            "pprof",
+        ]
+        .iter()
+        .any(|w| {
+            name == *w || name.ends_with(&format!("-{w}")) || name.starts_with(&format!("{w}-"))
+        })
 }
 
 /// The words a container runs, command then args.
@@ -533,6 +557,22 @@ mod tests {
         assert_eq!(g.args.grace_period.0.as_secs(), 200);
         assert_eq!(m.serving_container(None), Ok(Some(0)));
         assert_eq!(m.engine().map(|e| e.id), Some("sglang"));
+    }
+
+    #[test]
+    fn a_metrics_port_alone_does_not_serve() {
+        let m = pod(serde_json::json!({
+            "containers": [
+                {"name": "node-exporter", "image": "prom/node-exporter:v1",
+                 "ports": [{"name": "http-metrics", "containerPort": 9100}]},
+                {"name": "agent", "image": "example/agent:1",
+                 "ports": [{"name": "metrics", "containerPort": 9902}, {"containerPort": 8080}]}
+            ]
+        }));
+        assert!(!m.containers[0].serving);
+        // An unnamed port besides the metrics one still serves.
+        assert!(m.containers[1].serving);
+        assert_eq!(m.serving_container(None), Ok(Some(1)));
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! Logging set-up: `tracing` to stderr, text or JSON, filtered by `LAMEDUCK_LOG` (or
-//! `RUST_LOG`), default `info`.
+//! `RUST_LOG`), default `info` (see [`DEFAULT_FILTER`]).
 
 use tracing_subscriber::EnvFilter;
 
@@ -12,13 +12,18 @@ pub enum Format {
     Json,
 }
 
+/// `info`, without kube-client's own line per failed request: it logs every one at ERROR, several
+/// a second while an API server is down, where our callers log each operation's failure once,
+/// with what to fix, and count the rest in metrics. `LAMEDUCK_LOG=debug` shows everything.
+const DEFAULT_FILTER: &str = "info,kube_client::client::builder=off";
+
 /// Installs the global subscriber.
 pub fn init(format: Format) {
     let filter = std::env::var("LAMEDUCK_LOG")
         .ok()
         .or_else(|| std::env::var("RUST_LOG").ok())
         .and_then(|s| EnvFilter::try_new(s).ok())
-        .unwrap_or_else(|| EnvFilter::new("info"));
+        .unwrap_or_else(|| EnvFilter::new(DEFAULT_FILTER));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -14,7 +14,7 @@ use crate::support::*;
 const LONG: Duration = Duration::from_secs(30);
 
 /// The node, a plain pod and a DaemonSet pod on it.
-fn node_and_bystanders(api: &TestApi) {
+pub(crate) fn node_and_bystanders(api: &TestApi) {
     api.create(json!({
         "apiVersion": "v1", "kind": "Node",
         "metadata": {"name": "node-a", "labels": {"kubernetes.io/hostname": "node-a"}},
@@ -50,7 +50,12 @@ fn notice_record(id: &str, kind: &str, secs: u64, tainted: bool) -> String {
 }
 
 /// Starts `lameduck agent` for node-a and waits until it watches.
-async fn agent(api: &TestApi, cloud: &FakeMetadata, provider: Provider, extra: &[&str]) -> Proc {
+pub(crate) async fn agent(
+    api: &TestApi,
+    cloud: &FakeMetadata,
+    provider: Provider,
+    extra: &[&str],
+) -> Proc {
     let config = kubeconfig(api, &format!("agent-{}", provider.name()));
     let config = config.display().to_string();
     let url = cloud.url();

@@ -41,6 +41,12 @@ fn the_chart_renders_lints_and_validates() {
                              "podMonitor": {"enabled": true}}}),
         ),
         ("agent-off", json!({"agent": {"enabled": false}})),
+        (
+            "observability",
+            json!({"prometheusRule": {"enabled": true, "labels": {"release": "kube-prometheus-stack"}},
+                   "grafanaDashboard": {"enabled": true, "namespace": "monitoring"},
+                   "gatePodMonitor": {"enabled": true, "namespaces": ["ai"]}}),
+        ),
     ];
     for (name, values) in sets {
         let out = dir.join(format!("{name}.yaml"));
@@ -52,16 +58,76 @@ fn the_chart_renders_lints_and_validates() {
         if !agent_on {
             continue;
         }
-        // The PodMonitor is a CRD the schema validator does not know: the rest must validate.
-        let core: Vec<&str> = text
-            .split("\n---\n")
-            .filter(|d| !d.contains("kind: PodMonitor"))
-            .collect();
+        // The dashboard and the alerts, when asked for, carry the files the observability test
+        // checks, unchanged.
+        let observability = values["prometheusRule"]["enabled"] == true;
         assert_eq!(
-            text.contains("kind: PodMonitor"),
-            values["agent"]["podMonitor"]["enabled"] == true,
+            text.contains("kind: PrometheusRule")
+                && text.contains("alert: LameduckAgentNoticeWithoutDrain")
+                && text.contains("release: kube-prometheus-stack"),
+            observability,
             "{name}"
         );
+        assert_eq!(
+            text.contains("grafana_dashboard: \"1\"")
+                && text.contains("\"uid\": \"lameduck-drains\"")
+                && text.contains("namespace: monitoring"),
+            observability,
+            "{name}"
+        );
+        if observability {
+            let object = |kind: &str| {
+                result["objects"]
+                    .as_array()
+                    .and_then(|o| o.iter().find(|o| o["kind"] == kind))
+                    .unwrap_or_else(|| panic!("{name}: no {kind} in {result}"))
+                    .clone()
+            };
+            let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+            let file =
+                std::fs::read_to_string(root.join("charts/lameduck/files/grafana-dashboard.json"))
+                    .expect("dashboard");
+            let shipped: Value = serde_json::from_str(&file).expect("dashboard JSON");
+            let in_map = object("ConfigMap")["data"]["lameduck-drains.json"].clone();
+            let in_map: Value =
+                serde_json::from_str(in_map.as_str().expect("data")).expect("JSON in the map");
+            assert_eq!(
+                in_map, shipped,
+                "{name}: the dashboard changed on its way into the chart"
+            );
+            // The rendered rule's spec is a rule file (JSON is YAML): promtool accepts it.
+            let spec = dir.join(format!("{name}-rules.json"));
+            std::fs::write(&spec, object("PrometheusRule")["spec"].to_string()).expect("write");
+            match Command::new("promtool")
+                .arg("check")
+                .arg("rules")
+                .arg(&spec)
+                .output()
+            {
+                Ok(o) => assert!(
+                    String::from_utf8_lossy(&o.stdout).contains("SUCCESS: 4 rules found"),
+                    "{name}: {}{}",
+                    String::from_utf8_lossy(&o.stdout),
+                    String::from_utf8_lossy(&o.stderr)
+                ),
+                Err(e) => panic!("promtool: {e}; install it (apt-get install prometheus)"),
+            }
+        }
+        // PodMonitor and PrometheusRule are CRDs the schema validator does not know: the rest
+        // must validate.
+        let core: Vec<&str> = text
+            .split("\n---\n")
+            .filter(|d| !d.contains("kind: PodMonitor") && !d.contains("kind: PrometheusRule"))
+            .collect();
+        assert_eq!(
+            text.matches("kind: PodMonitor").count(),
+            usize::from(values["agent"]["podMonitor"]["enabled"] == true)
+                + usize::from(values["gatePodMonitor"]["enabled"] == true),
+            "{name}"
+        );
+        if values["gatePodMonitor"]["enabled"] == true {
+            assert!(text.contains("- port: lameduck-admin"), "{name}");
+        }
         let core_path = dir.join(format!("{name}-core.yaml"));
         std::fs::write(&core_path, core.join("\n---\n")).expect("write");
         assert_schema_valid(name, &[&core_path]);

@@ -12,6 +12,7 @@ mod hardening;
 mod inject;
 mod lint;
 mod live_pod;
+mod observability;
 mod plan;
 mod protocols;
 mod rehearse;
