@@ -5,6 +5,7 @@
 - its OCI config: user 65532, the entrypoint, PATH, the OCI labels (skopeo, from the archive);
 - its files: the binary, passwd/group/hosts and the CA bundle, and nothing else (no shell);
 - `lameduck --version` in it (podman with runc, no network, read-only root filesystem);
+- wrapper mode's init container: `copy-binary` into a mounted volume, and the copy runs;
 - the gate wrapping engine-sim in it (host network, read-only, non-root), one streamed chat
   completion through it with the official OpenAI client from the host, then SIGTERM: the
   gate drains and the container exits 0.
@@ -16,6 +17,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 
@@ -75,6 +77,17 @@ finally:
 
 out = sh(*RUN, "--rm", "--network", "none", image, "--version")
 expect(f"`lameduck --version` says {version}", version in out.stdout, out.stdout + out.stderr)
+
+# Wrapper mode's init container: `lameduck copy-binary /lameduck/bin` into a shared volume (the
+# command `lameduck inject --mode wrapper` writes), then the copy runs outside the image.
+with tempfile.TemporaryDirectory() as vol:
+    os.chmod(vol, 0o777)
+    out = sh(*RUN, "--rm", "--network", "none", "-v", f"{vol}:/lameduck/bin", image,
+             "copy-binary", "/lameduck/bin")
+    copied = os.path.join(vol, "lameduck")
+    expect("copy-binary put the binary into the volume", os.path.isfile(copied), out.stdout + out.stderr)
+    ran = sh(copied, "--version")
+    expect("the copied binary runs outside the image", version in ran.stdout, ran.stdout)
 
 # The gate in front of engine-sim, inside the container.
 proxy, admin, engine = free_port(), free_port(), free_port()
