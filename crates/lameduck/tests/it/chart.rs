@@ -98,20 +98,9 @@ fn the_chart_renders_lints_and_validates() {
             // The rendered rule's spec is a rule file (JSON is YAML): promtool accepts it.
             let spec = dir.join(format!("{name}-rules.json"));
             std::fs::write(&spec, object("PrometheusRule")["spec"].to_string()).expect("write");
-            match Command::new("promtool")
-                .arg("check")
-                .arg("rules")
-                .arg(&spec)
-                .output()
-            {
-                Ok(o) => assert!(
-                    String::from_utf8_lossy(&o.stdout).contains("SUCCESS: 4 rules found"),
-                    "{name}: {}{}",
-                    String::from_utf8_lossy(&o.stdout),
-                    String::from_utf8_lossy(&o.stderr)
-                ),
-                Err(e) => panic!("promtool: {e}; install it (apt-get install prometheus)"),
-            }
+            let check =
+                crate::observability::promtool(&["check", "rules", &spec.display().to_string()]);
+            assert!(check.contains("SUCCESS: 4 rules found"), "{name}: {check}");
         }
         // PodMonitor and PrometheusRule are CRDs the schema validator does not know: the rest
         // must validate.

@@ -20,8 +20,9 @@ fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-/// Runs promtool with `args`; panics with its output unless it succeeds.
-fn promtool(args: &[&str]) -> String {
+/// Runs promtool with `args` (in the repository's root); panics with its output unless it
+/// succeeds.
+pub(crate) fn promtool(args: &[&str]) -> String {
     let out = Command::new("promtool")
         .args(args)
         .current_dir(root())
