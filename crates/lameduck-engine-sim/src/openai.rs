@@ -21,6 +21,16 @@ pub(crate) struct CompletionRequest {
     pub max_tokens: Option<u32>,
     pub include_usage: bool,
     pub prompt_tokens: u32,
+    /// The request's `seed`: with one, the generation is a function of the seed and the
+    /// prompt (see [`CompletionRequest::prompt_hash`]).
+    pub seed: Option<u64>,
+    /// Tokens of our own output the request already carries at its end (a continuation:
+    /// chat with `continue_final_message`, or a completion prompt ending in generated text).
+    /// Generation resumes at this index.
+    pub already: u32,
+    /// FNV-1a of the prompt's words without the continued part: the same for a request and
+    /// its continuations.
+    pub prompt_hash: u64,
 }
 
 /// A request the simulator refuses with 400, in OpenAI's terms.
@@ -52,27 +62,84 @@ pub(crate) fn parse_request(kind: Kind, body: &[u8]) -> Result<CompletionRequest
     };
     let present = |k: &str| obj.get(k).filter(|v| !v.is_null());
 
-    let prompt_tokens = match kind {
-        Kind::Chat => match present("messages") {
-            Some(Value::Array(msgs)) if !msgs.is_empty() => msgs
-                .iter()
-                .map(|m| m.get("content").map_or(0, count_words))
-                .sum(),
-            Some(_) => {
+    let mut words: Vec<&str> = Vec::new();
+    let continued: Option<Vec<&str>>;
+    match kind {
+        Kind::Chat => {
+            let msgs = match present("messages") {
+                Some(Value::Array(msgs)) if !msgs.is_empty() => msgs,
+                Some(_) => {
+                    return Err(BadRequest::new(
+                        "`messages` must be a non-empty array of chat messages",
+                        Some("messages"),
+                    ));
+                }
+                None => {
+                    return Err(BadRequest::new(
+                        "missing required field `messages`",
+                        Some("messages"),
+                    ));
+                }
+            };
+            let flag = |key: &'static str, default: bool| match present(key) {
+                None => Ok(default),
+                Some(Value::Bool(b)) => Ok(*b),
+                Some(_) => Err(BadRequest::new(
+                    format!("`{key}` must be true or false"),
+                    Some(key),
+                )),
+            };
+            let continue_final = flag("continue_final_message", false)?;
+            let generation_prompt = flag("add_generation_prompt", true)?;
+            // vLLM's checks, with its wording.
+            if continue_final && generation_prompt {
                 return Err(BadRequest::new(
-                    "`messages` must be a non-empty array of chat messages",
+                    "Cannot set both `continue_final_message` and `add_generation_prompt` to True.",
+                    Some("continue_final_message"),
+                ));
+            }
+            let last = msgs.len() - 1;
+            if continue_final && msgs[last].get("role").and_then(Value::as_str) != Some("assistant")
+            {
+                return Err(BadRequest::new(
+                    "`continue_final_message` needs the last message to be the assistant's",
                     Some("messages"),
                 ));
             }
-            None => {
-                return Err(BadRequest::new(
-                    "missing required field `messages`",
-                    Some("messages"),
-                ));
+            for m in &msgs[..if continue_final { last } else { msgs.len() }] {
+                if let Some(c) = m.get("content") {
+                    collect_words(c, &mut words);
+                }
             }
-        },
+            continued = continue_final.then(|| {
+                let mut w = Vec::new();
+                if let Some(c) = msgs[last].get("content") {
+                    collect_words(c, &mut w);
+                }
+                w
+            });
+        }
         Kind::Completion => match present("prompt") {
-            Some(p @ (Value::String(_) | Value::Array(_))) => count_words(p),
+            Some(p @ (Value::String(_) | Value::Array(_))) => {
+                // A prompt that ends in the start of our own output is a continuation: the
+                // text is appended as generated (our tokens end in a space, so it may be glued
+                // to the prompt's last word).
+                let single = match p {
+                    Value::String(t) => Some(t.as_str()),
+                    Value::Array(items) if items.len() == 1 => items[0].as_str(),
+                    _ => None,
+                };
+                match single.map(|t| (t, generated_suffix(t))) {
+                    Some((t, Some(at))) => {
+                        words.extend(t[..at].split_whitespace());
+                        continued = Some(t[at..].split_whitespace().collect());
+                    }
+                    _ => {
+                        collect_words(p, &mut words);
+                        continued = None;
+                    }
+                }
+            }
             Some(_) => {
                 return Err(BadRequest::new(
                     "`prompt` must be a string or an array of strings or token ids",
@@ -86,6 +153,33 @@ pub(crate) fn parse_request(kind: Kind, body: &[u8]) -> Result<CompletionRequest
                 ));
             }
         },
+    }
+    let continued = continued.unwrap_or_default();
+    let prompt_tokens = words.len() + continued.len();
+    // Only a continuation that is exactly the start of our output resumes it.
+    let already = if continued
+        .iter()
+        .enumerate()
+        .all(|(i, w)| u32::try_from(i).is_ok_and(|i| word(i) == *w))
+    {
+        u32::try_from(continued.len()).unwrap_or(u32::MAX)
+    } else {
+        0
+    };
+    let prompt_hash = words.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, w| {
+        w.bytes()
+            .chain(std::iter::once(b' '))
+            .fold(h, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+    });
+    let seed = match present("seed") {
+        None => None,
+        Some(v) => Some(
+            v.as_i64()
+                .map(|i| u64::from_ne_bytes(i.to_ne_bytes()))
+                .ok_or_else(|| {
+                    BadRequest::new(format!("`seed` must be an integer, got {v}"), Some("seed"))
+                })?,
+        ),
     };
 
     let model = match present("model") {
@@ -144,18 +238,36 @@ pub(crate) fn parse_request(kind: Kind, body: &[u8]) -> Result<CompletionRequest
         max_tokens,
         include_usage,
         prompt_tokens: u32::try_from(prompt_tokens).unwrap_or(u32::MAX),
+        seed,
+        already,
+        prompt_hash,
     })
 }
 
-/// A rough prompt-token count: words in strings, one per token id, text parts of content arrays.
-fn count_words(v: &Value) -> usize {
+/// A rough tokenisation: words in strings, one per token id, text parts of content arrays.
+fn collect_words<'a>(v: &'a Value, out: &mut Vec<&'a str>) {
     match v {
-        Value::String(s) => s.split_whitespace().count(),
-        Value::Number(_) => 1,
-        Value::Array(items) => items.iter().map(count_words).sum(),
-        Value::Object(o) => o.get("text").map_or(0, count_words),
-        Value::Null | Value::Bool(_) => 0,
+        Value::String(s) => out.extend(s.split_whitespace()),
+        Value::Number(_) => out.push("#"),
+        Value::Array(items) => items.iter().for_each(|i| collect_words(i, out)),
+        Value::Object(o) => {
+            if let Some(t) = o.get("text") {
+                collect_words(t, out);
+            }
+        }
+        Value::Null | Value::Bool(_) => {}
     }
+}
+
+/// Where the start of our own output (`text(k)` for the largest `k`) ends `prompt`, if it
+/// does.
+fn generated_suffix(prompt: &str) -> Option<usize> {
+    let first = word(0);
+    prompt.match_indices(first).map(|(at, _)| at).find(|&at| {
+        let rest = &prompt[at..];
+        let k = u32::try_from(rest.split_whitespace().count()).unwrap_or(0);
+        rest == text_range(0..k)
+    })
 }
 
 /// Filler words; all plain ASCII, so they need no JSON escaping.
@@ -233,9 +345,15 @@ pub(crate) fn word(index: u32) -> &'static str {
 }
 
 /// The whole generated text of `n` tokens, as the streamed deltas concatenate to.
+#[cfg(test)]
 pub(crate) fn text(n: u32) -> String {
-    let mut s = String::with_capacity(n as usize * 8);
-    for i in 0..n {
+    text_range(0..n)
+}
+
+/// The generated text of tokens `range`, as their streamed deltas concatenate to.
+pub(crate) fn text_range(range: std::ops::Range<u32>) -> String {
+    let mut s = String::with_capacity(range.len() * 8);
+    for i in range {
         s.push_str(word(i));
         s.push(' ');
     }
@@ -382,15 +500,16 @@ pub(crate) fn full_response(
     id: &str,
     created: u64,
     model: &str,
-    completion_tokens: u32,
+    tokens: std::ops::Range<u32>,
     reason: FinishReason,
     prompt_tokens: u32,
 ) -> Bytes {
     let usage = Usage {
         prompt_tokens,
-        completion_tokens,
+        completion_tokens: tokens.len() as u32,
     }
     .to_json();
+    let content = text_range(tokens);
     let v = match kind {
         Kind::Chat => json!({
             "id": id,
@@ -399,7 +518,7 @@ pub(crate) fn full_response(
             "model": model,
             "choices": [{
                 "index": 0,
-                "message": {"role": "assistant", "content": text(completion_tokens)},
+                "message": {"role": "assistant", "content": content},
                 "logprobs": null,
                 "finish_reason": reason.as_str(),
             }],
@@ -412,7 +531,7 @@ pub(crate) fn full_response(
             "model": model,
             "choices": [{
                 "index": 0,
-                "text": text(completion_tokens),
+                "text": content,
                 "logprobs": null,
                 "finish_reason": reason.as_str(),
             }],
@@ -537,7 +656,7 @@ mod tests {
             "chatcmpl-1",
             9,
             "m",
-            3,
+            0..3,
             FinishReason::Length,
             2,
         ))
@@ -552,7 +671,7 @@ mod tests {
             "cmpl-1",
             9,
             "m",
-            2,
+            0..2,
             FinishReason::Stop,
             0,
         ))
@@ -579,6 +698,9 @@ mod tests {
                 max_tokens: Some(9),
                 include_usage: true,
                 prompt_tokens: 5,
+                seed: None,
+                already: 0,
+                prompt_hash: r.prompt_hash,
             }
         );
         let r = parse_request(Kind::Completion, br#"{"prompt":[[1,2,3],[4]]}"#).unwrap();
@@ -591,6 +713,42 @@ mod tests {
         )
         .unwrap();
         assert_eq!((r.prompt_tokens, r.max_tokens), (2, None));
+    }
+
+    #[test]
+    fn continuations_resume_after_our_own_output() {
+        let prefix = text(3);
+        let chat = format!(
+            r#"{{"messages":[{{"role":"user","content":"tell me more"}},
+                {{"role":"assistant","content":"{prefix}"}}],
+                "continue_final_message":true,"add_generation_prompt":false,"seed":7}}"#
+        );
+        let r = parse_request(Kind::Chat, chat.as_bytes()).unwrap();
+        assert_eq!((r.already, r.seed, r.prompt_tokens), (3, Some(7), 6));
+        let plain = parse_request(
+            Kind::Chat,
+            br#"{"messages":[{"role":"user","content":"tell me more"}],"seed":7}"#,
+        )
+        .unwrap();
+        assert_eq!(plain.already, 0);
+        assert_eq!(plain.prompt_hash, r.prompt_hash, "same prompt, same draw");
+        // A final assistant message that is not our output resumes nothing.
+        let other =
+            br#"{"messages":[{"role":"user","content":"x"},{"role":"assistant","content":"hello"}],
+            "continue_final_message":true,"add_generation_prompt":false}"#;
+        assert_eq!(parse_request(Kind::Chat, other).unwrap().already, 0);
+        // vLLM refuses continue_final_message with the default add_generation_prompt.
+        let both =
+            br#"{"messages":[{"role":"assistant","content":"x"}],"continue_final_message":true}"#;
+        assert_eq!(
+            parse_request(Kind::Chat, both).unwrap_err().param,
+            Some("continue_final_message")
+        );
+        let completion = format!(r#"{{"prompt":"say it{}"}}"#, text(4));
+        let r = parse_request(Kind::Completion, completion.as_bytes()).unwrap();
+        assert_eq!((r.already, r.prompt_tokens), (4, 6));
+        let base = parse_request(Kind::Completion, br#"{"prompt":"say it"}"#).unwrap();
+        assert_eq!(base.prompt_hash, r.prompt_hash);
     }
 
     #[test]

@@ -659,13 +659,27 @@ async fn completion(state: Arc<State>, kind: Kind, req: Request<Incoming>) -> Re
         }
     };
 
-    let mut rng = StdRng::seed_from_u64(state.seed ^ guard.id.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-    let (len, capped) = state.output_tokens.length_for(&mut rng, request.max_tokens);
+    // With the request's own seed, the output is a function of the seed and the prompt, so a
+    // continuation (the prompt plus the start of the output) yields exactly the rest. Without
+    // one, every request draws its own length.
+    let draw = match request.seed {
+        Some(seed) => seed ^ request.prompt_hash,
+        None => guard.id.wrapping_mul(0x9E37_79B9_7F4A_7C15),
+    };
+    let mut rng = StdRng::seed_from_u64(state.seed ^ draw);
+    let start = request.already;
+    // `max_tokens` counts this request's output, which starts after what it already carries.
+    let (len, capped) = state.output_tokens.length_for(
+        &mut rng,
+        request.max_tokens.map(|m| m.saturating_add(start)),
+    );
+    let len = len.max(start);
     let plan = Plan {
         kind,
         id: openai::response_id(kind, guard.id),
         created: unix_now(),
         model: request.model.unwrap_or_else(|| state.model.clone()),
+        start,
         len,
         reason: if capped {
             FinishReason::Length
@@ -700,8 +714,8 @@ async fn completion(state: Arc<State>, kind: Kind, req: Request<Incoming>) -> Re
             guard.finish(Outcome::aborted);
             aborted()
         }
-        () = sleep_until(plan.token_at(plan.len.saturating_sub(1))) => {
-            state.metrics.tokens.inc_by(u64::from(plan.len));
+        () = sleep_until(plan.token_at(plan.len.saturating_sub(1).max(plan.start))) => {
+            state.metrics.tokens.inc_by(u64::from(plan.len - plan.start));
             guard.finish(Outcome::ok);
             json(
                 StatusCode::OK,
@@ -710,7 +724,7 @@ async fn completion(state: Arc<State>, kind: Kind, req: Request<Incoming>) -> Re
                     &plan.id,
                     plan.created,
                     &plan.model,
-                    plan.len,
+                    plan.start..plan.len,
                     plan.reason,
                     plan.prompt_tokens,
                 ),
@@ -725,7 +739,9 @@ struct Plan {
     id: String,
     created: u64,
     model: String,
-    /// Output tokens (≥ 1).
+    /// The index of the first token to send (a continuation starts after what it carries).
+    start: u32,
+    /// The index after the last token (≥ `start`; the whole output's length).
     len: u32,
     reason: FinishReason,
     include_usage: bool,
@@ -735,10 +751,10 @@ struct Plan {
 }
 
 impl Plan {
-    /// When token `i` (0-based) is due: absolute, so delays never accumulate.
+    /// When token `i` (0-based, from `start`) is due: absolute, so delays never accumulate.
     fn token_at(&self, i: u32) -> Instant {
         self.interval
-            .checked_mul(i)
+            .checked_mul(i.saturating_sub(self.start))
             .and_then(|d| self.first_token_at.checked_add(d))
             .unwrap_or_else(far_future)
     }
@@ -763,12 +779,13 @@ async fn generate(
     let sleep = sleep_until(plan.first_token_at);
     tokio::pin!(sleep);
     let mut sent: u32 = 0;
+    let mut next = plan.start;
 
     let stop = loop {
-        if sent == plan.len {
+        if next == plan.len {
             break Stop::Done;
         }
-        sleep.as_mut().reset(plan.token_at(sent));
+        sleep.as_mut().reset(plan.token_at(next));
         tokio::select! {
             biased;
             _ = &mut abort => break Stop::Aborted,
@@ -781,12 +798,13 @@ async fn generate(
                 Err(stop) => break stop,
             }
         }
-        match send(&tx, &mut abort, chunks.token(sent)).await {
+        match send(&tx, &mut abort, chunks.token(next)).await {
             Ok(()) => {}
             Err(stop) => break stop,
         }
         state.metrics.tokens.inc();
         sent += 1;
+        next += 1;
     };
 
     let reason = match stop {

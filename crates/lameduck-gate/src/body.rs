@@ -16,6 +16,7 @@ use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::conn::ConnCtl;
+use crate::handoff::{Capture, Handoff};
 use crate::metrics::Kind;
 use crate::quiet::Quiet;
 use crate::state::Shared;
@@ -95,18 +96,26 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: Incoming,
         failed: Option<Arc<AtomicBool>>,
+        // The body as it passes, for a handoff (`--handoff-to`).
+        capture: Option<Arc<Capture>>,
     }
 }
 
 impl ClientBody {
     /// Wraps a request body; the returned flag (none for an empty body, which cannot fail) is
-    /// set if it fails.
-    pub fn new(inner: Incoming) -> (Self, Option<Arc<AtomicBool>>) {
+    /// set if it fails. `capture` keeps a copy of the body as it passes.
+    pub fn new(inner: Incoming, capture: Option<Arc<Capture>>) -> (Self, Option<Arc<AtomicBool>>) {
         let failed = (!inner.is_end_stream()).then(|| Arc::new(AtomicBool::new(false)));
+        if let Some(c) = &capture
+            && inner.is_end_stream()
+        {
+            c.complete();
+        }
         (
             ClientBody {
                 inner,
                 failed: failed.clone(),
+                capture,
             },
             failed,
         )
@@ -121,12 +130,27 @@ impl Body for ClientBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let this = self.project();
-        let polled = this.inner.poll_frame(cx);
+        let mut this = self.project();
+        let polled = this.inner.as_mut().poll_frame(cx);
         if let Poll::Ready(Some(Err(_))) = &polled
             && let Some(f) = this.failed
         {
             f.store(true, Ordering::Release);
+        }
+        if let Some(c) = this.capture {
+            match &polled {
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Some(d) = frame.data_ref() {
+                        c.push(d);
+                    }
+                    if this.inner.is_end_stream() {
+                        c.complete();
+                    }
+                }
+                Poll::Ready(Some(Err(_))) => c.fail(),
+                Poll::Ready(None) => c.complete(),
+                Poll::Pending => {}
+            }
         }
         polled
     }
@@ -373,8 +397,9 @@ pub fn grpc_trailers(code: u16, message: &str) -> http::HeaderMap {
 pin_project_lite::pin_project! {
     /// A proxied response body.
     pub struct TrackedBody {
-        #[pin]
-        inner: Incoming,
+        // The engine's body; dropped when a handoff takes over, so that the engine sees the
+        // request end and stops generating for it.
+        inner: Option<Incoming>,
         #[pin]
         deadline: Quiet<WaitForCancellationFutureOwned>,
         #[pin]
@@ -388,6 +413,10 @@ pin_project_lite::pin_project! {
         guard: Option<Guard>,
         done: bool,
         client_failed: Option<Arc<AtomicBool>>,
+        // Set for a stream that may be handed off (`--handoff-to`).
+        handoff: Option<Box<Handoff>>,
+        // A handoff's relay, once it took over: the body reads from it from then on.
+        relay: Option<tokio::sync::mpsc::Receiver<Bytes>>,
     }
 }
 
@@ -403,6 +432,7 @@ impl TrackedBody {
         ending: Ending,
         deadline: CancellationToken,
         client_failed: Option<Arc<AtomicBool>>,
+        handoff: Option<Box<Handoff>>,
     ) -> Self {
         let idle_timeout = guard.shared().config.upstream_idle_timeout;
         let mut guard = Some(guard);
@@ -412,7 +442,7 @@ impl TrackedBody {
             finish(&mut guard, &mut done, Outcome::Ok);
         }
         TrackedBody {
-            inner,
+            inner: Some(inner),
             deadline: Quiet::new(deadline.cancelled_owned()),
             idle: idle_timeout.map(tokio::time::sleep),
             idle_timeout,
@@ -422,7 +452,54 @@ impl TrackedBody {
             guard,
             done,
             client_failed,
+            handoff: if ending == Ending::Sse { handoff } else { None },
+            relay: None,
         }
+    }
+}
+
+/// Hands the stream off if it can be: the relay replaces the engine's body, and the request
+/// leaves the in-flight count as handed off. Counts why not otherwise.
+fn hand_off(
+    handoff: &mut Option<Box<Handoff>>,
+    guard: &mut Option<Guard>,
+    inner: &mut Option<Incoming>,
+    relay: &mut Option<tokio::sync::mpsc::Receiver<Bytes>>,
+) -> bool {
+    if handoff.is_none() || guard.is_none() {
+        return false;
+    }
+    let (Some(h), Some(g)) = (handoff.take(), guard.take()) else {
+        return false;
+    };
+    let shared = g.shared().clone();
+    match crate::handoff::start(&shared, *h, g) {
+        Ok(rx) => {
+            *relay = Some(rx);
+            *inner = None;
+            true
+        }
+        Err((skip, g)) => {
+            shared.metrics.handoff_skipped(skip.as_str());
+            *guard = Some(g);
+            false
+        }
+    }
+}
+
+/// Reads the relay of a handed-off stream.
+fn poll_relay(
+    relay: &mut tokio::sync::mpsc::Receiver<Bytes>,
+    done: &mut bool,
+    cx: &mut Context<'_>,
+) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    match relay.poll_recv(cx) {
+        Poll::Ready(Some(b)) => Poll::Ready(Some(Ok(Frame::data(b)))),
+        Poll::Ready(None) => {
+            *done = true;
+            Poll::Ready(None)
+        }
+        Poll::Pending => Poll::Pending,
     }
 }
 
@@ -444,6 +521,9 @@ impl Body for TrackedBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let mut this = self.project();
+        if let Some(relay) = this.relay.as_mut() {
+            return poll_relay(relay, this.done, cx);
+        }
         if *this.done {
             this.guard.take();
             return Poll::Ready(None);
@@ -456,10 +536,9 @@ impl Body for TrackedBody {
                 .poll(cx)
                 .is_ready()
                 .then_some(CutError::Deadline);
-            let polled = if cut.is_none() {
-                Some(this.inner.as_mut().poll_frame(cx))
-            } else {
-                None
+            let polled = match (&cut, this.inner.as_mut()) {
+                (None, Some(inner)) => Some(Pin::new(inner).poll_frame(cx)),
+                _ => None,
             };
             if let Some(Poll::Pending) = polled
                 && let (Some(mut idle), Some(timeout)) =
@@ -477,6 +556,11 @@ impl Body for TrackedBody {
                 }
             }
             if let Some(why) = cut {
+                if hand_off(this.handoff, this.guard, this.inner, this.relay)
+                    && let Some(relay) = this.relay.as_mut()
+                {
+                    return poll_relay(relay, this.done, cx);
+                }
                 let outcome = match why {
                     CutError::Deadline => Outcome::Truncated,
                     CutError::Idle => Outcome::UpstreamError,
@@ -519,6 +603,11 @@ impl Body for TrackedBody {
                         return Poll::Ready(Some(Err(Box::new(e))));
                     }
                     tracing::debug!(error = %e, "Upstream body failed mid-response");
+                    if hand_off(this.handoff, this.guard, this.inner, this.relay)
+                        && let Some(relay) = this.relay.as_mut()
+                    {
+                        return poll_relay(relay, this.done, cx);
+                    }
                     finish(this.guard, this.done, Outcome::UpstreamError);
                     if *this.grpc {
                         return Poll::Ready(Some(Ok(Frame::trailers(grpc_trailers(
@@ -548,7 +637,7 @@ impl Body for TrackedBody {
             if this.idle_timeout.is_some() {
                 *this.last_data = Instant::now();
             }
-            let ended = this.inner.is_end_stream();
+            let ended = this.inner.as_ref().is_none_or(Incoming::is_end_stream);
             let frame = match (this.sse.as_mut(), frame.into_data()) {
                 (Some(framer), Ok(data)) => {
                     let out = framer.push(data);
@@ -565,16 +654,32 @@ impl Body for TrackedBody {
                         && let Some(mut out) = out
                     {
                         // The engine aborted this request: never pass that on as a success.
+                        let before = out.split_to(start);
+                        if let Some(h) = this.handoff.as_mut() {
+                            h.tracker.observe(&before);
+                        }
+                        if hand_off(this.handoff, this.guard, this.inner, this.relay) {
+                            tracing::info!("Engine aborted a stream; handing it off");
+                            if before.is_empty()
+                                && let Some(relay) = this.relay.as_mut()
+                            {
+                                return poll_relay(relay, this.done, cx);
+                            }
+                            return Poll::Ready(Some(Ok(Frame::data(before))));
+                        }
                         tracing::warn!("Engine aborted a stream; ending it with an error event");
                         finish(this.guard, this.done, Outcome::UpstreamError);
                         let mut b = BytesMut::with_capacity(start + 256);
-                        b.extend_from_slice(&out.split_to(start));
+                        b.extend_from_slice(&before);
                         b.extend_from_slice(&terminal_event(
                             "engine_abort",
                             502,
                             "the inference engine aborted this request before it finished; retry the request",
                         ));
                         return Poll::Ready(Some(Ok(Frame::data(b.freeze()))));
+                    }
+                    if let (Some(h), Some(out)) = (this.handoff.as_mut(), out.as_ref()) {
+                        h.tracker.observe(out);
                     }
                     match out {
                         Some(out) => Frame::data(out),
@@ -603,10 +708,9 @@ impl Body for TrackedBody {
     }
 
     fn size_hint(&self) -> SizeHint {
-        if self.sse.is_some() {
-            SizeHint::default()
-        } else {
-            self.inner.size_hint()
+        match &self.inner {
+            Some(inner) if self.sse.is_none() => inner.size_hint(),
+            _ => SizeHint::default(),
         }
     }
 }

@@ -55,6 +55,21 @@ pub struct Config {
     pub kube: Option<KubeSettings>,
     /// `--time-scale` (1 in a pod): the gate's own fixed intervals are divided by it too.
     pub time_scale: f64,
+    /// `--handoff-to` and its settings, when stream handoff is on.
+    pub handoff: Option<HandoffSettings>,
+}
+
+/// Stream handoff's settings (`--handoff-*`).
+#[derive(Debug, Clone)]
+pub struct HandoffSettings {
+    /// The peers' address (the Service).
+    pub to: Upstream,
+    /// Request bodies kept at most.
+    pub max_body: usize,
+    /// Attempts per handed-off stream.
+    pub attempts: u32,
+    /// From an attempt's start to its first event.
+    pub timeout: Duration,
 }
 
 /// How the gate speaks to the engine (`--upstream-protocol`).
@@ -104,14 +119,19 @@ pub struct Upstream {
 impl Upstream {
     /// Parses and checks an upstream URL.
     pub fn parse(uri: &Uri) -> Result<Self, Error> {
-        let bad = |why: &str| Error::Config(format!("--upstream {uri}: {why}"));
+        Self::parse_flag(uri, "--upstream")
+    }
+
+    /// Parses and checks the URL given to `flag`.
+    pub fn parse_flag(uri: &Uri, flag: &str) -> Result<Self, Error> {
+        let bad = |why: &str| Error::Config(format!("{flag} {uri}: {why}"));
         let scheme = uri
             .scheme()
             .cloned()
             .ok_or_else(|| bad("missing scheme; write e.g. http://127.0.0.1:8001"))?;
         if scheme != http::uri::Scheme::HTTP {
             return Err(bad(
-                "only http:// upstreams are supported (the engine is in the same pod)",
+                "only http:// is supported (the engine is in the same pod; peers are reached through their Service inside the cluster)",
             ));
         }
         let authority = uri
@@ -182,6 +202,10 @@ struct Resolver {
     pod_namespace: Option<String>,
     kubeconfig: Option<PathBuf>,
     context: Option<String>,
+    handoff_to: Option<Uri>,
+    handoff_max_body: u64,
+    handoff_attempts: u32,
+    handoff_timeout: Duration,
 }
 
 impl From<GateArgs> for Resolver {
@@ -220,6 +244,10 @@ impl From<GateArgs> for Resolver {
             pod_namespace: a.pod_namespace,
             kubeconfig: a.kubeconfig,
             context: a.context,
+            handoff_to: a.handoff_to,
+            handoff_max_body: a.handoff_max_body,
+            handoff_attempts: a.handoff_attempts,
+            handoff_timeout: a.handoff_timeout.0,
         }
     }
 }
@@ -247,6 +275,7 @@ impl Resolver {
                 &mut self.upstream_idle_timeout,
                 &mut self.header_timeout,
                 &mut self.idle_timeout,
+                &mut self.handoff_timeout,
             ] {
                 *d = d.div_f64(k);
             }
@@ -342,6 +371,28 @@ impl Resolver {
             }
             None
         };
+        let handoff = match &self.handoff_to {
+            Some(uri) => {
+                let to = Upstream::parse_flag(uri, "--handoff-to")?;
+                if to.authority == upstream.authority {
+                    return Err(Error::Config(format!(
+                        "--handoff-to {uri} is this pod's own engine: give the Service's address, so that a continuation reaches another replica"
+                    )));
+                }
+                if self.handoff_timeout.is_zero() {
+                    return Err(Error::Config(
+                        "--handoff-timeout must be greater than 0".into(),
+                    ));
+                }
+                Some(HandoffSettings {
+                    to,
+                    max_body: usize::try_from(self.handoff_max_body).unwrap_or(usize::MAX),
+                    attempts: self.handoff_attempts,
+                    timeout: self.handoff_timeout,
+                })
+            }
+            None => None,
+        };
         let warmup = match self.warmup_request {
             Some(path) => {
                 let body = std::fs::read(&path).map_err(|e| {
@@ -381,6 +432,7 @@ impl Resolver {
             command: self.command,
             kube,
             time_scale: self.time_scale,
+            handoff,
         })
     }
 }

@@ -99,6 +99,14 @@ fn perform(shared: &Shared, action: Action) {
             shared.deadline.cancel();
             shared.drained.send_replace(report);
         }
+        Action::EndRelays => {
+            let relaying = shared.machine().relays();
+            tracing::warn!(
+                relaying,
+                "Hard stop: ending handed-off streams still relaying with a terminal event"
+            );
+            shared.relays_end.cancel();
+        }
         Action::SignalChild => crate::supervisor::signal_child(shared, false),
         Action::KillChild => crate::supervisor::signal_child(shared, true),
         Action::Exit => shared.exit.cancel(),

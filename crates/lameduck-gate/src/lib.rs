@@ -19,6 +19,7 @@ pub mod cluster;
 pub mod config;
 pub mod conn;
 pub mod driver;
+pub mod handoff;
 pub mod limits;
 pub mod metrics;
 pub mod proxy;

@@ -78,6 +78,24 @@ struct OutcomeLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
+
+/// How a handed-off response ended (`handoffs_total`).
+pub const HANDOFF_OUTCOMES: [&str; 4] = ["completed", "fell_back", "cut", "client_gone"];
+/// How one attempt at a peer went (`handoff_attempts_total`).
+pub const HANDOFF_ATTEMPT_RESULTS: [&str; 4] = ["ok", "refused", "timeout", "failed"];
+/// Why a response that could not finish was not handed off (`handoffs_skipped_total`).
+pub const HANDOFF_SKIP_REASONS: [&str; 5] = [
+    "body_not_kept",
+    "not_eligible",
+    "tool_calls",
+    "finished",
+    "max_tokens",
+];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PhaseLabel {
     phase: &'static str,
 }
@@ -126,6 +144,11 @@ pub struct Metrics {
     kube_errors: Family<KubeLabel, Counter>,
     websockets: Family<EndLabel, Counter>,
     grpc_calls: Family<OutcomeLabel, Counter>,
+    handoffs: Family<OutcomeLabel, Counter>,
+    handoff_attempts: Family<ResultLabel, Counter>,
+    handoff_skipped: Family<ReasonLabel, Counter>,
+    /// Handed-off responses being relayed from a peer now.
+    pub relaying: Gauge,
     /// Seconds from drain start until the control plane took the endpoint out of rotation.
     pub endpoint_gone: FGauge,
     /// From the endpoint's removal to the last arrival after it.
@@ -234,6 +257,30 @@ impl Metrics {
             "gRPC calls, by how they ended (the outcomes of requests_total; truncated: ended with grpc-status 14 at the deadline)",
             grpc_calls.clone(),
         );
+        let handoffs = Family::<OutcomeLabel, Counter>::default();
+        registry.register(
+            "handoffs",
+            "Responses that could not finish here and were handed to a peer (--handoff-to), by how they ended (completed: the client got the whole completion; fell_back: no attempt finished, the terminal event ended it; cut: the hard stop came first; client_gone)",
+            handoffs.clone(),
+        );
+        let handoff_attempts = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "handoff_attempts",
+            "Continuation requests sent to a peer, by result (ok; refused: not a 200 event stream; timeout: no first event within --handoff-timeout; failed: broke or aborted mid-way)",
+            handoff_attempts.clone(),
+        );
+        let handoff_skipped = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "handoffs_skipped",
+            "Streams that could not finish here and were not handed off although --handoff-to is set, by reason (body_not_kept: larger than --handoff-max-body or not read whole; not_eligible: not a streamed single-choice completion, structured output, or a prompt that cannot be extended; tool_calls; finished; max_tokens: nothing left to generate)",
+            handoff_skipped.clone(),
+        );
+        let relaying = Gauge::default();
+        registry.register(
+            "relaying",
+            "Handed-off responses being relayed from a peer now",
+            relaying.clone(),
+        );
         let kube_errors = Family::<KubeLabel, Counter>::default();
         registry.register(
             "kube_errors",
@@ -292,8 +339,21 @@ impl Metrics {
                 outcome: o.as_str(),
             });
         }
+        for outcome in HANDOFF_OUTCOMES {
+            let _ = handoffs.get_or_create_owned(&OutcomeLabel { outcome });
+        }
+        for result in HANDOFF_ATTEMPT_RESULTS {
+            let _ = handoff_attempts.get_or_create_owned(&ResultLabel { result });
+        }
+        for reason in HANDOFF_SKIP_REASONS {
+            let _ = handoff_skipped.get_or_create_owned(&ReasonLabel { reason });
+        }
         Metrics {
             registry,
+            handoffs,
+            handoff_attempts,
+            handoff_skipped,
+            relaying,
             in_flight,
             requests,
             phase,
@@ -330,6 +390,25 @@ impl Metrics {
     pub fn grpc_call_ended(&self, outcome: &'static str) {
         self.grpc_calls
             .get_or_create(&OutcomeLabel { outcome })
+            .inc();
+    }
+
+    /// Counts a handed-off response that ended (one of [`HANDOFF_OUTCOMES`]).
+    pub fn handoff_ended(&self, outcome: &'static str) {
+        self.handoffs.get_or_create(&OutcomeLabel { outcome }).inc();
+    }
+
+    /// Counts one attempt at a peer (one of [`HANDOFF_ATTEMPT_RESULTS`]).
+    pub fn handoff_attempt(&self, result: &'static str) {
+        self.handoff_attempts
+            .get_or_create(&ResultLabel { result })
+            .inc();
+    }
+
+    /// Counts a response not handed off (one of [`HANDOFF_SKIP_REASONS`]).
+    pub fn handoff_skipped(&self, reason: &'static str) {
+        self.handoff_skipped
+            .get_or_create(&ReasonLabel { reason })
             .inc();
     }
 

@@ -19,6 +19,7 @@ use crate::body::{
     grpc_trailers,
 };
 use crate::conn::ConnCtl;
+use crate::handoff::{Api, Capture, Handoff, Origin, Peer, Tracker};
 use crate::metrics::Kind;
 use crate::state::Shared;
 
@@ -35,6 +36,8 @@ pub struct Proxy {
     pub shared: Arc<Shared>,
     client: Client<HttpConnector, ClientBody>,
     h2: Client<HttpConnector, ClientBody>,
+    /// `--handoff-to`: the peers a stream that cannot finish continues on.
+    peer: Option<Arc<Peer>>,
 }
 
 impl Proxy {
@@ -52,7 +55,17 @@ impl Proxy {
             .pool_idle_timeout(std::time::Duration::from_secs(60))
             .http2_only(true)
             .build(connector);
-        Proxy { shared, client, h2 }
+        let peer = shared
+            .config
+            .handoff
+            .clone()
+            .map(|settings| Arc::new(Peer::new(settings)));
+        Proxy {
+            shared,
+            client,
+            h2,
+            peer,
+        }
     }
 }
 
@@ -224,7 +237,28 @@ pub async fn handle(
             ));
         }
     };
-    let (body, body_failed) = ClientBody::new(body);
+    // A request a handoff could continue keeps its body while it runs.
+    let origin = match (&proxy.peer, grpc || upgrade) {
+        (Some(peer), false) => Api::of(&parts.method, parts.uri.path()).map(|api| {
+            let declared = parts
+                .headers
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok());
+            Arc::new(Origin {
+                api,
+                path: parts
+                    .uri
+                    .path_and_query()
+                    .cloned()
+                    .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+                headers: parts.headers.clone(),
+                capture: Capture::new(peer.settings.max_body, declared),
+            })
+        }),
+        _ => None,
+    };
+    let (body, body_failed) = ClientBody::new(body, origin.as_ref().map(|o| o.capture.clone()));
     let upstream_req = Request::from_parts(parts, body);
 
     let upstream = if route.h2 { &proxy.h2 } else { &proxy.client };
@@ -284,7 +318,21 @@ pub async fn handle(
     Ok(Response::from_parts(
         parts,
         GateBody::Proxied {
-            body: TrackedBody::new(body, guard, ending, deadline, body_failed),
+            body: TrackedBody::new(
+                body,
+                guard,
+                ending,
+                deadline,
+                body_failed,
+                match (origin, &proxy.peer) {
+                    (Some(origin), Some(peer)) => Some(Box::new(Handoff {
+                        peer: peer.clone(),
+                        tracker: Tracker::new(origin.api),
+                        origin,
+                    })),
+                    _ => None,
+                },
+            ),
         },
     ))
 }

@@ -109,6 +109,9 @@ pub struct Shared {
     pub announce: CancellationToken,
     /// Cancelled at the deadline: streams end with the terminal event, the rest abort.
     pub deadline: CancellationToken,
+    /// Cancelled at the hard stop: handed-off responses still relaying end with the terminal
+    /// event.
+    pub relays_end: CancellationToken,
     /// Cancelled when the process must exit.
     pub exit: CancellationToken,
     /// The final drain report, once drained.
@@ -167,6 +170,7 @@ impl Shared {
             wake: Notify::new(),
             announce: CancellationToken::new(),
             deadline: CancellationToken::new(),
+            relays_end: CancellationToken::new(),
             exit: CancellationToken::new(),
             drained,
             upstream_healthy: AtomicBool::new(false),
@@ -264,6 +268,18 @@ impl Shared {
         let wake = {
             let mut m = self.machine();
             m.request_finished(self.now(), outcome);
+            m.has_actions()
+        };
+        if wake {
+            self.wake.notify_one();
+        }
+    }
+
+    /// A handed-off response's relay ended; `completed`: the client got the whole response.
+    pub fn relay_finished(&self, completed: bool) {
+        let wake = {
+            let mut m = self.machine();
+            m.relay_finished(self.now(), completed);
             m.has_actions()
         };
         if wake {

@@ -725,6 +725,7 @@ impl<'a> Sim<'a> {
                 | Action::Announce
                 | Action::SignalChild
                 | Action::KillChild
+                | Action::EndRelays
                 | Action::Exit => {}
             }
         }

@@ -226,6 +226,34 @@ pub struct GateArgs {
     )]
     pub admin_token: Option<String>,
 
+    /// Stream handoff: when a streamed OpenAI-style completion (`POST /v1/chat/completions`,
+    /// `/v1/completions`) cannot finish here (the drain deadline, the engine failing or
+    /// aborting it mid-stream), continue it on a peer replica at this base URL (http only;
+    /// the Service's address: a draining pod has already left it) and splice the
+    /// continuation into the client's stream. Off by default. See docs/handoff.md.
+    #[arg(long, value_name = "URL", env = "LAMEDUCK_HANDOFF_TO")]
+    pub handoff_to: Option<http::Uri>,
+
+    /// With --handoff-to: request bodies up to this size are kept while their stream runs
+    /// (larger requests are not handed off). Bytes, or with a unit: `512KiB`, `1MiB`.
+    #[arg(long, value_name = "SIZE", default_value = "1MiB", value_parser = parse_size, env = "LAMEDUCK_HANDOFF_MAX_BODY")]
+    pub handoff_max_body: u64,
+
+    /// With --handoff-to: attempts at most per handed-off stream (a peer that refuses, is
+    /// slow to start or fails mid-way is replaced by another attempt while time is left).
+    #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=10), env = "LAMEDUCK_HANDOFF_ATTEMPTS")]
+    pub handoff_attempts: u32,
+
+    /// With --handoff-to: how long one attempt may take to send its first event (the peer
+    /// prefills the prompt and the text so far first).
+    #[arg(
+        long,
+        value_name = "DURATION",
+        default_value = "15",
+        env = "LAMEDUCK_HANDOFF_TIMEOUT"
+    )]
+    pub handoff_timeout: Dur,
+
     /// Worker threads. Default 1: a single-threaded runtime, the cheapest per request and per
     /// streamed event; one core carries tens of thousands of requests per second. More only
     /// for a gate in front of something much faster than an inference engine.
@@ -273,6 +301,33 @@ pub struct GateArgs {
     /// Wrapper mode: the engine command and its arguments, after `--`.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
+}
+
+/// A size in bytes: a whole number, optionally with a unit (`B`, `KiB`, `MiB`, `GiB`, or the
+/// decimal `kB`, `MB`, `GB`).
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size; write e.g. `1048576`, `512KiB` or `1MiB`"))?;
+    let k: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" | "Ki" => 1 << 10,
+        "MiB" | "Mi" => 1 << 20,
+        "GiB" | "Gi" => 1 << 30,
+        "kB" | "KB" | "k" => 1_000,
+        "MB" | "M" => 1_000_000,
+        "GB" | "G" => 1_000_000_000,
+        other => {
+            return Err(format!(
+                "unknown unit {other:?} in {s:?}; use B, KiB, MiB, GiB, kB, MB or GB"
+            ));
+        }
+    };
+    n.checked_mul(k)
+        .ok_or_else(|| format!("{s:?} is too large"))
 }
 
 /// A standalone parser around [`GateArgs`], for reading a gate's command line.
@@ -469,6 +524,17 @@ mod tests {
         assert_eq!(d.convergence_max.0, Convergence::DEFAULT.max);
         assert_eq!(d.admin.port(), DEFAULT_ADMIN_PORT);
         assert_eq!(d.listen.port(), DEFAULT_LISTEN_PORT);
+    }
+
+    #[test]
+    fn sizes_with_units() {
+        assert_eq!(parse_size("1MiB"), Ok(1 << 20));
+        assert_eq!(parse_size("512 KiB"), Ok(512 << 10));
+        assert_eq!(parse_size("2000"), Ok(2000));
+        assert_eq!(parse_size("3MB"), Ok(3_000_000));
+        assert!(parse_size("1 parsec").unwrap_err().contains("unknown unit"));
+        assert!(parse_size("MiB").unwrap_err().contains("not a size"));
+        assert_eq!(GateArgs::defaults().handoff_max_body, 1 << 20);
     }
 
     #[test]

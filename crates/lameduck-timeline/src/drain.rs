@@ -114,11 +114,15 @@ pub enum Outcome {
     ClientAbort,
     /// The client sent a request the gate could not pass on (a malformed body): answered 400.
     ClientError,
+    /// The response could not finish here and was handed to a peer replica: it is no longer
+    /// the engine's work, but the gate relays the peer's continuation until it ends (see
+    /// [`DrainMachine::relay_finished`]).
+    HandedOff,
 }
 
 impl Outcome {
     /// All outcomes.
-    pub const ALL: [Outcome; 7] = [
+    pub const ALL: [Outcome; 8] = [
         Outcome::Ok,
         Outcome::UpstreamError,
         Outcome::RejectedDraining,
@@ -126,6 +130,7 @@ impl Outcome {
         Outcome::Truncated,
         Outcome::ClientAbort,
         Outcome::ClientError,
+        Outcome::HandedOff,
     ];
 
     /// Lower-case name, as in logs and metrics.
@@ -138,6 +143,7 @@ impl Outcome {
             Outcome::Truncated => "truncated",
             Outcome::ClientAbort => "client_abort",
             Outcome::ClientError => "client_error",
+            Outcome::HandedOff => "handed_off",
         }
     }
 
@@ -167,6 +173,9 @@ pub enum Action {
     SignalChild,
     /// Send SIGKILL to the child.
     KillChild,
+    /// The hard stop came with handed-off responses still relaying: end them now with the
+    /// terminal event (the kubelet's SIGKILL is about to end the process).
+    EndRelays,
     /// Exit the process. Always the machine's last action, and queued at most once.
     Exit,
 }
@@ -293,7 +302,8 @@ pub struct PhaseMark {
 ///
 /// Every request the gate admitted during the drain is counted exactly once, so
 /// `in_flight_at_start + arrivals_after_unready − rejected − overloaded` equals
-/// `completed + truncated + upstream_errors + client_errors + client_aborts + in_flight`.
+/// `completed + truncated + upstream_errors + client_errors + client_aborts + handed_off +
+/// in_flight`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DrainReport {
     /// What started the drain.
@@ -323,6 +333,20 @@ pub struct DrainReport {
     pub client_errors: u64,
     /// Requests whose client went away during the drain.
     pub client_aborts: u64,
+    /// Responses handed to a peer replica during the drain (each then ends as one of
+    /// `handoffs_completed`, `handoffs_failed`, or is still `relaying`).
+    #[serde(default)]
+    pub handed_off: u64,
+    /// Handed-off responses whose continuation reached the client whole.
+    #[serde(default)]
+    pub handoffs_completed: u64,
+    /// Handed-off responses that ended with the terminal event after all (no peer finished
+    /// them in time) or whose client went away.
+    #[serde(default)]
+    pub handoffs_failed: u64,
+    /// Handed-off responses still relaying now.
+    #[serde(default)]
+    pub relaying: u64,
     /// Requests that arrived after the gate went unready (served or refused).
     pub arrivals_after_unready: u64,
     /// Delay from going unready to the last arrival: the measured propagation lag.
@@ -355,7 +379,11 @@ impl DrainReport {
     /// Requests that did not complete normally: truncated by the deadline, failed upstream,
     /// or still in flight.
     pub fn lost(&self) -> u64 {
-        self.truncated + self.upstream_errors + self.in_flight
+        self.truncated
+            + self.upstream_errors
+            + self.in_flight
+            + self.handoffs_failed
+            + self.relaying
     }
 }
 
@@ -401,6 +429,9 @@ struct Draining {
     upstream_errors: u64,
     client_errors: u64,
     client_aborts: u64,
+    handed_off: u64,
+    handoffs_completed: u64,
+    handoffs_failed: u64,
     arrivals: u64,
     drained_at: Option<Time>,
     child_signalled: Option<Time>,
@@ -426,6 +457,9 @@ impl Draining {
             upstream_errors: 0,
             client_errors: 0,
             client_aborts: 0,
+            handed_off: 0,
+            handoffs_completed: 0,
+            handoffs_failed: 0,
             arrivals: 0,
             drained_at: None,
             child_signalled: None,
@@ -449,6 +483,9 @@ pub struct DrainMachine {
     config: DrainConfig,
     phase: Phase,
     in_flight: u64,
+    /// Handed-off responses the gate is relaying.
+    relays: u64,
+    relays_ended: bool,
     drain: Option<Draining>,
     child_exited: bool,
     exit_queued: bool,
@@ -462,6 +499,8 @@ impl DrainMachine {
             config,
             phase: Phase::Serving,
             in_flight: 0,
+            relays: 0,
+            relays_ended: false,
             drain: None,
             child_exited: false,
             exit_queued: false,
@@ -655,11 +694,39 @@ impl DrainMachine {
                 Outcome::ClientError => d.client_errors += 1,
                 Outcome::RejectedDraining => d.rejected += 1,
                 Outcome::RejectedOverload => d.overloaded += 1,
+                Outcome::HandedOff => d.handed_off += 1,
             }
+        }
+        if outcome == Outcome::HandedOff {
+            self.relays += 1;
         }
         if self.in_flight == 0 {
             self.advance(now);
         }
+    }
+
+    /// A handed-off response ended: its continuation reached the client whole
+    /// (`completed`), or not.
+    ///
+    /// Relays keep the process alive after the drain (the engine is stopped meanwhile) until
+    /// they end or the hard stop comes, when [`Action::EndRelays`] cuts them.
+    pub fn relay_finished(&mut self, now: Time, completed: bool) {
+        self.relays = self.relays.saturating_sub(1);
+        if let Some(d) = &mut self.drain {
+            if completed {
+                d.handoffs_completed += 1;
+            } else {
+                d.handoffs_failed += 1;
+            }
+        }
+        if self.relays == 0 {
+            self.advance(now);
+        }
+    }
+
+    /// Handed-off responses being relayed now.
+    pub fn relays(&self) -> u64 {
+        self.relays
     }
 
     /// The child process exited (on its own or because it was signalled).
@@ -685,10 +752,14 @@ impl DrainMachine {
                 }
             }
             None => {
-                let deadline = self.config.budget(Duration::ZERO).deadline(now).min(cut);
+                let budget = self.config.budget(Duration::ZERO);
+                let deadline = budget.deadline(now).min(cut);
+                // The hard stop only bounds relays here (the child is gone): a handed-off
+                // response may finish within the grace period.
+                let hard_stop = budget.hard_stop(now).max(deadline);
                 self.start(
                     now,
-                    Draining::new(Trigger::EngineExit, now, deadline, deadline, true),
+                    Draining::new(Trigger::EngineExit, now, deadline, hard_stop, true),
                 );
                 self.enter(now, Phase::Finishing);
                 self.actions.push_back(Action::GoUnready);
@@ -717,6 +788,7 @@ impl DrainMachine {
             Phase::Deadline => Some(d.deadline.saturating_add(self.config.deadline_linger)),
             Phase::Done => match (d.child_signalled, d.child_killed, self.child_exited) {
                 (Some(at), false, false) => Some(self.kill_at(d, at)),
+                _ if d.exit && self.relays > 0 && !self.relays_ended => Some(d.hard_stop),
                 _ => None,
             },
         }
@@ -748,6 +820,10 @@ impl DrainMachine {
             upstream_errors: d.upstream_errors,
             client_errors: d.client_errors,
             client_aborts: d.client_aborts,
+            handed_off: d.handed_off,
+            handoffs_completed: d.handoffs_completed,
+            handoffs_failed: d.handoffs_failed,
+            relaying: self.relays,
             arrivals_after_unready: d.arrivals,
             propagation_lag: d.last_arrival.map(|t| t.saturating_sub(d.started)),
             total: d.drained_at.map(|t| t.saturating_sub(d.started)),
@@ -764,6 +840,19 @@ impl DrainMachine {
             Some(t) => signalled.saturating_add(t).min(d.hard_stop.max(signalled)),
             None => signalled,
         }
+    }
+
+    /// Exits once no handed-off response is relaying; at the hard stop, ends them first.
+    fn exit_after_relays(&mut self, now: Time) {
+        let Some(d) = &self.drain else { return };
+        if self.relays > 0 && !self.relays_ended {
+            if now < d.hard_stop {
+                return;
+            }
+            self.relays_ended = true;
+            self.actions.push_back(Action::EndRelays);
+        }
+        self.queue_exit();
     }
 
     fn queue_exit(&mut self) {
@@ -834,11 +923,11 @@ impl DrainMachine {
             return;
         }
         if self.child_exited {
-            self.queue_exit();
+            self.exit_after_relays(now);
             return;
         }
         match (self.config.child_timeout, d.child_signalled, d.child_killed) {
-            (None, _, _) => self.queue_exit(),
+            (None, _, _) => self.exit_after_relays(now),
             (Some(_), None, _) => {
                 if let Some(d) = &mut self.drain {
                     d.child_signalled = Some(now);
@@ -880,6 +969,40 @@ mod tests {
 
     fn drain_actions(m: &mut DrainMachine) -> Vec<Action> {
         std::iter::from_fn(|| m.poll_action()).collect()
+    }
+
+    #[test]
+    fn relays_outlive_the_engine_until_they_end_or_the_hard_stop() {
+        for relay_ends in [true, false] {
+            let mut m = DrainMachine::new(config());
+            assert_eq!(m.request_started(S(0)), Admission::Serve);
+            let req = DrainRequest {
+                exit: true,
+                ..DrainRequest::new(Trigger::Signal)
+            };
+            m.drain(S(1), req);
+            m.handle_timeout(S(56));
+            assert!(drain_actions(&mut m).contains(&Action::EndStreams));
+            // At the deadline the stream is handed to a peer: the engine's work is done.
+            m.request_finished(S(56), Outcome::HandedOff);
+            assert_eq!(
+                drain_actions(&mut m),
+                [Action::Drained, Action::SignalChild]
+            );
+            m.child_exited(S(57));
+            assert_eq!(drain_actions(&mut m), [], "no exit while relaying");
+            assert_eq!(m.poll_timeout(), Some(S(60)), "the hard stop");
+            if relay_ends {
+                m.relay_finished(S(58), true);
+                assert_eq!(drain_actions(&mut m), [Action::Exit]);
+                let r = m.report().unwrap();
+                assert_eq!((r.handed_off, r.handoffs_completed, r.relaying), (1, 1, 0));
+            } else {
+                m.handle_timeout(S(60));
+                assert_eq!(drain_actions(&mut m), [Action::EndRelays, Action::Exit]);
+                assert_eq!(m.report().unwrap().relaying, 1);
+            }
+        }
     }
 
     #[test]

@@ -20,6 +20,8 @@ enum Event {
     },
     Tick,
     ChildExited,
+    /// A handed-off response's relay ended (completed or not).
+    RelayEnded(bool),
     /// The control plane took the endpoint out of rotation.
     EndpointGone,
     /// The pod's deletion set a (possibly shorter) grace period.
@@ -37,6 +39,7 @@ fn outcome() -> impl Strategy<Value = Outcome> {
         Outcome::Truncated,
         Outcome::ClientAbort,
         Outcome::ClientError,
+        Outcome::HandedOff,
     ])
 }
 
@@ -61,6 +64,7 @@ fn event() -> impl Strategy<Value = Event> {
         ),
         3 => Just(Event::Tick),
         1 => Just(Event::ChildExited),
+        2 => any::<bool>().prop_map(Event::RelayEnded),
         1 => Just(Event::EndpointGone),
         1 => (secs(300), secs(30)).prop_map(|(grace, spent)| Event::LimitGrace { grace, spent }),
     ]
@@ -98,6 +102,7 @@ struct Seen {
     action: Action,
     now: Duration,
     in_flight: u64,
+    relays: u64,
     deadline: Option<Duration>,
     phase: Phase,
 }
@@ -112,6 +117,7 @@ fn run(
     let mut m = DrainMachine::new(config);
     let mut now = Duration::ZERO;
     let mut admitted = 0u64;
+    let mut relaying = 0u64;
     let mut child_alive = config.child_timeout.is_some();
     let mut seen = Vec::new();
     for (step, ev) in events {
@@ -129,6 +135,15 @@ fn run(
                 if admitted > 0 {
                     admitted -= 1;
                     m.request_finished(now, *o);
+                    if *o == Outcome::HandedOff {
+                        relaying += 1;
+                    }
+                }
+            }
+            Event::RelayEnded(completed) => {
+                if relaying > 0 {
+                    relaying -= 1;
+                    m.relay_finished(now, *completed);
                 }
             }
             Event::Drain {
@@ -167,6 +182,7 @@ fn run(
                 action,
                 now,
                 in_flight: m.in_flight(),
+                relays: m.relays(),
                 deadline: m.deadline(),
                 phase: m.phase(),
             });
@@ -205,6 +221,7 @@ proptest! {
                 }
                 Event::Tick => m.handle_timeout(now),
                 Event::ChildExited => m.child_exited(now),
+                Event::RelayEnded(c) => m.relay_finished(now, *c),
                 Event::EndpointGone => m.endpoint_gone(now),
                 Event::LimitGrace { grace, spent } => m.limit_grace(now, *grace, *spent),
             }
@@ -249,6 +266,14 @@ proptest! {
             prop_assert!(s.in_flight == 0 || past_deadline, "Exit with work in flight before the deadline: {s:?}");
             prop_assert!(pos(Action::Drained).is_some_and(|d| d < i), "Exit before Drained: {seen:#?}");
             prop_assert!(m.exiting());
+            // Relays end on their own before the exit, or are ended just before it.
+            let ended = pos(Action::EndRelays);
+            prop_assert!(s.relays == 0 || ended.is_some_and(|e| e + 1 == i), "Exit while relaying: {seen:#?}");
+        }
+        prop_assert!(count(Action::EndRelays) <= 1, "{seen:#?}");
+        if let Some(i) = pos(Action::EndRelays) {
+            prop_assert!(seen[i].relays > 0, "EndRelays with nothing relaying: {:?}", seen[i]);
+            prop_assert!(pos(Action::Exit) == Some(i + 1), "EndRelays not followed by Exit: {seen:#?}");
         }
         for a in [Action::EndStreams, Action::StartRefusing, Action::GoUnready, Action::Announce] {
             prop_assert!(count(a) <= 1, "{a:?} twice: {seen:#?}");
@@ -264,8 +289,9 @@ proptest! {
         let (m, _) = run(config, &events, |_, _, _| {});
         if let Some(r) = m.report() {
             let admitted = r.in_flight_at_start + r.arrivals_after_unready - r.rejected - r.overloaded;
-            let ended = r.completed + r.truncated + r.upstream_errors + r.client_errors + r.client_aborts;
+            let ended = r.completed + r.truncated + r.upstream_errors + r.client_errors + r.client_aborts + r.handed_off;
             prop_assert_eq!(admitted, ended + r.in_flight, "{:?}", r);
+            prop_assert_eq!(r.relaying, m.relays());
         }
     }
 

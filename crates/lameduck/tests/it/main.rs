@@ -8,6 +8,7 @@ mod clients;
 mod cluster;
 mod drain;
 mod gate;
+mod handoff;
 mod hardening;
 mod inject;
 mod lint;

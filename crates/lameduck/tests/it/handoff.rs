@@ -1,0 +1,419 @@
+//! Stream handoff (`--handoff-to`) with real processes: a gate wrapping engine-sim, a peer
+//! engine-sim, the official OpenAI clients. A stream cut by the deadline continues on the
+//! peer and the client receives exactly the text an uninterrupted run produces; when no peer
+//! can finish it, the stream ends as before, with the terminal event.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use serde_json::Value;
+use tokio::process::Command;
+
+use crate::support::*;
+
+/// The engines' flags: gate's engine, peer and reference draw the same lengths (same seed).
+const SIM: &[&str] = &[
+    "--seed",
+    "7",
+    "--output-tokens",
+    "uniform:150-230",
+    "--ttft",
+    "10ms",
+];
+
+/// Starts `lameduck engine-sim` on a free port with SIM's flags and `extra`; returns it once
+/// it accepts connections.
+async fn sim(extra: &[&str]) -> (Proc, SocketAddr) {
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut args = vec!["engine-sim", "--listen", &listen];
+    args.extend_from_slice(SIM);
+    args.extend_from_slice(extra);
+    let proc = Proc::spawn(&args);
+    let addr: SocketAddr = listen.parse().expect("addr");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while get(&format!("http://{addr}/v1/models")).await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "engine-sim never listened: {:?}",
+            proc.lines()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    (proc, addr)
+}
+
+/// A gate wrapping engine-sim (40 tokens/s) that hands off to `peer`.
+async fn gate(peer: SocketAddr, extra: &[&str]) -> Gate {
+    let to = format!("http://{peer}");
+    let mut args = vec!["--handoff-to", &to];
+    args.extend_from_slice(extra);
+    let mut sim_args = SIM.to_vec();
+    sim_args.extend_from_slice(&["--tokens-per-second", "40"]);
+    Gate::wrapping_sim(&args, &sim_args).await
+}
+
+fn clients_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/clients")
+}
+
+/// Runs the OpenAI client of `lang` (python or node) for one streamed completion; returns
+/// its JSON line.
+fn client(
+    lang: &str,
+    base: String,
+    api: &str,
+    usage: bool,
+    seed: u32,
+) -> tokio::task::JoinHandle<Value> {
+    let dir = clients_dir();
+    let mut cmd = match lang {
+        "python" => {
+            let mut c = Command::new(
+                std::env::var("LAMEDUCK_TEST_PYTHON").unwrap_or_else(|_| "python3".into()),
+            );
+            c.arg(dir.join("openai_handoff.py"));
+            c
+        }
+        _ => {
+            let mut c = Command::new("node");
+            c.arg(dir.join("openai_handoff.mjs"));
+            c
+        }
+    };
+    cmd.args([
+        base.as_str(),
+        api,
+        if usage { "1" } else { "0" },
+        &seed.to_string(),
+    ])
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .kill_on_drop(true);
+    let lang = lang.to_owned();
+    tokio::spawn(async move {
+        let out = tokio::time::timeout(Duration::from_secs(60), cmd.output())
+            .await
+            .unwrap_or_else(|_| panic!("the {lang} client did not finish in 60 s"))
+            .unwrap_or_else(|e| panic!("cannot run the {lang} client: {e}"));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
+            panic!(
+                "the {lang} client printed no JSON ({e}); install the clients with scripts/test: {stdout} {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+    })
+}
+
+/// The eight client runs: both libraries, both endpoints, with and without usage.
+fn cases() -> Vec<(&'static str, &'static str, bool, u32)> {
+    let mut v = Vec::new();
+    let mut seed = 100;
+    for lang in ["python", "node"] {
+        for api in ["chat", "completions"] {
+            for usage in [false, true] {
+                v.push((lang, api, usage, seed));
+                seed += 1;
+            }
+        }
+    }
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_cut_by_the_deadline_complete_on_a_peer_identical_to_an_uninterrupted_run() {
+    let (_peer_proc, peer) = sim(&["--tokens-per-second", "40"]).await;
+    // The reference: the same requests, uninterrupted, on a fast engine with the same seed.
+    let (_ref_proc, reference) = sim(&["--tokens-per-second", "5000"]).await;
+    let gate = gate(peer, &[]).await;
+
+    let expected: Vec<Value> = {
+        let runs: Vec<_> = cases()
+            .into_iter()
+            .map(|(lang, api, usage, seed)| {
+                client(lang, format!("http://{reference}/v1"), api, usage, seed)
+            })
+            .collect();
+        let mut v = Vec::new();
+        for r in runs {
+            v.push(r.await.expect("join"));
+        }
+        v
+    };
+    for e in &expected {
+        assert_eq!(e["result"], "completed", "reference run: {e}");
+    }
+
+    let runs: Vec<_> = cases()
+        .into_iter()
+        .map(|(lang, api, usage, seed)| client(lang, gate.url("/v1"), api, usage, seed))
+        .collect();
+    gate.wait_streams(8).await;
+    // A deadline 2 s away: every stream (150–230 tokens at 40/s) is cut mid-way.
+    let (status, body) = get(&gate.admin_url("/drain?deadline=2s&wait=false"))
+        .await
+        .expect("drain");
+    assert_eq!(status, 202, "{body}");
+
+    for ((lang, api, usage, seed), (run, want)) in
+        cases().into_iter().zip(runs.into_iter().zip(&expected))
+    {
+        let got = run.await.expect("join");
+        let what = format!("{lang} {api} usage={usage} seed={seed}");
+        assert_eq!(got["result"], "completed", "{what}: {got}");
+        assert_eq!(
+            got["text"], want["text"],
+            "{what}: the text differs from an uninterrupted run"
+        );
+        assert_eq!(got["finish"], want["finish"], "{what}");
+        assert_eq!(
+            got["ids"].as_array().map(Vec::len),
+            Some(1),
+            "{what}: one response id: {got}"
+        );
+        if api == "chat" {
+            assert_eq!(got["roles"], 1, "{what}: one role delta: {got}");
+        }
+        if usage {
+            assert_eq!(got["usage"], want["usage"], "{what}: usage adds both parts");
+        } else {
+            assert_eq!(got["usage"], Value::Null, "{what}");
+        }
+    }
+
+    assert_eq!(
+        gate.metric("lameduck_gate_handoffs_total{outcome=\"completed\"}")
+            .await,
+        Some(8.0)
+    );
+    assert_eq!(
+        gate.metric("lameduck_gate_handoffs_total{outcome=\"fell_back\"}")
+            .await,
+        Some(0.0)
+    );
+    assert_eq!(gate.metric("lameduck_gate_relaying").await, Some(0.0));
+    let status = gate.status().await;
+    let report = &status["drain"];
+    assert_eq!(report["handed_off"], 8, "{status}");
+    assert_eq!(report["handoffs_completed"], 8, "{status}");
+    assert_eq!(report["truncated"], 0, "{status}");
+}
+
+/// Reads a raw SSE body: the concatenated content, the events, and how it ended.
+fn parse_raw(body: &str) -> (String, Vec<Value>, StreamEnd) {
+    let mut text = String::new();
+    let mut events = Vec::new();
+    for event in body.split("\n\n") {
+        if let Some(data) = event.strip_prefix("data: ")
+            && let Ok(v) = serde_json::from_str::<Value>(data)
+        {
+            if let Some(c) = v["choices"][0]["delta"]["content"].as_str() {
+                text.push_str(c);
+            }
+            events.push(v);
+        }
+    }
+    (text, events, classify_sse(body))
+}
+
+async fn stream_text(url: String, seed: u32) -> String {
+    let body = serde_json::json!({
+        "model": "sim-llm",
+        "messages": [{"role": "user", "content": format!("tell me a long story number {seed}")}],
+        "stream": true,
+        "seed": seed,
+    })
+    .to_string();
+    let resp = send(post(&url, body)).await.expect("send");
+    assert_eq!(resp.status(), 200);
+    use http_body_util::BodyExt;
+    let b = resp.into_body().collect().await.expect("body").to_bytes();
+    String::from_utf8_lossy(&b).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_sigterm_the_engine_stops_and_the_gate_exits_once_the_relay_ended() {
+    let (_peer_proc, peer) = sim(&["--tokens-per-second", "40"]).await;
+    let (_ref_proc, reference) = sim(&["--tokens-per-second", "5000"]).await;
+    // SIGTERM → deadline 3 s later; the hard stop 7 s after it leaves room for the relay.
+    let mut gate = gate(peer, &["--grace-period", "8", "--kill-margin", "5"]).await;
+    let want = stream_text(format!("http://{reference}/v1/chat/completions"), 3).await;
+    let run = tokio::spawn(stream_text(gate.url("/v1/chat/completions"), 3));
+    gate.wait_streams(1).await;
+    gate.proc.signal(Signal::SIGTERM);
+    let got = run.await.expect("join");
+    let (text, events, end) = parse_raw(&got);
+    let (want_text, _, want_end) = parse_raw(&want);
+    assert_eq!(end, want_end, "{got}");
+    assert_eq!(text, want_text);
+    assert_eq!(got.matches("[DONE]").count(), 1);
+    let ids: std::collections::BTreeSet<_> =
+        events.iter().filter_map(|e| e["id"].as_str()).collect();
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    assert_eq!(gate.proc.wait_exit(Duration::from_secs(20)).await, 0);
+    let report = gate.proc.report();
+    assert_eq!(report["handed_off"], 1, "{report}");
+    assert_eq!(report["handoffs_completed"], 1, "{report}");
+    let lines = gate.proc.lines().join("\n");
+    let engine_stopped = lines.find("Drained").expect("drained");
+    let relay_ended = lines.find("Handoff ended").expect("relay ended");
+    assert!(
+        engine_stopped < relay_ended,
+        "the engine is stopped while the relay runs"
+    );
+}
+
+/// A long raw request through the gate whose stream is cut; returns how it ended and its
+/// text.
+async fn cut_stream(gate: &Gate, body: Value) -> tokio::task::JoinHandle<(StreamEnd, String)> {
+    let req = post(&gate.url("/v1/chat/completions"), body.to_string());
+    tokio::spawn(async move {
+        let resp = send(req).await.expect("send");
+        use http_body_util::BodyExt;
+        let b = resp.into_body().collect().await.expect("body").to_bytes();
+        let s = String::from_utf8_lossy(&b).into_owned();
+        let (text, _, end) = parse_raw(&s);
+        (end, text)
+    })
+}
+
+/// How a stream ends when no peer finishes it: the gate's terminal event, then `[DONE]`.
+fn shutdown_error() -> StreamEnd {
+    StreamEnd::TerminalError {
+        kind: "server_shutdown".into(),
+        done: true,
+    }
+}
+
+fn chat(seed: u32, extra: Value) -> Value {
+    let mut v = serde_json::json!({
+        "model": "sim-llm",
+        "messages": [{"role": "user", "content": format!("tell me a long story number {seed}")}],
+        "stream": true,
+        "seed": seed,
+    });
+    if let (Some(o), Value::Object(e)) = (v.as_object_mut(), extra) {
+        o.extend(e);
+    }
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_peer_or_an_eligible_request_streams_end_as_before() {
+    // Nothing listens at the peer's address.
+    let nobody: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    let gate = gate(
+        nobody,
+        &["--handoff-max-body", "2KiB", "--handoff-timeout", "2s"],
+    )
+    .await;
+    let eligible = cut_stream(&gate, chat(1, Value::Null)).await;
+    let two_choices = cut_stream(&gate, chat(2, serde_json::json!({"n": 2}))).await;
+    let big = cut_stream(
+        &gate,
+        chat(
+            3,
+            serde_json::json!({"messages": [{"role": "user", "content": "word ".repeat(1000)}]}),
+        ),
+    )
+    .await;
+    gate.wait_streams(3).await;
+    get(&gate.admin_url("/drain?deadline=1s&wait=false"))
+        .await
+        .expect("drain");
+    for (what, run) in [
+        ("eligible", eligible),
+        ("n=2", two_choices),
+        ("too large", big),
+    ] {
+        let (end, _) = run.await.expect("join");
+        assert_eq!(end, shutdown_error(), "{what}");
+    }
+    let m = |s: &'static str| gate.metric(s);
+    assert_eq!(
+        m("lameduck_gate_handoffs_total{outcome=\"fell_back\"}").await,
+        Some(1.0)
+    );
+    assert_eq!(
+        m("lameduck_gate_handoff_attempts_total{result=\"refused\"}").await,
+        Some(3.0)
+    );
+    assert_eq!(
+        m("lameduck_gate_handoffs_skipped_total{reason=\"not_eligible\"}").await,
+        Some(1.0)
+    );
+    assert_eq!(
+        m("lameduck_gate_handoffs_skipped_total{reason=\"body_not_kept\"}").await,
+        Some(1.0)
+    );
+    let report = &gate.status().await["drain"];
+    assert_eq!(
+        (report["handed_off"].as_u64(), report["truncated"].as_u64()),
+        (Some(1), Some(2)),
+        "{report}"
+    );
+    assert_eq!(report["handoffs_failed"], 1, "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusing_peer_and_a_peer_dying_mid_way_fall_back_without_duplicating_text() {
+    let (_ref_proc, reference) = sim(&["--tokens-per-second", "5000"]).await;
+    // A peer still loading its model answers 503.
+    let (_cold, cold) = sim(&["--cold-start", "1h"]).await;
+    let refusing = gate(cold, &[]).await;
+    // A peer that is killed once it has sent part of the continuation.
+    let (mut dying_proc, dying) = sim(&["--tokens-per-second", "40"]).await;
+    let dies = gate(dying, &[]).await;
+
+    let want =
+        parse_raw(&stream_text(format!("http://{reference}/v1/chat/completions"), 5).await).0;
+    let a = cut_stream(&refusing, chat(5, Value::Null)).await;
+    let b = cut_stream(&dies, chat(5, Value::Null)).await;
+    refusing.wait_streams(1).await;
+    dies.wait_streams(1).await;
+    for g in [&refusing, &dies] {
+        get(&g.admin_url("/drain?deadline=1s&wait=false"))
+            .await
+            .expect("drain");
+    }
+    // Once the relay runs, let the peer send part of the rest, then kill it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while dies.metric("lameduck_gate_relaying").await != Some(1.0) {
+        assert!(tokio::time::Instant::now() < deadline, "no relay started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    dying_proc.signal(Signal::SIGKILL);
+    let _ = dying_proc.wait_exit(Duration::from_secs(10)).await;
+
+    for (what, run, g) in [("refusing", a, &refusing), ("dying", b, &dies)] {
+        let (end, text) = run.await.expect("join");
+        assert_eq!(end, shutdown_error(), "{what}");
+        assert!(
+            want.starts_with(&text),
+            "{what}: the text is not a prefix of the uninterrupted one:\n{text}\n{want}"
+        );
+        assert!(text.len() < want.len(), "{what}");
+        assert_eq!(
+            g.metric("lameduck_gate_handoffs_total{outcome=\"fell_back\"}")
+                .await,
+            Some(1.0),
+            "{what}"
+        );
+    }
+    assert_eq!(
+        refusing
+            .metric("lameduck_gate_handoff_attempts_total{result=\"refused\"}")
+            .await,
+        Some(3.0)
+    );
+    assert_eq!(
+        dies.metric("lameduck_gate_handoff_attempts_total{result=\"failed\"}")
+            .await,
+        Some(1.0)
+    );
+}
