@@ -50,6 +50,23 @@ fn sse_abort_check(bencher: Bencher) {
     bencher.bench_local(|| black_box(lameduck_gate::body::aborted_event_start(black_box(&chunk))));
 }
 
+/// What `--handoff-to` adds per event of an eligible stream: following it (the text so far
+/// grows, so a fresh tracker is used every 1,000 events).
+#[divan::bench]
+fn handoff_tracker_observe(bencher: Bencher) {
+    use lameduck_gate::handoff::{Api, Tracker};
+    let chunk = Bytes::from_static(EVENT.as_bytes());
+    let mut tracker = Tracker::new(Api::Chat);
+    let mut n = 0u32;
+    bencher.bench_local(|| {
+        n += 1;
+        if n % 1000 == 0 {
+            tracker = Tracker::new(Api::Chat);
+        }
+        tracker.observe(black_box(&chunk));
+    });
+}
+
 fn typical_headers() -> HeaderMap {
     let mut h = HeaderMap::new();
     for (k, v) in [

@@ -28,7 +28,10 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use serde::Deserialize;
+use serde::de::IgnoredAny;
 use serde_json::{Map, Value};
+use std::borrow::Cow;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -212,6 +215,43 @@ struct Head {
     system_fingerprint: Option<Value>,
 }
 
+/// The fields of a streamed chunk the tracker reads, borrowed from the event's text.
+#[derive(Debug, Deserialize)]
+struct ChunkView<'a> {
+    #[serde(default, borrow)]
+    choices: Vec<ChoiceView<'a>>,
+    #[serde(default)]
+    usage: Option<UsageView>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ChoiceView<'a> {
+    #[serde(default, borrow)]
+    delta: Option<DeltaView<'a>>,
+    #[serde(default, borrow)]
+    text: Option<Cow<'a, str>>,
+    #[serde(default)]
+    finish_reason: Option<IgnoredAny>,
+}
+
+#[derive(Debug, Deserialize)]
+struct DeltaView<'a> {
+    #[serde(default)]
+    role: Option<IgnoredAny>,
+    #[serde(default, borrow)]
+    content: Option<Cow<'a, str>>,
+    #[serde(default)]
+    tool_calls: Option<Vec<IgnoredAny>>,
+    #[serde(default)]
+    function_call: Option<IgnoredAny>,
+}
+
+#[derive(Debug, Deserialize)]
+struct UsageView {
+    #[serde(default)]
+    completion_tokens: Option<u64>,
+}
+
 /// Follows a streamed completion event by event: what the client has received so far.
 #[derive(Debug)]
 pub struct Tracker {
@@ -219,8 +259,8 @@ pub struct Tracker {
     head: Option<Head>,
     /// The generated text the client has received.
     text: String,
-    /// Tokens the client has received: one per content-carrying event (exact for engines
-    /// that send a token per event).
+    /// Tokens the client has received: as the engine reports them in per-chunk usage, else
+    /// one per content-carrying event (exact for engines that send a token per event).
     tokens: u64,
     role_sent: bool,
     finished: bool,
@@ -266,8 +306,8 @@ impl Tracker {
         for_each_event(events, |data| {
             if data.trim() == "[DONE]" {
                 self.done = true;
-            } else if let Ok(v) = serde_json::from_str::<Value>(data) {
-                self.note(&v);
+            } else {
+                self.note_text(data);
             }
         });
     }
@@ -282,36 +322,57 @@ impl Tracker {
                 system_fingerprint: v.get("system_fingerprint").cloned(),
             });
         }
-        let Some(choice) = v
-            .get("choices")
-            .and_then(Value::as_array)
-            .and_then(|c| c.first())
-        else {
+        if let Ok(view) = ChunkView::deserialize(v) {
+            self.apply(&view);
+        }
+    }
+
+    /// Records what one chunk adds, from its JSON text: parsed into borrowed fields only
+    /// (the whole value is built for the first chunk only, for the response's identity).
+    fn note_text(&mut self, data: &str) {
+        if self.head.is_none() {
+            if let Ok(v) = serde_json::from_str::<Value>(data) {
+                self.note(&v);
+            }
+        } else if let Ok(view) = serde_json::from_str::<ChunkView<'_>>(data) {
+            self.apply(&view);
+        }
+    }
+
+    fn apply(&mut self, c: &ChunkView<'_>) {
+        // Engines that report usage on every chunk (vLLM's `continuous_usage_stats`) count
+        // the tokens exactly; the count of content events stands in otherwise.
+        let reported = c.usage.as_ref().and_then(|u| u.completion_tokens);
+        let Some(choice) = c.choices.first() else {
+            if let Some(n) = reported {
+                self.tokens = self.tokens.max(n);
+            }
             return;
         };
         let piece = match self.api {
             Api::Chat => {
-                let delta = choice.get("delta");
-                if delta.and_then(|d| d.get("role")).is_some() {
+                let delta = choice.delta.as_ref();
+                if delta.is_some_and(|d| d.role.is_some()) {
                     self.role_sent = true;
                 }
-                let calls = |k: &str| {
-                    delta
-                        .and_then(|d| d.get(k))
-                        .is_some_and(|c| !c.is_null() && c.as_array().is_none_or(|a| !a.is_empty()))
-                };
-                if calls("tool_calls") || calls("function_call") {
+                if delta.is_some_and(|d| {
+                    d.tool_calls.as_ref().is_some_and(|t| !t.is_empty())
+                        || d.function_call.is_some()
+                }) {
                     self.tool_calls = true;
                 }
-                delta.and_then(|d| d.get("content")).and_then(Value::as_str)
+                delta.and_then(|d| d.content.as_deref())
             }
-            Api::Completion => choice.get("text").and_then(Value::as_str),
+            Api::Completion => choice.text.as_deref(),
         };
         if let Some(p) = piece.filter(|p| !p.is_empty()) {
             self.text.push_str(p);
             self.tokens += 1;
         }
-        if choice.get("finish_reason").is_some_and(|f| !f.is_null()) {
+        if let Some(n) = reported {
+            self.tokens = n;
+        }
+        if choice.finish_reason.is_some() {
             self.finished = true;
         }
     }
@@ -828,6 +889,9 @@ mod tests {
         assert_eq!((t.text(), t.tokens, t.role_sent), ("Hello world", 2, true));
         t.observe(b"data: {\"choices\":[{\"delta\":{\"tool_calls\":[{\"index\":0}]}}]}\r\n\r\n");
         assert!(t.tool_calls);
+        // Per-chunk usage (vLLM's continuous_usage_stats) is taken as the exact count.
+        t.observe(b"data: {\"choices\":[{\"delta\":{\"content\":\"!\"}}],\"usage\":{\"completion_tokens\":7}}\n\n");
+        assert_eq!(t.tokens, 7);
     }
 
     #[test]

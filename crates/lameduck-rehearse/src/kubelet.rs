@@ -137,6 +137,8 @@ pub struct PodEnv {
     pub reaper: Arc<Reaper>,
     /// Seed for engine-sim.
     pub seed: u64,
+    /// The Service's address (the load balancer), for `--handoff-to`.
+    pub service: std::net::SocketAddr,
 }
 
 /// How a pod is deleted.
@@ -481,7 +483,14 @@ impl Pod {
                     "--time-scale".into(),
                     scale.clone(),
                 ];
-                v.extend(args.iter().cloned());
+                let service = format!("http://{}", env.service);
+                v.extend(args.iter().map(|a| {
+                    if a == crate::setup::SERVICE_URL {
+                        service.clone()
+                    } else {
+                        a.clone()
+                    }
+                }));
                 v.push("--".into());
                 v.extend(engine(self.ports.inner));
                 v

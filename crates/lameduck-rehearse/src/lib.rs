@@ -245,8 +245,9 @@ impl RehearseArgs {
         for name in &names {
             let s = setup::built_in(name.trim()).ok_or_else(|| {
                 Error::Input(format!(
-                    "--setups: unknown setup {name:?}; the built-in setups are {} (use -f for your own)",
-                    setup::BUILT_IN.join(", ")
+                    "--setups: unknown setup {name:?}; the built-in setups are {}, {} (use -f for your own)",
+                    setup::BUILT_IN.join(", "),
+                    setup::BUILT_IN_EXTRA.join(", ")
                 ))
             })?;
             setups.push(s);

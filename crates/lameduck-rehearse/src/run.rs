@@ -223,6 +223,7 @@ pub async fn run_setup(
         dir: dir.clone(),
         reaper: reaper.clone(),
         seed: plan.seed,
+        service: lb.addr,
     });
     let spawn = |i: u32| {
         spawn_pod(env.clone(), i)

@@ -418,6 +418,12 @@ fn sh(script: &str) -> Vec<String> {
 /// The names of the built-in setups, in report order.
 pub const BUILT_IN: [&str; 3] = ["naive", "shell", "lameduck"];
 
+/// Built-in setups run only when named in `--setups`.
+pub const BUILT_IN_EXTRA: [&str; 1] = ["lameduck+handoff"];
+
+/// In a gate flag, the address of the rehearsal's Service (its load balancer), as a URL.
+pub const SERVICE_URL: &str = "$(SERVICE_URL)";
+
 /// A built-in setup by name.
 pub fn built_in(name: &str) -> Option<Setup> {
     let health = |period, failure| ProbeSpec {
@@ -471,8 +477,9 @@ pub fn built_in(name: &str) -> Option<Setup> {
                 ..Setup::new(name)
             }
         }
-        // The gate in wrapper mode, `/drain` as preStop, probes on its admin endpoints.
-        "lameduck" => {
+        // The gate in wrapper mode, `/drain` as preStop, probes on its admin endpoints; with
+        // stream handoff to the Service, when named so.
+        "lameduck" | "lameduck+handoff" => {
             let admin = |path: &str, period, failure| ProbeSpec {
                 handler: Handler::HttpGet {
                     port: PortRef::Admin,
@@ -480,9 +487,18 @@ pub fn built_in(name: &str) -> Option<Setup> {
                 },
                 timing: probe(period, failure),
             };
+            let handoff = name == "lameduck+handoff";
+            let mut args = vec!["--grace-period".to_owned(), "180".to_owned()];
+            if handoff {
+                args.extend(["--handoff-to".to_owned(), SERVICE_URL.to_owned()]);
+            }
             Setup {
                 name: name.into(),
-                description: "lameduck gate wrapping the engine, preStop GET /drain, readiness on /ready, grace 180 s".into(),
+                description: if handoff {
+                    "the lameduck setup with --handoff-to the Service: streams that cannot finish continue on another pod".into()
+                } else {
+                    "lameduck gate wrapping the engine, preStop GET /drain, readiness on /ready, grace 180 s".into()
+                },
                 grace: secs(180),
                 pre_stop: Some(Handler::HttpGet {
                     port: PortRef::Admin,
@@ -490,9 +506,7 @@ pub fn built_in(name: &str) -> Option<Setup> {
                 }),
                 readiness: Some(admin("/ready", 2, 1)),
                 liveness: Some(admin("/live", 10, 6)),
-                server: Server::Gate {
-                    args: vec!["--grace-period".into(), "180".into()],
-                },
+                server: Server::Gate { args },
                 ..Setup::new(name)
             }
         }
@@ -1055,7 +1069,7 @@ mod tests {
 
     #[test]
     fn built_ins_exist() {
-        for name in BUILT_IN {
+        for name in BUILT_IN.into_iter().chain(BUILT_IN_EXTRA) {
             let s = built_in(name).expect("built in");
             assert_eq!(s.name, name);
         }

@@ -60,6 +60,7 @@ impl Harness {
             dir: dir.clone(),
             reaper: Arc::new(Reaper::default()),
             seed: 1,
+            service: "127.0.0.1:9".parse().expect("addr"),
         });
         Harness {
             rec,

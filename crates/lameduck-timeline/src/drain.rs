@@ -418,6 +418,8 @@ struct Draining {
     started: Time,
     deadline: Time,
     hard_stop: Time,
+    /// The latest hard stop an explicit deadline allows.
+    cap: Option<Time>,
     exit: bool,
     last_arrival: Option<Time>,
     phases: Vec<PhaseMark>,
@@ -446,6 +448,7 @@ impl Draining {
             started,
             deadline,
             hard_stop,
+            cap: None,
             exit,
             last_arrival: None,
             phases: Vec::with_capacity(4),
@@ -606,6 +609,17 @@ impl DrainMachine {
             return Join::Joined;
         }
         let explicit = req.deadline.map(|d| now.saturating_add(d));
+        // An explicit deadline (a spot notice less its margin) says when the end comes: the
+        // process may live at most the kill margin past it, whatever the grace period says
+        // (the hard stop then bounds the engine's stop and the relays of handed-off streams).
+        let cap = req.deadline.map(|d| {
+            Budget {
+                grace: d.saturating_add(self.config.margin),
+                already_spent: Duration::ZERO,
+                margin: self.config.margin,
+            }
+            .hard_stop(now)
+        });
         let join = match &mut self.drain {
             Some(d) => {
                 if let Some(e) = explicit {
@@ -618,6 +632,13 @@ impl DrainMachine {
                     let hard_stop = self.config.budget(req.already_spent).hard_stop(now);
                     d.hard_stop = d.hard_stop.max(hard_stop);
                 }
+                d.cap = match (d.cap, cap) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                if let Some(c) = d.cap {
+                    d.hard_stop = d.hard_stop.min(c).max(d.deadline);
+                }
                 d.exit |= req.exit;
                 Join::Joined
             }
@@ -627,11 +648,19 @@ impl DrainMachine {
                 if let Some(e) = explicit {
                     deadline = deadline.min(e);
                 }
-                let hard_stop = budget.hard_stop(now).max(deadline);
-                self.start(
+                let mut hard_stop = budget.hard_stop(now);
+                if let Some(c) = cap {
+                    hard_stop = hard_stop.min(c);
+                }
+                let mut draining = Draining::new(
+                    req.trigger,
                     now,
-                    Draining::new(req.trigger, now, deadline, hard_stop, req.exit),
+                    deadline,
+                    hard_stop.max(deadline),
+                    req.exit,
                 );
+                draining.cap = cap;
+                self.start(now, draining);
                 self.enter(now, Phase::Announcing);
                 self.actions.push_back(Action::GoUnready);
                 self.actions.push_back(Action::Announce);
@@ -1003,6 +1032,32 @@ mod tests {
                 assert_eq!(m.report().unwrap().relaying, 1);
             }
         }
+    }
+
+    #[test]
+    fn an_explicit_deadline_bounds_relays_by_the_kill_margin() {
+        let mut m = DrainMachine::new(config());
+        assert_eq!(m.request_started(S(0)), Admission::Serve);
+        // A spot notice: end work within 20 s (the node goes about the margin later).
+        let notice = DrainRequest {
+            deadline: Some(S(20)),
+            ..DrainRequest::new(Trigger::Endpoint)
+        };
+        m.drain(S(1), notice);
+        // The kubelet's SIGTERM joins with the long grace period: it must not extend the end.
+        let term = DrainRequest {
+            exit: true,
+            ..DrainRequest::new(Trigger::Signal)
+        };
+        m.drain(S(2), term);
+        m.handle_timeout(S(21));
+        m.request_finished(S(21), Outcome::HandedOff);
+        m.child_exited(S(22));
+        let _ = drain_actions(&mut m);
+        // 1 + 20 + 5 − 1 (a quarter of the margin, at most 1 s).
+        assert_eq!(m.poll_timeout(), Some(S(25)));
+        m.handle_timeout(S(25));
+        assert_eq!(drain_actions(&mut m), [Action::EndRelays, Action::Exit]);
     }
 
     #[test]

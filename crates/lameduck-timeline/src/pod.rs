@@ -199,11 +199,11 @@ impl Budget {
     /// period runs out, so that most of the margin is left for the engine's own exit.
     pub fn hard_stop(&self, drain_start: Duration) -> Duration {
         let guard = (self.margin / 4).min(Duration::from_secs(1));
-        drain_start
-            + self
-                .grace
+        drain_start.saturating_add(
+            self.grace
                 .saturating_sub(self.already_spent)
-                .saturating_sub(guard)
+                .saturating_sub(guard),
+        )
     }
 
     /// The grace period needed to finish a request of `max_request` after a preStop of

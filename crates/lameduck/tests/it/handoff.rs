@@ -417,3 +417,36 @@ async fn a_refusing_peer_and_a_peer_dying_mid_way_fall_back_without_duplicating_
         Some(1.0)
     );
 }
+
+/// Where handoff saves a request outright: the pod lives on, but its engine stops serving a
+/// stream mid-way — it crashes (SIGKILL), or it aborts its streams on SIGTERM as vLLM does
+/// (`finish_reason: "abort"`), which a sidecar's engine container gets from the kubelet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_whose_engine_crashes_or_aborts_mid_way_completes_on_a_peer() {
+    let (_peer_proc, peer) = sim(&["--tokens-per-second", "40"]).await;
+    let (_ref_proc, reference) = sim(&["--tokens-per-second", "5000"]).await;
+    let to = format!("http://{peer}");
+    for (how, signal) in [("crash", Signal::SIGKILL), ("abort", Signal::SIGTERM)] {
+        let (mut engine_proc, engine) =
+            sim(&["--tokens-per-second", "40", "--on-sigterm", "abort"]).await;
+        let gate = Gate::sidecar(engine, &["--handoff-to", &to]).await;
+        let want = stream_text(format!("http://{reference}/v1/chat/completions"), 9).await;
+        let run = tokio::spawn(stream_text(gate.url("/v1/chat/completions"), 9));
+        gate.wait_streams(1).await;
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        engine_proc.signal(signal);
+        let got = run.await.expect("join");
+        let (text, _, end) = parse_raw(&got);
+        let (want_text, _, want_end) = parse_raw(&want);
+        assert_eq!(end, want_end, "{how}: {got}");
+        assert_eq!(text, want_text, "{how}");
+        assert_eq!(got.matches("[DONE]").count(), 1, "{how}");
+        assert_eq!(
+            gate.metric("lameduck_gate_handoffs_total{outcome=\"completed\"}")
+                .await,
+            Some(1.0),
+            "{how}"
+        );
+        let _ = engine_proc.wait_exit(Duration::from_secs(10)).await;
+    }
+}

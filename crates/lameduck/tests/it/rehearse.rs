@@ -342,12 +342,14 @@ fn a_spot_reclaim_resets_streams_that_outlast_the_notice() {
 /// With `lameduck agent` on the node (a fake AWS metadata service, the test API server and the
 /// agent as a real process), the gate learns the notice as its deadline: streams that outlast
 /// it end with the terminal event, none is reset (`--no-agent` resets them: the test above).
+/// With stream handoff the same holds: a relay through the reclaimed pod cannot outlive it, so
+/// the gate ends the relays still running just before the node goes, with the terminal event.
 #[test]
 fn a_spot_reclaim_with_the_agent_ends_every_stream_cleanly() {
     let run = rehearse(
         &args(&[
             "--setups",
-            "lameduck",
+            "lameduck,lameduck+handoff",
             "--scenario",
             "spot",
             "--notice",
@@ -357,23 +359,25 @@ fn a_spot_reclaim_with_the_agent_ends_every_stream_cleanly() {
         ]),
         None,
     );
-    let s = setup(&run, "lameduck");
-    let notes = s["setup"]["notes"].to_string();
-    assert!(
-        notes.contains("the gate took the notice as its deadline"),
-        "{notes}\n{}",
-        run.stderr
-    );
-    assert_eq!(n(s, "reset"), 0, "{:?}", outcomes(s));
-    assert!(n(s, "truncated") >= 1, "{:?}", outcomes(s));
-    assert_eq!(
-        n(s, "truncated_clean"),
-        n(s, "truncated"),
-        "every stream cut at the deadline got the terminal event: {:?}",
-        outcomes(s)
-    );
-    // The pod finished before its node went: nothing was left for the node to kill.
-    assert_eq!(n(s, "sigkills"), 0, "{}", s["events"]);
+    for name in ["lameduck", "lameduck+handoff"] {
+        let s = setup(&run, name);
+        let notes = s["setup"]["notes"].to_string();
+        assert!(
+            notes.contains("the gate took the notice as its deadline"),
+            "{name}: {notes}\n{}",
+            run.stderr
+        );
+        assert_eq!(n(s, "reset"), 0, "{name}: {:?}", outcomes(s));
+        assert!(n(s, "truncated") >= 1, "{name}: {:?}", outcomes(s));
+        assert_eq!(
+            n(s, "truncated_clean"),
+            n(s, "truncated"),
+            "{name}: every stream cut at the deadline got the terminal event: {:?}",
+            outcomes(s)
+        );
+        // The pod finished before its node went: nothing was left for the node to kill.
+        assert_eq!(n(s, "sigkills"), 0, "{name}: {}", s["events"]);
+    }
 }
 
 /// `--drain surge`: the replacement is Ready and in the balancer before the pod is deleted, so
