@@ -85,14 +85,16 @@ async fn follow(metrics: Arc<Metrics>, client: GateClient, pod: String, goes_at:
     let rep = &r.report;
     let in_time = rep.total.is_some() || idle;
     metrics.pod_ended(if in_time { "in_time" } else { "cut_by_the_end" });
-    metrics.streams("completed", rep.completed);
-    metrics.streams("truncated", rep.truncated);
+    // Handed-off streams count by how their relay ended.
+    metrics.streams("completed", rep.delivered());
+    metrics.streams("truncated", rep.cut_short());
     metrics.streams("upstream_error", rep.upstream_errors);
     tracing::info!(
         pod = %pod,
         in_time,
-        completed = rep.completed,
-        truncated = rep.truncated,
+        completed = rep.delivered(),
+        truncated = rep.cut_short(),
+        handed_off = rep.handed_off,
         upstream_errors = rep.upstream_errors,
         "Gate's drain report"
     );

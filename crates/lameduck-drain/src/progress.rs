@@ -94,8 +94,9 @@ impl Progress {
                 }
                 let mut pods = self.pods.lock().unwrap_or_else(|p| p.into_inner());
                 let d = pods.entry(pod.to_owned()).or_default();
-                d.completed = Some(r.report.completed);
-                d.truncated = Some(r.report.truncated);
+                // Handed-off streams count by how their relay ended.
+                d.completed = Some(r.report.delivered());
+                d.truncated = Some(r.report.cut_short());
             }
         }
         match &self.multi {

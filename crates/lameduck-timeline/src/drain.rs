@@ -385,6 +385,19 @@ impl DrainReport {
             + self.handoffs_failed
             + self.relaying
     }
+
+    /// Requests that reached their client whole: completed here, or handed off and completed
+    /// by a peer.
+    pub fn delivered(&self) -> u64 {
+        self.completed + self.handoffs_completed
+    }
+
+    /// Requests ended with the terminal event: truncated here, or handed off without a peer
+    /// finishing them (a relay still running counts here: it ends by the hard stop at the
+    /// latest, and the report is read as the pod goes).
+    pub fn cut_short(&self) -> u64 {
+        self.truncated + self.handoffs_failed + self.relaying
+    }
 }
 
 fn secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
