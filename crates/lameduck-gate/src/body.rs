@@ -72,6 +72,13 @@ impl Guard {
     pub fn shared(&self) -> &Arc<Shared> {
         &self.shared
     }
+
+    /// Hands the client connection's busy count over to the caller (a handoff's relay, which
+    /// goes on writing to the connection after the request left the in-flight count): the
+    /// connection stays busy until the caller calls `request_ended` on it.
+    pub fn take_conn(&mut self) -> Option<Arc<ConnCtl>> {
+        self.conn.take()
+    }
 }
 
 impl Drop for Guard {

@@ -37,6 +37,7 @@ use tokio::time::Instant;
 
 use crate::body::{Guard, SseFramer, terminal_event};
 use crate::config::HandoffSettings;
+use crate::conn::ConnCtl;
 use crate::state::Shared;
 use lameduck_timeline::Outcome;
 
@@ -608,12 +609,17 @@ impl std::fmt::Debug for Handoff {
 struct Relay {
     shared: Arc<Shared>,
     outcome: &'static str,
+    // The client connection, busy while the relay writes to it (its idle time starts then).
+    conn: Option<Arc<ConnCtl>>,
 }
 
 impl Drop for Relay {
     fn drop(&mut self) {
         self.shared.metrics.handoff_ended(self.outcome);
         self.shared.relay_finished(self.outcome == "completed");
+        if let Some(c) = &self.conn {
+            c.request_ended(self.shared.now());
+        }
     }
 }
 
@@ -642,6 +648,7 @@ pub fn start(
     // The engine's part is over: the request leaves the in-flight count before the relay
     // exists, so that the machine counts the relay before it can end.
     guard.set_outcome(Outcome::HandedOff);
+    let conn = guard.take_conn();
     drop(guard);
     let (tx, rx) = mpsc::channel(RELAY_BUFFER);
     shared.metrics.relaying.inc();
@@ -650,14 +657,21 @@ pub fn start(
         tokens_sent = h.tracker.tokens,
         "Handing a stream off to a peer"
     );
-    tokio::spawn(relay(shared.clone(), h, original, tx));
+    tokio::spawn(relay(shared.clone(), h, original, tx, conn));
     Ok(rx)
 }
 
-async fn relay(shared: Arc<Shared>, mut h: Handoff, original: Bytes, tx: mpsc::Sender<Bytes>) {
+async fn relay(
+    shared: Arc<Shared>,
+    mut h: Handoff,
+    original: Bytes,
+    tx: mpsc::Sender<Bytes>,
+    conn: Option<Arc<ConnCtl>>,
+) {
     let mut guard = Relay {
         shared: shared.clone(),
         outcome: "fell_back",
+        conn,
     };
     let end = shared.relays_end.clone();
     let ended = tokio::select! {
@@ -756,6 +770,7 @@ async fn attempt_once(
         header::CONTENT_LENGTH,
         header::TRANSFER_ENCODING,
         header::HOST,
+        header::EXPECT,
     ] {
         headers.remove(name);
     }

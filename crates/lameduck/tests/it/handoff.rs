@@ -450,3 +450,86 @@ async fn a_stream_whose_engine_crashes_or_aborts_mid_way_completes_on_a_peer() {
         let _ = engine_proc.wait_exit(Duration::from_secs(10)).await;
     }
 }
+
+/// The continuation request on the wire, as a recording peer receives it: the client's headers
+/// (authorization included), the original messages plus the text so far as the assistant's
+/// message to continue, `max_tokens` less what was sent; and the peer's events rewritten into
+/// the client's stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_continuation_request_carries_the_text_so_far_and_the_clients_headers() {
+    let port = free_port();
+    let record =
+        std::env::temp_dir().join(format!("lameduck-peer-{}-{port}.jsonl", std::process::id()));
+    let _ = std::fs::remove_file(&record);
+    let python = std::env::var("LAMEDUCK_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let _peer = Command::new(python)
+        .arg(clients_dir().join("fake_peer.py"))
+        .arg(port.to_string())
+        .arg(&record)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the fake peer");
+    let peer: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while tokio::net::TcpStream::connect(peer).await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the fake peer never listened"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let gate = gate(peer, &[]).await;
+    let body = chat(11, serde_json::json!({"max_tokens": 1000})).to_string();
+    let req = http::Request::post(gate.url("/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .header("authorization", "Bearer client-secret")
+        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+        .expect("request");
+    let run = tokio::spawn(async move {
+        use http_body_util::BodyExt;
+        let resp = send(req).await.expect("send");
+        let b = resp.into_body().collect().await.expect("body").to_bytes();
+        String::from_utf8_lossy(&b).into_owned()
+    });
+    gate.wait_streams(1).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    get(&gate.admin_url("/drain?deadline=1s&wait=false"))
+        .await
+        .expect("drain");
+    let got = run.await.expect("join");
+    let (text, events, end) = parse_raw(&got);
+    assert!(matches!(end, StreamEnd::Finished { .. }), "{end:?}: {got}");
+    let before = text
+        .strip_suffix("peer-continuation ")
+        .unwrap_or_else(|| panic!("the peer's text does not end the stream: {text}"));
+    assert!(!before.is_empty(), "nothing was sent before the handoff");
+    // Every event carries the first replica's identity, not the peer's.
+    assert!(
+        events
+            .iter()
+            .all(|e| e["id"] != "chatcmpl-peer" && e["model"] == "sim-llm"),
+        "{got}"
+    );
+    let roles = events
+        .iter()
+        .filter(|e| !e["choices"][0]["delta"]["role"].is_null())
+        .count();
+    assert_eq!(roles, 1, "{got}");
+
+    let recorded = std::fs::read_to_string(&record).expect("the peer's record");
+    let seen: Value =
+        serde_json::from_str(recorded.lines().next().expect("one request")).expect("json");
+    assert_eq!(seen["headers"]["authorization"], "Bearer client-secret");
+    assert_eq!(seen["headers"]["lameduck-handoff"], "1");
+    let b = &seen["body"];
+    let msgs = b["messages"].as_array().expect("messages");
+    assert_eq!(msgs.len(), 2, "{b}");
+    assert_eq!(msgs[1]["role"], "assistant");
+    assert_eq!(msgs[1]["content"], before);
+    assert_eq!(b["continue_final_message"], true);
+    assert_eq!(b["add_generation_prompt"], false);
+    let sent = u64::try_from(before.split_whitespace().count()).expect("count");
+    assert_eq!(b["max_tokens"].as_u64(), Some(1000 - sent), "{b}");
+    assert_eq!(b["seed"], 11);
+    let _ = std::fs::remove_file(&record);
+}
