@@ -562,7 +562,8 @@ fn for_each_event(events: &[u8], mut f: impl FnMut(&str)) {
     let mut has_data = false;
     let mut lines = s.split('\n').peekable();
     while let Some(line) = lines.next() {
-        // CRLF and lone CR line ends: a CR splits a line too.
+        // LF, CRLF and lone CR line ends.
+        let line = line.strip_suffix('\r').unwrap_or(line);
         for line in line.split('\r') {
             if line.is_empty() {
                 if has_data {
@@ -620,6 +621,8 @@ impl Drop for Relay {
         if let Some(c) = &self.conn {
             c.request_ended(self.shared.now());
         }
+        // Last: once `relaying` is back down, everything about this relay is counted.
+        self.shared.metrics.relaying.dec();
     }
 }
 
@@ -704,7 +707,6 @@ async fn relay(
         // Bounded: the process is about to exit when the relay was cut.
         let _ = tokio::time::timeout(Duration::from_millis(500), tx.send(t)).await;
     }
-    shared.metrics.relaying.dec();
     tracing::info!(outcome, "Handoff ended");
 }
 
@@ -907,6 +909,16 @@ mod tests {
         // Per-chunk usage (vLLM's continuous_usage_stats) is taken as the exact count.
         t.observe(b"data: {\"choices\":[{\"delta\":{\"content\":\"!\"}}],\"usage\":{\"completion_tokens\":7}}\n\n");
         assert_eq!(t.tokens, 7);
+    }
+
+    #[test]
+    fn events_are_read_whatever_their_line_ends() {
+        let mut seen = Vec::new();
+        for_each_event(
+            b"data: a\r\ndata: b\r\n\r\ndata: c\n\n: comment\n\ndata: d\r\rdata: e\n\n",
+            |d| seen.push(d.to_owned()),
+        );
+        assert_eq!(seen, ["a\nb", "c", "d", "e"]);
     }
 
     #[test]

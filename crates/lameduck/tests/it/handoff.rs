@@ -48,12 +48,31 @@ async fn sim(extra: &[&str]) -> (Proc, SocketAddr) {
 
 /// A gate wrapping engine-sim (40 tokens/s) that hands off to `peer`.
 async fn gate(peer: SocketAddr, extra: &[&str]) -> Gate {
+    gate_at(peer, "40", extra).await
+}
+
+/// A gate wrapping engine-sim at `tokens_per_second` that hands off to `peer`.
+async fn gate_at(peer: SocketAddr, tokens_per_second: &str, extra: &[&str]) -> Gate {
     let to = format!("http://{peer}");
     let mut args = vec!["--handoff-to", &to];
     args.extend_from_slice(extra);
     let mut sim_args = SIM.to_vec();
-    sim_args.extend_from_slice(&["--tokens-per-second", "40"]);
+    sim_args.extend_from_slice(&["--tokens-per-second", tokens_per_second]);
     Gate::wrapping_sim(&args, &sim_args).await
+}
+
+/// Waits until no relay runs on `gate`: a relay's counters and report fields are final then
+/// (the client may see its last bytes a moment before the relay has counted itself).
+async fn settled(gate: &Gate) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while gate.metric("lameduck_gate_relaying").await != Some(0.0) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "relays still running: {}",
+            gate.status().await
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 fn clients_dir() -> PathBuf {
@@ -129,7 +148,9 @@ async fn streams_cut_by_the_deadline_complete_on_a_peer_identical_to_an_uninterr
     let (_peer_proc, peer) = sim(&["--tokens-per-second", "40"]).await;
     // The reference: the same requests, uninterrupted, on a fast engine with the same seed.
     let (_ref_proc, reference) = sim(&["--tokens-per-second", "5000"]).await;
-    let gate = gate(peer, &[]).await;
+    // 20 tokens/s here: every stream (at least 7.5 s) is still running at the deadline, however
+    // long the clients took to start one after another on a busy machine.
+    let gate = gate_at(peer, "20", &[]).await;
 
     let expected: Vec<Value> = {
         let runs: Vec<_> = cases()
@@ -153,7 +174,7 @@ async fn streams_cut_by_the_deadline_complete_on_a_peer_identical_to_an_uninterr
         .map(|(lang, api, usage, seed)| client(lang, gate.url("/v1"), api, usage, seed))
         .collect();
     gate.wait_streams(8).await;
-    // A deadline 2 s away: every stream (150–230 tokens at 40/s) is cut mid-way.
+    // A deadline 2 s away: every stream (150–230 tokens at 20/s) is cut mid-way.
     let (status, body) = get(&gate.admin_url("/drain?deadline=2s&wait=false"))
         .await
         .expect("drain");
@@ -185,6 +206,7 @@ async fn streams_cut_by_the_deadline_complete_on_a_peer_identical_to_an_uninterr
         }
     }
 
+    settled(&gate).await;
     assert_eq!(
         gate.metric("lameduck_gate_handoffs_total{outcome=\"completed\"}")
             .await,
@@ -239,8 +261,9 @@ async fn stream_text(url: String, seed: u32) -> String {
 async fn on_sigterm_the_engine_stops_and_the_gate_exits_once_the_relay_ended() {
     let (_peer_proc, peer) = sim(&["--tokens-per-second", "40"]).await;
     let (_ref_proc, reference) = sim(&["--tokens-per-second", "5000"]).await;
-    // SIGTERM → deadline 3 s later; the hard stop 7 s after it leaves room for the relay.
-    let mut gate = gate(peer, &["--grace-period", "8", "--kill-margin", "5"]).await;
+    // SIGTERM → deadline 3 s later; the hard stop 11 s after it leaves room for the relay. At
+    // 20 tokens/s the stream (at least 7.5 s) is still running at the deadline.
+    let mut gate = gate_at(peer, "20", &["--grace-period", "12", "--kill-margin", "9"]).await;
     let want = stream_text(format!("http://{reference}/v1/chat/completions"), 3).await;
     let run = tokio::spawn(stream_text(gate.url("/v1/chat/completions"), 3));
     gate.wait_streams(1).await;
@@ -333,6 +356,7 @@ async fn without_a_peer_or_an_eligible_request_streams_end_as_before() {
         let (end, _) = run.await.expect("join");
         assert_eq!(end, shutdown_error(), "{what}");
     }
+    settled(&gate).await;
     let m = |s: &'static str| gate.metric(s);
     assert_eq!(
         m("lameduck_gate_handoffs_total{outcome=\"fell_back\"}").await,
@@ -366,7 +390,7 @@ async fn a_refusing_peer_and_a_peer_dying_mid_way_fall_back_without_duplicating_
     let (_cold, cold) = sim(&["--cold-start", "1h"]).await;
     let refusing = gate(cold, &[]).await;
     // A peer that is killed once it has sent part of the continuation.
-    let (mut dying_proc, dying) = sim(&["--tokens-per-second", "40"]).await;
+    let (mut dying_proc, dying) = sim(&["--tokens-per-second", "20"]).await;
     let dies = gate(dying, &[]).await;
 
     let want =
@@ -398,6 +422,7 @@ async fn a_refusing_peer_and_a_peer_dying_mid_way_fall_back_without_duplicating_
             "{what}: the text is not a prefix of the uninterrupted one:\n{text}\n{want}"
         );
         assert!(text.len() < want.len(), "{what}");
+        settled(g).await;
         assert_eq!(
             g.metric("lameduck_gate_handoffs_total{outcome=\"fell_back\"}")
                 .await,
@@ -428,7 +453,7 @@ async fn a_stream_whose_engine_crashes_or_aborts_mid_way_completes_on_a_peer() {
     let to = format!("http://{peer}");
     for (how, signal) in [("crash", Signal::SIGKILL), ("abort", Signal::SIGTERM)] {
         let (mut engine_proc, engine) =
-            sim(&["--tokens-per-second", "40", "--on-sigterm", "abort"]).await;
+            sim(&["--tokens-per-second", "20", "--on-sigterm", "abort"]).await;
         let gate = Gate::sidecar(engine, &["--handoff-to", &to]).await;
         let want = stream_text(format!("http://{reference}/v1/chat/completions"), 9).await;
         let run = tokio::spawn(stream_text(gate.url("/v1/chat/completions"), 9));
@@ -441,6 +466,7 @@ async fn a_stream_whose_engine_crashes_or_aborts_mid_way_completes_on_a_peer() {
         assert_eq!(end, want_end, "{how}: {got}");
         assert_eq!(text, want_text, "{how}");
         assert_eq!(got.matches("[DONE]").count(), 1, "{how}");
+        settled(&gate).await;
         assert_eq!(
             gate.metric("lameduck_gate_handoffs_total{outcome=\"completed\"}")
                 .await,
@@ -478,7 +504,7 @@ async fn the_continuation_request_carries_the_text_so_far_and_the_clients_header
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let gate = gate(peer, &[]).await;
+    let gate = gate_at(peer, "20", &[]).await;
     let body = chat(11, serde_json::json!({"max_tokens": 1000})).to_string();
     let req = http::Request::post(gate.url("/v1/chat/completions"))
         .header("content-type", "application/json")
