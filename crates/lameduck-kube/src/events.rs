@@ -9,7 +9,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time
 /// What an Event is about.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Subject {
-    /// `Pod` or `Node`.
+    /// `v1`, or the group and version (`lameduck.io/v1alpha1`).
+    pub api_version: &'static str,
+    /// `Pod`, `Node`, `RainbowDeployment`.
     pub kind: &'static str,
     /// The object's name.
     pub name: String,
@@ -23,6 +25,7 @@ impl Subject {
     /// A pod.
     pub fn pod(namespace: &str, name: &str, uid: Option<String>) -> Subject {
         Subject {
+            api_version: "v1",
             kind: "Pod",
             name: name.to_owned(),
             namespace: Some(namespace.to_owned()),
@@ -33,9 +36,27 @@ impl Subject {
     /// A node.
     pub fn node(name: &str, uid: Option<String>) -> Subject {
         Subject {
+            api_version: "v1",
             kind: "Node",
             name: name.to_owned(),
             namespace: None,
+            uid,
+        }
+    }
+
+    /// A namespaced object of any kind.
+    pub fn object(
+        api_version: &'static str,
+        kind: &'static str,
+        namespace: &str,
+        name: &str,
+        uid: Option<String>,
+    ) -> Subject {
+        Subject {
+            api_version,
+            kind,
+            name: name.to_owned(),
+            namespace: Some(namespace.to_owned()),
             uid,
         }
     }
@@ -68,7 +89,7 @@ pub fn event(
             ..ObjectMeta::default()
         },
         involved_object: ObjectReference {
-            api_version: Some("v1".into()),
+            api_version: Some(subject.api_version.into()),
             kind: Some(subject.kind.into()),
             name: Some(subject.name.clone()),
             namespace: subject.namespace.clone(),

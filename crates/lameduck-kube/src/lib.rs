@@ -15,6 +15,7 @@
 //!
 //! The Kubernetes API version is chosen by the binary (k8s-openapi's feature), not here.
 
+pub mod admin;
 pub mod events;
 pub mod gate;
 mod retry;

@@ -176,6 +176,29 @@ pub(crate) const RESOURCES: &[Resource] = &[
         short_names: &["hpa"],
         subresources: &[Sub::Status],
     },
+    // Stored only: the CRDs a test installs are not read; the custom resources below are
+    // served whether or not their CRD was created.
+    Resource {
+        group: "apiextensions.k8s.io",
+        version: "v1",
+        plural: "customresourcedefinitions",
+        singular: "customresourcedefinition",
+        kind: "CustomResourceDefinition",
+        namespaced: false,
+        short_names: &["crd", "crds"],
+        subresources: &[Sub::Status],
+    },
+    // lameduck's own custom resource (`lameduck rainbow crd`).
+    Resource {
+        group: "lameduck.io",
+        version: "v1alpha1",
+        plural: "rainbowdeployments",
+        singular: "rainbowdeployment",
+        kind: "RainbowDeployment",
+        namespaced: true,
+        short_names: &["rainbow"],
+        subresources: &[Sub::Status],
+    },
 ];
 
 impl Resource {

@@ -67,6 +67,9 @@ enum Command {
     /// Drain nodes: say what will block before anything changes, then cordon and evict,
     /// showing why a PodDisruptionBudget makes an eviction wait.
     Drain(Box<lameduck_drain::DrainArgs>),
+    /// The rainbow controller: one Deployment per release of a pod template, each old one
+    /// retired when its own gates report no work in flight.
+    Rainbow(lameduck_rainbow::RainbowCommand),
     /// Copy this binary into a directory (the init container of `inject --mode wrapper`).
     CopyBinary(cmd::copy_binary::CopyBinaryArgs),
     /// Print a shell completion script: `source <(lameduck completions bash)`.
@@ -119,6 +122,7 @@ fn main() -> ExitCode {
         Command::Plan(args) => cmd::plan::run(*args),
         Command::Agent(args) => cmd::agent::run(*args),
         Command::Drain(args) => cmd::drain::run(*args),
+        Command::Rainbow(args) => cmd::rainbow::run(args),
         Command::CopyBinary(args) => cmd::copy_binary::run(args),
         Command::Completions(args) => {
             let mut cmd = command();

@@ -8,6 +8,7 @@ pub mod gate;
 pub mod inject;
 pub mod lint;
 pub mod plan;
+pub mod rainbow;
 pub mod rehearse;
 
 /// A duration flag: seconds (`30`, `1.5`) or with a unit (`250ms`, `2m`).

@@ -16,6 +16,7 @@ mod live_pod;
 mod observability;
 mod plan;
 mod protocols;
+mod rainbow;
 mod rehearse;
 mod support;
 mod upstream;
