@@ -42,6 +42,9 @@ pub enum WorkloadKind {
     /// serving.kserve.io ServingRuntime or ClusterServingRuntime: the containers KServe runs
     /// for a model format.
     ServingRuntime,
+    /// lameduck.io RainbowDeployment: one Deployment per release of its template, each old
+    /// one kept until its gates report no work (`lameduck rainbow`).
+    RainbowDeployment,
 }
 
 /// How a kind is rolled out and drained, where that differs from a Deployment.
@@ -75,6 +78,7 @@ impl WorkloadKind {
             ("serving.kserve.io", "ServingRuntime" | "ClusterServingRuntime") => {
                 Self::ServingRuntime
             }
+            ("lameduck.io", "RainbowDeployment") => Self::RainbowDeployment,
             _ => return None,
         })
     }
@@ -149,6 +153,7 @@ impl WorkloadKind {
                 | Self::ReplicaSet
                 | Self::LeaderWorkerSet
                 | Self::Rollout
+                | Self::RainbowDeployment
         )
     }
 

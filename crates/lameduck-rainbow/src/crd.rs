@@ -49,6 +49,12 @@ pub struct RainbowDeploymentSpec {
     #[serde(default)]
     pub services: Vec<String>,
 
+    /// An autoscaler per colour, created with it and deleted when it is retired. The
+    /// colour's replicas are then the autoscaler's: `replicas` is only where a new colour
+    /// starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaler: Option<Autoscaler>,
+
     /// When a new colour takes the Services.
     #[serde(default)]
     pub promotion: Promotion,
@@ -56,6 +62,43 @@ pub struct RainbowDeploymentSpec {
     /// When an old colour goes.
     #[serde(default)]
     pub retirement: Retirement,
+}
+
+/// An autoscaler made for each colour.
+#[derive(Serialize, Deserialize, Clone, Debug, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Autoscaler {
+    /// `HorizontalPodAutoscaler` (autoscaling/v2) or `ScaledObject` (KEDA, keda.sh/v1alpha1).
+    pub kind: AutoscalerKind,
+    /// Its spec, without `scaleTargetRef` (the colour's Deployment is filled in).
+    #[schemars(schema_with = "any_object")]
+    pub spec: serde_json::Value,
+}
+
+/// The autoscalers a colour can have.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, JsonSchema, PartialEq, Eq)]
+pub enum AutoscalerKind {
+    /// autoscaling/v2 HorizontalPodAutoscaler.
+    HorizontalPodAutoscaler,
+    /// KEDA's keda.sh/v1alpha1 ScaledObject (it may scale a colour to zero).
+    ScaledObject,
+}
+
+impl AutoscalerKind {
+    /// (group, version, kind, plural).
+    pub fn resource(self) -> (&'static str, &'static str, &'static str, &'static str) {
+        match self {
+            AutoscalerKind::HorizontalPodAutoscaler => (
+                "autoscaling",
+                "v2",
+                "HorizontalPodAutoscaler",
+                "horizontalpodautoscalers",
+            ),
+            AutoscalerKind::ScaledObject => {
+                ("keda.sh", "v1alpha1", "ScaledObject", "scaledobjects")
+            }
+        }
+    }
 }
 
 /// When a new colour takes the Services.
@@ -209,6 +252,8 @@ pub struct Settings {
     pub quiet: Duration,
     /// The longest an old colour stays; `None`: no limit.
     pub max_age: Option<Duration>,
+    /// An autoscaler owns the colours' replicas: `replicas` only starts a new colour.
+    pub autoscaled: bool,
 }
 
 impl RainbowDeploymentSpec {
@@ -234,6 +279,7 @@ impl RainbowDeploymentSpec {
             ready_fraction: f,
             quiet: parse("quietPeriod", &self.retirement.quiet_period)?,
             max_age: (!max_age.is_zero()).then_some(max_age),
+            autoscaled: self.autoscaler.is_some(),
         })
     }
 }

@@ -221,8 +221,9 @@ pub fn ready_needed(replicas: i32, fraction: f64) -> i32 {
     (needed as i32).clamp(1, replicas)
 }
 
+/// `30s`, `11h 52m`: whole seconds, for people.
 fn secs(d: Duration) -> String {
-    lameduck_timeline::fmt_secs(d)
+    humantime::format_duration(Duration::from_secs(d.as_secs())).to_string()
 }
 
 /// Decides what to do.
@@ -243,15 +244,19 @@ pub fn decide(input: &Input) -> Decision {
             false
         }
         Some(c) => {
-            // A rollback to a retired colour: scaled back up, its retirement forgotten.
-            if c.replicas != s.replicas || c.retiring.is_some() {
+            // A rollback to a retired colour: scaled back up, its retirement forgotten. With
+            // an autoscaler, the replicas are otherwise its own.
+            if (c.replicas != s.replicas && !s.autoscaled) || c.retiring.is_some() {
                 actions.push(Action::Scale {
                     colour: c.colour.clone(),
                     replicas: s.replicas,
                 });
+                false
+            } else {
+                // Ready pods count against what the Deployment asks: the spec's replicas, or
+                // the autoscaler's.
+                c.ready >= ready_needed(c.replicas, s.ready_fraction)
             }
-            // Ready pods count against what the spec asks, whatever the Deployment still has.
-            c.replicas == s.replicas && c.ready >= ready_needed(s.replicas, s.ready_fraction)
         }
     };
 
@@ -269,8 +274,8 @@ pub fn decide(input: &Input) -> Decision {
         (None, false) => "created; waiting for its pods to be Ready".to_owned(),
         (Some(c), false) => format!(
             "waiting for {} of {} pods to be Ready ({} are)",
-            ready_needed(s.replicas, s.ready_fraction),
-            s.replicas,
+            ready_needed(c.replicas, s.ready_fraction),
+            c.replicas,
             c.ready
         ),
     };
@@ -413,6 +418,7 @@ mod tests {
             ready_fraction: 1.0,
             quiet: Duration::from_secs(30),
             max_age: Some(Duration::from_secs(3600)),
+            autoscaled: false,
         }
     }
 
@@ -485,7 +491,15 @@ mod tests {
         input.serving = Some("blue".into());
         input.colours[1].superseded_at = Some(at(1000));
         input.now = at(1000 + 3599);
-        assert!(decide(&input).actions.is_empty());
+        let d = decide(&input);
+        assert!(d.actions.is_empty());
+        assert_eq!(d.colours[1].message, "3 in flight; maxAge in 1s");
+        input.now = at(1000 + 60);
+        assert_eq!(
+            decide(&input).colours[1].message,
+            "3 in flight; maxAge in 59m"
+        );
+        input.now = at(1000 + 3599);
         // Idle: the quiet period starts, and ends.
         input.now = at(1100);
         input.colours[1].work = Work::Idle;

@@ -56,6 +56,7 @@ pub const OPERATIONS: &[&str] = &[
     "scale_deployment",
     "delete_deployment",
     "route_service",
+    "autoscaler",
     "write_status",
     "post_event",
     "lease",

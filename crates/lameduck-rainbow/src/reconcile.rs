@@ -10,7 +10,9 @@ use futures_util::future::join_all;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Event, Pod, Service};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{
+    ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams,
+};
 use kube::{Api, Client, Resource, ResourceExt};
 use lameduck_kube::events::{Subject, event};
 use lameduck_kube::{Context as _, KubeError, LogOnce, Op};
@@ -18,7 +20,10 @@ use lameduck_pod::model::PodModel;
 use serde_json::json;
 
 use crate::colour;
-use crate::crd::{COLOUR_LABEL, ColourStatus, RAINBOW_LABEL, RainbowDeployment, RainbowStatus};
+use crate::crd::{
+    Autoscaler, AutoscalerKind, COLOUR_LABEL, ColourStatus, RAINBOW_LABEL, RainbowDeployment,
+    RainbowStatus,
+};
 use crate::decide::{self, Action, Colour, Input, Reason, Work};
 use crate::metrics::Metrics;
 
@@ -256,6 +261,23 @@ pub async fn reconcile(rd: &RainbowDeployment, ctx: &Ctx) -> Result<(), Reconcil
         }
     }
 
+    // The current colour's autoscaler, made (or brought back after a rollback) and kept to the
+    // spec. Old colours keep theirs until they are retired.
+    if let Some(auto) = &rd.spec.autoscaler
+        && !ctx.dry_run
+        && (owned
+            .iter()
+            .any(|d| d.labels().get(COLOUR_LABEL) == Some(&desired))
+            || decision
+                .actions
+                .iter()
+                .any(|a| matches!(a, Action::Create { colour, .. } if *colour == desired)))
+        && let Err(e) = ensure_autoscaler(rd, &ns, &name, &desired, auto, ctx).await
+    {
+        fail(ctx, "autoscaler", &e);
+        problems.push(e.to_string());
+    }
+
     // The status: the decision's colours, with the Deployment's numbers.
     let observed: BTreeMap<&str, &Colour> = input
         .colours
@@ -328,6 +350,112 @@ pub async fn reconcile(rd: &RainbowDeployment, ctx: &Ctx) -> Result<(), Reconcil
         }
     }
     Ok(())
+}
+
+fn autoscaler_api(ns: &str, auto: &Autoscaler, ctx: &Ctx) -> (Api<DynamicObject>, &'static str) {
+    let (group, version, kind, plural) = auto.kind.resource();
+    let ar = ApiResource {
+        group: group.to_owned(),
+        version: version.to_owned(),
+        api_version: format!("{group}/{version}"),
+        kind: kind.to_owned(),
+        plural: plural.to_owned(),
+    };
+    let rbac = match auto.kind {
+        AutoscalerKind::HorizontalPodAutoscaler => "horizontalpodautoscalers.autoscaling",
+        AutoscalerKind::ScaledObject => "scaledobjects.keda.sh",
+    };
+    (Api::namespaced_with(ctx.client.clone(), ns, &ar), rbac)
+}
+
+/// Creates the colour's autoscaler, or brings its spec to the RainbowDeployment's.
+async fn ensure_autoscaler(
+    rd: &RainbowDeployment,
+    ns: &str,
+    name: &str,
+    colour: &str,
+    auto: &Autoscaler,
+    ctx: &Ctx,
+) -> Result<(), KubeError> {
+    let (api, rbac) = autoscaler_api(ns, auto, ctx);
+    let dname = colour::deployment_name(name, colour);
+    let mut spec = auto.spec.clone();
+    if let Some(o) = spec.as_object_mut() {
+        o.insert(
+            "scaleTargetRef".to_owned(),
+            json!({"apiVersion": "apps/v1", "kind": "Deployment", "name": dname}),
+        );
+    }
+    let existing = api
+        .get_opt(&dname)
+        .await
+        .op(Op::new("get", rbac, ns).named(&dname))?;
+    match existing {
+        Some(o) if o.data.get("spec") == Some(&spec) => Ok(()),
+        Some(_) => api
+            .patch(
+                &dname,
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "spec": spec })),
+            )
+            .await
+            .op(Op::new("patch", rbac, ns).named(&dname))
+            .map(|_| ()),
+        None => {
+            let (group, version, kind, _) = auto.kind.resource();
+            let owner = rd.controller_owner_ref(&());
+            let obj: DynamicObject = serde_json::from_value(json!({
+                "apiVersion": format!("{group}/{version}"),
+                "kind": kind,
+                "metadata": {
+                    "name": dname,
+                    "namespace": ns,
+                    "labels": {RAINBOW_LABEL: name, COLOUR_LABEL: colour},
+                    "ownerReferences": owner.map(|o| vec![o]).unwrap_or_default(),
+                },
+                "spec": spec,
+            }))
+            .map_err(|e| {
+                KubeError::new(
+                    Op::new("create", rbac, ns).named(&dname),
+                    kube::Error::SerdeError(e),
+                )
+            })?;
+            match api.create(&PostParams::default(), &obj).await {
+                Ok(_) => {
+                    post_event(
+                        rd,
+                        ns,
+                        name,
+                        "AutoscalerCreated",
+                        format!("created {kind} {dname} for colour {colour}"),
+                        false,
+                        ctx,
+                    )
+                    .await;
+                    Ok(())
+                }
+                Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+                Err(e) => Err(KubeError::new(Op::new("create", rbac, ns).named(&dname), e)),
+            }
+        }
+    }
+}
+
+async fn delete_autoscaler(
+    ns: &str,
+    name: &str,
+    colour: &str,
+    auto: &Autoscaler,
+    ctx: &Ctx,
+) -> Result<(), KubeError> {
+    let (api, rbac) = autoscaler_api(ns, auto, ctx);
+    let dname = colour::deployment_name(name, colour);
+    match api.delete(&dname, &DeleteParams::default()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(KubeError::new(Op::new("delete", rbac, ns).named(&dname), e)),
+    }
 }
 
 /// The annotation on a colour's Deployment that records its retirement (`quiet`, `maxAge`).
@@ -479,7 +607,16 @@ async fn act(
         }
         Action::Retire {
             colour: c, reason, ..
-        } => scale(c, 0, Some(reason.as_str())).await,
+        } => {
+            // Its autoscaler first, or it would scale the colour back up.
+            match &rd.spec.autoscaler {
+                Some(auto) => match delete_autoscaler(ns, name, c, auto, ctx).await {
+                    Ok(()) => scale(c, 0, Some(reason.as_str())).await,
+                    Err(e) => Err(e),
+                },
+                None => scale(c, 0, Some(reason.as_str())).await,
+            }
+        }
         Action::Route { colour: c, .. } => {
             let services: Api<Service> = Api::namespaced(ctx.client.clone(), ns);
             let mut r = Ok(());

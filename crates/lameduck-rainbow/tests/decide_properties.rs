@@ -25,6 +25,9 @@ enum Event {
     Settle,
     /// The controller runs.
     Tick,
+    /// An autoscaler (when there is one) sets colour k's replicas, unless it is retired
+    /// (its autoscaler is deleted then).
+    Autoscale(usize, i32),
     /// The controller restarts: its memory is the status, so nothing is lost; but the
     /// Services may have been moved by hand to no colour.
     Unroute,
@@ -38,6 +41,7 @@ fn event() -> impl Strategy<Value = Event> {
         2 => Just(Event::Ready),
         2 => Just(Event::Settle),
         5 => Just(Event::Tick),
+        1 => (0usize..4, 0i32..4).prop_map(|(k, n)| Event::Autoscale(k, n)),
         1 => Just(Event::Unroute),
     ]
 }
@@ -216,8 +220,11 @@ impl World {
                 Action::Route { colour, .. } => {
                     prop_assert_eq!(colour, &self.desired, "only to the desired colour");
                     let c = find(colour).ok_or_else(|| TestCaseError::fail("routed to nothing"))?;
-                    prop_assert!(c.ready >= ready_needed(wanted, self.settings.ready_fraction));
-                    prop_assert_eq!(c.replicas, wanted);
+                    prop_assert!(c.ready >= ready_needed(c.replicas, self.settings.ready_fraction));
+                    prop_assert!(c.retiring.is_none());
+                    if !self.settings.autoscaled {
+                        prop_assert_eq!(c.replicas, wanted);
+                    }
                 }
                 Action::Retire {
                     colour,
@@ -300,6 +307,19 @@ impl World {
                 self.tick()?;
             }
             Event::Unroute => self.serving = None,
+            Event::Autoscale(k, n) => {
+                let retired = self
+                    .memory
+                    .get(&name(*k))
+                    .is_some_and(|m| m.retiring.is_some());
+                if self.settings.autoscaled
+                    && !retired
+                    && let Some(d) = self.deps.get_mut(&name(*k))
+                {
+                    d.replicas = *n;
+                    d.pods = d.pods.max(u32::try_from(*n).unwrap_or(0));
+                }
+            }
         }
         Ok(())
     }
@@ -311,13 +331,17 @@ fn settings() -> impl Strategy<Value = Settings> {
         prop_oneof![Just(1.0), Just(0.5), Just(0.34)],
         1u64..120,
         prop::option::of(60u64..3600),
+        any::<bool>(),
     )
-        .prop_map(|(replicas, ready_fraction, quiet, max_age)| Settings {
-            replicas,
-            ready_fraction,
-            quiet: Duration::from_secs(quiet),
-            max_age: max_age.map(Duration::from_secs),
-        })
+        .prop_map(
+            |(replicas, ready_fraction, quiet, max_age, autoscaled)| Settings {
+                replicas,
+                ready_fraction,
+                quiet: Duration::from_secs(quiet),
+                max_age: max_age.map(Duration::from_secs),
+                autoscaled,
+            },
+        )
 }
 
 proptest! {

@@ -199,6 +199,17 @@ pub(crate) const RESOURCES: &[Resource] = &[
         short_names: &["rainbow"],
         subresources: &[Sub::Status],
     },
+    // KEDA's ScaledObject: stored only (no controller scales anything by it).
+    Resource {
+        group: "keda.sh",
+        version: "v1alpha1",
+        plural: "scaledobjects",
+        singular: "scaledobject",
+        kind: "ScaledObject",
+        namespaced: true,
+        short_names: &["so"],
+        subresources: &[Sub::Status],
+    },
 ];
 
 impl Resource {

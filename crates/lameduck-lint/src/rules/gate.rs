@@ -5,7 +5,7 @@ use lameduck_manifest::Workload;
 use lameduck_pod::{GateMode, Slot};
 
 use super::{
-    Ctx, GATE_FLAGS_INVALID, GATE_GRACE_MISMATCH, GATE_NOT_NATIVE_SIDECAR,
+    Ctx, GATE_FLAGS_INVALID, GATE_GRACE_MISMATCH, GATE_NOT_NATIVE_SIDECAR, RAINBOW_NOT_GATED,
     SERVING_GATE_WITHOUT_KUBE, SIDECAR_PRESTOP_NOT_DRAINING, secs,
 };
 
@@ -32,6 +32,16 @@ pub(crate) fn setup(ctx: &mut Ctx<'_>, w: &Workload<'_>) {
                 lameduck_pod::SERVING_CONDITION
             ),
             "pass --kube to the gate (with LAMEDUCK_POD_NAME and LAMEDUCK_POD_NAMESPACE from the downward API; `lameduck inject --kube` writes it all), or remove the readiness gate".into(),
+        );
+    }
+    if w.kind == lameduck_manifest::WorkloadKind::RainbowDeployment && w.model.gate.is_none() {
+        ctx.emit(
+            RAINBOW_NOT_GATED,
+            w.into(),
+            &format!("{}.containers", w.pod_path()),
+            None,
+            "no container runs `lameduck gate`: the rainbow controller reads each pod's work from its gate's /status, so it cannot tell when an old release is idle and keeps it until spec.retirement.maxAge".into(),
+            "run the serving container behind the gate: `lameduck inject` on this file adds it".into(),
         );
     }
     let Some(g) = &w.model.gate else { return };

@@ -98,6 +98,8 @@ rules! {
         "A rollout may take down more pods than the warm headroom can cover";
     KNATIVE_TIMEOUT_TOO_SHORT = "knative-timeout-too-short", Error,
         "A Knative revision's timeoutSeconds is shorter than its longest request";
+    RAINBOW_NOT_GATED = "rainbow-not-gated", Error,
+        "A RainbowDeployment's pods run no lameduck gate: the controller cannot see their work and retires old releases only at maxAge";
     LONG_LIVED_WORK = "long-lived-work", Note,
         "Drains this long are better served by rainbow deployments";
 }

@@ -42,6 +42,13 @@ fn the_chart_renders_lints_and_validates() {
         ),
         ("agent-off", json!({"agent": {"enabled": false}})),
         (
+            "rainbow-one-namespace",
+            json!({"rainbow": {"watchNamespace": "ai", "dryRun": true, "poll": "10s",
+                               "autoscalers": {"kedaScaledObject": true},
+                               "podMonitor": {"enabled": true}}}),
+        ),
+        ("rainbow-off", json!({"rainbow": {"enabled": false}})),
+        (
             "observability",
             json!({"prometheusRule": {"enabled": true, "labels": {"release": "kube-prometheus-stack"}},
                    "grafanaDashboard": {"enabled": true, "namespace": "monitoring"},
@@ -55,6 +62,7 @@ fn the_chart_renders_lints_and_validates() {
         let text = std::fs::read_to_string(&out).expect("rendered");
         let agent_on = values["agent"]["enabled"] != false;
         assert_eq!(text.contains("kind: DaemonSet"), agent_on, "{name}: {text}");
+        rainbow_checks(name, &values, &text);
         if !agent_on {
             continue;
         }
@@ -111,7 +119,8 @@ fn the_chart_renders_lints_and_validates() {
         assert_eq!(
             text.matches("kind: PodMonitor").count(),
             usize::from(values["agent"]["podMonitor"]["enabled"] == true)
-                + usize::from(values["gatePodMonitor"]["enabled"] == true),
+                + usize::from(values["gatePodMonitor"]["enabled"] == true)
+                + usize::from(values["rainbow"]["podMonitor"]["enabled"] == true),
             "{name}"
         );
         if values["gatePodMonitor"]["enabled"] == true {
@@ -167,4 +176,79 @@ fn the_chart_renders_lints_and_validates() {
         }
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The rainbow controller as rendered: present unless turned off, its arguments accepted by
+/// `lameduck rainbow run`, a Role in the watched namespace instead of a ClusterRole, RBAC for
+/// the autoscaler kinds asked for, and the chart's CRD exactly what `lameduck rainbow crd`
+/// prints.
+fn rainbow_checks(name: &str, values: &Value, text: &str) {
+    let on = values["rainbow"]["enabled"] != false;
+    assert_eq!(text.contains("name: ld-rainbow\n"), on, "{name}");
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let crd = Command::new(bin())
+        .args(["rainbow", "crd"])
+        .output()
+        .expect("rainbow crd runs");
+    assert_eq!(
+        String::from_utf8_lossy(&crd.stdout),
+        std::fs::read_to_string(
+            root.join("charts/lameduck/crds/rainbowdeployments.lameduck.io.yaml")
+        )
+        .expect("the chart's CRD"),
+        "charts/lameduck/crds/ is stale: lameduck rainbow crd > charts/lameduck/crds/rainbowdeployments.lameduck.io.yaml"
+    );
+    if !on {
+        return;
+    }
+    let lines: Vec<&str> = text.lines().collect();
+    let start = lines
+        .windows(2)
+        .position(|w| w[0].trim() == "args:" && w[1].trim() == "- rainbow")
+        .unwrap_or_else(|| panic!("{name}: no rainbow args"));
+    let args: Vec<String> = lines[start + 1..]
+        .iter()
+        .take_while(|l| l.trim_start().starts_with("- "))
+        .map(|l| l.trim_start()[2..].trim_matches('"').to_owned())
+        .collect();
+    let help = Command::new(bin())
+        .args(&args)
+        .arg("--help")
+        .output()
+        .expect("rainbow run --help runs");
+    assert!(
+        help.status.success(),
+        "{name}: {args:?}: {}",
+        String::from_utf8_lossy(&help.stderr)
+    );
+    let watch = values["rainbow"]["watchNamespace"]
+        .as_str()
+        .unwrap_or_default();
+    assert_eq!(
+        args.iter().any(|a| a == "--namespace"),
+        !watch.is_empty(),
+        "{name}: {args:?}"
+    );
+    assert_eq!(
+        text.contains("kind: ClusterRole\nmetadata:\n  name: ld-rainbow\n"),
+        watch.is_empty(),
+        "{name}"
+    );
+    if !watch.is_empty() {
+        assert!(
+            text.contains(&format!(
+                "kind: Role\nmetadata:\n  name: ld-rainbow\n  namespace: {watch}\n"
+            )),
+            "{name}"
+        );
+    }
+    assert_eq!(
+        text.contains("resources: [\"scaledobjects\"]"),
+        values["rainbow"]["autoscalers"]["kedaScaledObject"] == true,
+        "{name}"
+    );
+    assert!(
+        text.contains("resources: [\"horizontalpodautoscalers\"]"),
+        "{name}"
+    );
 }

@@ -433,7 +433,14 @@ async fn max_age_retires_a_stuck_colour() {
         retired[0].contains("maxAge with 1 in flight"),
         "{retired:?}"
     );
-    assert_eq!(colour_row(&s.api, &old)["retiring"], "maxAge");
+    // The status is written after the actions: it may lag the scale-down by a moment.
+    until(
+        "the status says why it is retiring",
+        Duration::from_secs(10),
+        &s.api,
+        || colour_row(&s.api, &old)["retiring"] == "maxAge",
+    )
+    .await;
     let end = stream.await.expect("join");
     assert!(
         matches!(end, StreamEnd::TerminalError { done: true, .. }),
@@ -558,7 +565,15 @@ async fn a_restarted_controller_converges_to_the_same_state() {
         || lease(&s.api) == "second",
     )
     .await;
-    assert_eq!(metric(port, "lameduck_rainbow_leader").await, Some(1.0));
+    // It says so in its metrics a moment after it took the Lease.
+    let t0 = Instant::now();
+    while metric(port, "lameduck_rainbow_leader").await != Some(1.0) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the new leader's metric"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     // The old colour is still there with its stream.
     assert!(
         colours(&s.api).contains(&(old.clone(), 1)),
@@ -639,4 +654,153 @@ async fn rollback_moves_the_services_back_to_a_live_colour() {
         moved[2].contains(&format!("select colour {old} (was {new})")),
         "{moved:?}"
     );
+}
+
+/// `examples/rainbow/`: the CRD is exactly what `lameduck rainbow crd` prints, the injected
+/// RainbowDeployment exactly what `inject --kube` writes from the plain one, everything but
+/// the plain one lints with no finding (the plain one is told it has no gate), the built-in
+/// kinds validate against the Kubernetes schema, and the RainbowDeployments against the
+/// CRD's own schema (which refuses one without a template).
+#[test]
+fn the_rainbow_examples_are_current_lint_clean_and_valid() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/rainbow");
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(bin())
+            .args(args)
+            .output()
+            .expect("lameduck runs");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let path = |f: &str| dir.join(f).display().to_string();
+    let (code, crd) = run(&["rainbow", "crd"]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        crd,
+        std::fs::read_to_string(dir.join("crd.yaml")).expect("crd.yaml"),
+        "examples/rainbow/crd.yaml is stale: lameduck rainbow crd > examples/rainbow/crd.yaml"
+    );
+    let (code, injected) = run(&["inject", "--kube", "-q", &path("rainbow.yaml")]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        injected,
+        std::fs::read_to_string(dir.join("injected.yaml")).expect("injected.yaml"),
+        "examples/rainbow/injected.yaml is stale: lameduck inject --kube examples/rainbow/rainbow.yaml > examples/rainbow/injected.yaml"
+    );
+    let (code, report) = run(&[
+        "lint",
+        &path("crd.yaml"),
+        &path("controller.yaml"),
+        &path("injected.yaml"),
+    ]);
+    assert_eq!(code, 0, "{report}");
+    assert!(report.contains("0 error(s), 0 warning(s)"), "{report}");
+    let (code, report) = run(&["lint", &path("rainbow.yaml")]);
+    assert_eq!(code, 1, "{report}");
+    assert!(report.contains("error[rainbow-not-gated]"), "{report}");
+    let files: Vec<std::path::PathBuf> = [
+        "crd.yaml",
+        "controller.yaml",
+        "rainbow.yaml",
+        "injected.yaml",
+    ]
+    .iter()
+    .map(|f| dir.join(f))
+    .collect();
+    let refs: Vec<&std::path::Path> = files.iter().map(|p| p.as_path()).collect();
+    assert_schema_valid("examples/rainbow", &refs);
+    // The custom resources against the CRD's openAPIV3Schema.
+    let check = r#"
+import sys, yaml, jsonschema
+crd = yaml.safe_load(open(sys.argv[1]))
+schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+n = 0
+for f in sys.argv[2:]:
+    for doc in yaml.safe_load_all(open(f)):
+        if doc and doc.get("kind") == "RainbowDeployment":
+            jsonschema.validate(doc, schema)
+            n += 1
+bad = {"apiVersion": "lameduck.io/v1alpha1", "kind": "RainbowDeployment", "metadata": {"name": "x"}, "spec": {"replicas": 1}}
+try:
+    jsonschema.validate(bad, schema)
+    sys.exit("a RainbowDeployment without a template passed the schema")
+except jsonschema.ValidationError:
+    pass
+print(n)
+"#;
+    let out = std::process::Command::new(venv_bin("python"))
+        .args(["-c", check])
+        .args([
+            path("crd.yaml"),
+            path("rainbow.yaml"),
+            path("injected.yaml"),
+        ])
+        .output()
+        .expect("python runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "2");
+}
+
+/// With `spec.autoscaler`, each colour gets its own HorizontalPodAutoscaler aimed at its
+/// Deployment; the controller leaves the replicas to it (a count the autoscaler set is not
+/// undone), and deletes a colour's autoscaler when it retires that colour.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_colour_gets_its_own_autoscaler() {
+    let s = setup("rainbow-hpa", 6, &[], "1s", "1h").await;
+    assert!(s.api.modify(RD.0, RD.1, Some("default"), "llm", |rd| {
+        rd["spec"]["autoscaler"] = json!({
+            "kind": "HorizontalPodAutoscaler",
+            "spec": {"minReplicas": 1, "maxReplicas": 3,
+                     "metrics": [{"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 70}}}]}
+        });
+    }));
+    let (_ctl, _port) = controller(&s.config, &[]);
+    let first = first_colour(&s).await;
+    let hpa = |colour: &str| {
+        s.api.get(
+            "autoscaling/v2",
+            "HorizontalPodAutoscaler",
+            Some("default"),
+            &format!("llm-{colour}"),
+        )
+    };
+    let h = hpa(&first).expect("the first colour's autoscaler");
+    assert_eq!(
+        h["spec"]["scaleTargetRef"],
+        json!({"apiVersion": "apps/v1", "kind": "Deployment", "name": format!("llm-{first}")})
+    );
+    assert_eq!(h["spec"]["maxReplicas"], 3);
+    // The autoscaler scales the colour up: the controller leaves it so.
+    assert!(s.api.modify(
+        "apps/v1",
+        "Deployment",
+        Some("default"),
+        &format!("llm-{first}"),
+        |d| {
+            d["spec"]["replicas"] = json!(2);
+        }
+    ));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        colours(&s.api).contains(&(first.clone(), 2)),
+        "{:?}",
+        colours(&s.api)
+    );
+    let second = s.release_from("2", &[&first]).await;
+    assert!(hpa(&second).is_some(), "the new colour's autoscaler");
+    until(
+        "the first colour goes",
+        Duration::from_secs(40),
+        &s.api,
+        || colours(&s.api) == vec![(second.clone(), 1)],
+    )
+    .await;
+    assert!(hpa(&first).is_none(), "its autoscaler went with it");
+    assert_eq!(events(&s.api, "AutoscalerCreated").len(), 2);
 }
