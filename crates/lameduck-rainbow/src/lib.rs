@@ -249,7 +249,16 @@ async fn run_controller(args: RunArgs) -> Result<i32, RainbowError> {
             watcher::Config::default().labels(RAINBOW_LABEL),
         )
         .run(reconcile_one, error_policy, ctx)
-        .for_each(|_| std::future::ready(()));
+        .for_each({
+            let metrics = metrics.clone();
+            move |result| {
+                // A RainbowDeployment deleted since it was queued: its series go with it.
+                if let Err(kube::runtime::controller::Error::ObjectNotFound(r)) = result {
+                    metrics.forget(r.namespace.as_deref().unwrap_or_default(), &r.name);
+                }
+                std::future::ready(())
+            }
+        });
     let m = metrics.clone();
     let l = logged.clone();
     let held = async {
@@ -327,6 +336,8 @@ async fn reconcile_one(
         ))
     })?;
     let Some(fresh) = fresh else {
+        ctx.metrics
+            .forget(&rd.namespace().unwrap_or_default(), &rd.name_any());
         return Ok(Action::await_change());
     };
     reconcile::reconcile(&fresh, &ctx).await?;

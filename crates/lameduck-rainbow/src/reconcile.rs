@@ -665,7 +665,17 @@ async fn act(
         }
         Err(e) => {
             fail(ctx, operation, e);
-            post_event(rd, ns, name, "RainbowFailed", e.to_string(), true, ctx).await;
+            // Once per problem, not once per poll: the last status already says it when the
+            // same call failed the same way last time.
+            let text = e.to_string();
+            let known = rd
+                .status
+                .as_ref()
+                .and_then(|s| s.problem.as_deref())
+                .is_some_and(|p| p.contains(&text));
+            if !known {
+                post_event(rd, ns, name, "RainbowFailed", text, true, ctx).await;
+            }
         }
     }
     result

@@ -427,6 +427,14 @@ async fn max_age_retires_a_stuck_colour() {
         || colours(&s.api).contains(&(old.clone(), 0)),
     )
     .await;
+    // The Event follows the scale-down.
+    until(
+        "the retirement's Event",
+        Duration::from_secs(10),
+        &s.api,
+        || !events(&s.api, "ColourRetired").is_empty(),
+    )
+    .await;
     let retired = events(&s.api, "ColourRetired");
     assert_eq!(retired.len(), 1, "{retired:?}");
     assert!(
@@ -681,6 +689,12 @@ fn the_rainbow_examples_are_current_lint_clean_and_valid() {
         crd,
         std::fs::read_to_string(dir.join("crd.yaml")).expect("crd.yaml"),
         "examples/rainbow/crd.yaml is stale: lameduck rainbow crd > examples/rainbow/crd.yaml"
+    );
+    let doc = std::fs::read_to_string(dir.join("../../docs/rainbow.md")).expect("docs/rainbow.md");
+    let plain = std::fs::read_to_string(dir.join("rainbow.yaml")).expect("rainbow.yaml");
+    assert!(
+        doc.contains(&format!("```yaml\n{plain}```\n")),
+        "docs/rainbow.md no longer shows examples/rainbow/rainbow.yaml as it is"
     );
     let (code, injected) = run(&["inject", "--kube", "-q", &path("rainbow.yaml")]);
     assert_eq!(code, 0);
