@@ -190,7 +190,16 @@ async fn run_controller(args: RunArgs) -> Result<i32, RainbowError> {
                     .map(|n| format!(" in namespace {n}"))
                     .unwrap_or_default()
             ),
-            other => format!("cannot list RainbowDeployments: {other}"),
+            _ => lameduck_kube::KubeError::new(
+                lameduck_kube::Op {
+                    verb: "list",
+                    resource: "rainbowdeployments.lameduck.io",
+                    namespace: args.namespace.clone(),
+                    name: None,
+                },
+                e,
+            )
+            .to_string(),
         };
         return Err(RainbowError::Crd(hint));
     }
