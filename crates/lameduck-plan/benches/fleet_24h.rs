@@ -38,6 +38,7 @@ fn rollout_every_hour_for_24h(bencher: divan::Bencher) {
                 sample_every: Duration::from_secs(1),
                 agent: false,
                 surge: false,
+                rainbow: None,
             },
         )
         .run();

@@ -89,6 +89,9 @@ pub struct SimReport {
     pub peak_terminating: u32,
     /// Seconds spent at `peak_pods`.
     pub time_at_peak: f64,
+    /// Pod-hours above the spec's replicas: surge pods, terminating pods, a rainbow's old
+    /// colours. What the disruption cost in capacity.
+    pub extra_pod_hours: f64,
     /// Pods deleted (drained, evicted, replaced, preempted).
     pub pods_deleted: u32,
     /// Deleted pods that held requests and lost some of them.
@@ -154,6 +157,7 @@ pub fn table(rows: &[Row<'_>]) -> String {
         "queue p99",
         "min ready",
         "peak pods",
+        "extra pod-h",
         "pod drain max",
         "took",
     ];
@@ -183,6 +187,7 @@ pub fn table(rows: &[Row<'_>]) -> String {
             format!("{}s", secs(r.queue_delay.p99)),
             r.min_ready.to_string(),
             format!("{} for {}s", r.peak_pods, secs(r.time_at_peak)),
+            secs(r.extra_pod_hours),
             format!("{}s", secs(r.pod_drain.max)),
             took,
         ]);

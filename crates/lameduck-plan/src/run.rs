@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use lameduck_manifest::facts::{self, Spot};
-use lameduck_manifest::{Object, Workload};
+use lameduck_manifest::{Object, Workload, WorkloadKind};
+use lameduck_rainbow::crd::{RainbowDeploymentSpec, Settings};
 use serde::Serialize;
 
 use crate::latency::{Latency, LatencyError, trim};
@@ -61,6 +62,11 @@ pub struct Request {
     pub spot: Option<Spot>,
     /// Flag overrides of the spec.
     pub overrides: Overrides,
+    /// `--quiet-period`: the `rainbow` scenario's (default: the RainbowDeployment's, else 30 s).
+    pub quiet_period: Option<Duration>,
+    /// `--max-age` (`0`: none): the `rainbow` scenario's (default: the RainbowDeployment's,
+    /// else 24 h).
+    pub max_age: Option<Duration>,
 }
 
 /// A plan run that cannot go on; the message says what to change.
@@ -102,8 +108,8 @@ pub struct LatencySummary {
 /// One simulation in the output.
 #[derive(Debug, Clone, Serialize)]
 pub struct RunOut {
-    /// `current` or `recommended`.
-    pub spec: &'static str,
+    /// `current`, `recommended`, `current + agent`, `current + rainbow`, …
+    pub spec: String,
     /// What it measured.
     #[serde(flatten)]
     pub report: SimReport,
@@ -204,9 +210,15 @@ pub fn execute(req: &Request) -> Result<Output, RunError> {
             spot,
         },
     );
+    let is_rainbow = workload
+        .as_ref()
+        .is_some_and(|w| w.kind == WorkloadKind::RainbowDeployment);
     let scenarios = if req.scenarios.is_empty() {
         let mut s = vec![Scenario::Drain, Scenario::Rollout, Scenario::ScaleDown];
         s.extend(spot.map(Scenario::of));
+        if is_rainbow {
+            s.push(Scenario::Rainbow);
+        }
         s
     } else {
         req.scenarios
@@ -239,6 +251,11 @@ pub fn execute(req: &Request) -> Result<Output, RunError> {
             start.as_secs()
         )));
     }
+    let rainbow = if scenarios.contains(&Scenario::Rainbow) {
+        Some(rainbow_settings(req, workload.as_ref(), current.replicas)?)
+    } else {
+        None
+    };
     let config = |scenario| SimConfig {
         scenario,
         seed: req.seed,
@@ -248,32 +265,76 @@ pub fn execute(req: &Request) -> Result<Output, RunError> {
         sample_every: Duration::from_secs(1),
         agent: false,
         surge: false,
+        rainbow: rainbow.clone(),
+    };
+    // A rolling update whose grace period covers the longest request: what the rainbow is
+    // compared with (the grace is the plan's own).
+    let long_grace = FleetSpec {
+        pod: crate::spec::PodModel {
+            grace: the_plan.fleet.pod.grace.max(current.pod.grace),
+            ..current.pod
+        },
+        ..current.clone()
     };
     let mut runs = Vec::new();
     for &scenario in &scenarios {
-        // (label, spec, the agent on spot / surge-first on drain)
-        let mut specs = vec![("current", &current, false)];
+        // (label, spec, scenario as simulated, the agent on spot / surge-first on drain)
+        let mut specs: Vec<(String, &FleetSpec, Scenario, bool)> =
+            vec![("current".into(), &current, scenario, false)];
         if req.compare {
-            specs.push(("recommended", &the_plan.fleet, false));
+            specs.push(("recommended".into(), &the_plan.fleet, scenario, false));
         }
         // On spot, a gated fleet is also simulated with `lameduck agent` on its nodes.
         if scenario.provider().is_some() {
             if current.pod.gated() {
-                specs.push(("current + agent", &current, true));
+                specs.push(("current + agent".into(), &current, scenario, true));
             }
             if req.compare && the_plan.fleet.pod.gated() {
-                specs.push(("recommended + agent", &the_plan.fleet, true));
+                specs.push((
+                    "recommended + agent".into(),
+                    &the_plan.fleet,
+                    scenario,
+                    true,
+                ));
             }
         }
         // A node drain is also simulated as `lameduck drain` does it: surge first.
         if scenario == Scenario::Drain {
-            specs.push(("current + surge", &current, true));
+            specs.push(("current + surge".into(), &current, scenario, true));
             if req.compare {
-                specs.push(("recommended + surge", &the_plan.fleet, true));
+                specs.push((
+                    "recommended + surge".into(),
+                    &the_plan.fleet,
+                    scenario,
+                    true,
+                ));
             }
         }
-        let simulate = |spec: &FleetSpec, variant: bool, cfg: SimConfig| {
+        // A rainbow release against the rolling updates of the same pods: with their grace
+        // period, and with one that covers the longest request.
+        if scenario == Scenario::Rainbow {
+            specs = vec![("current".into(), &current, Scenario::Rollout, false)];
+            if long_grace.pod.grace > current.pod.grace {
+                specs.push((
+                    format!(
+                        "current + grace {}s",
+                        lameduck_timeline::secs_plain(long_grace.pod.grace)
+                    ),
+                    &long_grace,
+                    Scenario::Rollout,
+                    false,
+                ));
+            }
+            specs.push((
+                "current + rainbow".into(),
+                &current,
+                Scenario::Rainbow,
+                false,
+            ));
+        }
+        let simulate = |spec: &FleetSpec, scenario: Scenario, variant: bool, cfg: SimConfig| {
             let cfg = SimConfig {
+                scenario,
                 agent: variant && scenario.provider().is_some(),
                 surge: variant && scenario == Scenario::Drain,
                 ..cfg
@@ -282,7 +343,7 @@ pub fn execute(req: &Request) -> Result<Output, RunError> {
         };
         let mut reports: Vec<SimReport> = specs
             .iter()
-            .map(|(_, s, variant)| simulate(s, *variant, config(scenario)))
+            .map(|(_, s, sc, variant)| simulate(s, *sc, *variant, config(scenario)))
             .collect();
         // Compared specs see the same arrivals: send requests for as long as the slower one
         // needed, to both.
@@ -294,10 +355,10 @@ pub fn execute(req: &Request) -> Result<Output, RunError> {
             };
             reports = specs
                 .iter()
-                .map(|(_, s, variant)| simulate(s, *variant, cfg.clone()))
+                .map(|(_, s, sc, variant)| simulate(s, *sc, *variant, cfg.clone()))
                 .collect();
         }
-        for ((label, _, _), report) in specs.iter().zip(reports) {
+        for ((label, _, _, _), report) in specs.into_iter().zip(reports) {
             runs.push(RunOut {
                 spec: label,
                 report,
@@ -320,6 +381,38 @@ pub fn execute(req: &Request) -> Result<Output, RunError> {
         current,
         runs,
     })
+}
+
+/// The `rainbow` scenario's settings: the RainbowDeployment's when the workload is one, else
+/// its defaults; `--quiet-period` and `--max-age` win over both.
+fn rainbow_settings(
+    req: &Request,
+    workload: Option<&Workload<'_>>,
+    replicas: u32,
+) -> Result<Settings, RunError> {
+    let mut s = crate::sim::rainbow_defaults(replicas);
+    if let Some(w) = workload.filter(|w| w.kind == WorkloadKind::RainbowDeployment) {
+        let at = format!(
+            "{} ({}/{})",
+            w.object.file.display(),
+            w.object.kind,
+            w.object.name
+        );
+        let spec: RainbowDeploymentSpec =
+            serde_json::from_value(w.object.value.get("spec").cloned().unwrap_or_default())
+                .map_err(|e| RunError::Input(format!("{at}: spec: {e}")))?;
+        s = spec
+            .settings()
+            .map_err(|e| RunError::Input(format!("{at}: {e}")))?;
+        s.autoscaled = false;
+    }
+    if let Some(q) = req.quiet_period {
+        s.quiet = q;
+    }
+    if let Some(m) = req.max_age {
+        s.max_age = (!m.is_zero()).then_some(m);
+    }
+    Ok(s)
 }
 
 fn resolve(req: &Request) -> Result<(FleetSpec, Vec<String>, Option<Workload<'_>>), RunError> {
@@ -501,11 +594,14 @@ pub fn render_text(o: &Output) -> String {
     if !o.runs.is_empty() {
         let _ = writeln!(
             t,
-            "\nSimulation (seed {}; times in seconds; refused = never served; killed silently = cut dead, no terminal event; ended cleanly = the gate's deadline ended it with a terminal event; + agent: `lameduck agent` on the nodes; + surge: `lameduck drain`, replacements Ready before the node's pods go)",
+            "\nSimulation (seed {}; times in seconds; refused = never served; killed silently = cut dead, no terminal event; ended cleanly = the gate's deadline ended it with a terminal event; + agent: `lameduck agent` on the nodes; + surge: `lameduck drain`, replacements Ready before the node's pods go; + grace: the rolling update with a grace period covering the longest request; + rainbow: `lameduck rainbow`, a new colour beside the old one, retired when its gates are idle; extra pod-h = pod-hours above the replicas)",
             o.runs[0].report.seed
         );
-        let rows: Vec<crate::report::Row<'_>> =
-            o.runs.iter().map(|r| (r.spec, &r.report)).collect();
+        let rows: Vec<crate::report::Row<'_>> = o
+            .runs
+            .iter()
+            .map(|r| (r.spec.as_str(), &r.report))
+            .collect();
         t.push_str(&crate::report::table(&rows));
     }
     t

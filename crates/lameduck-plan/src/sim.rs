@@ -27,6 +27,10 @@ use serde::Serialize;
 use crate::latency::Latency;
 use crate::report::{Counts, EventSpan, Percentiles, Series, SimReport};
 use crate::spec::{FleetSpec, OnSigterm, Shutdown};
+use lameduck_rainbow::crd::{RainbowDeploymentSpec, Settings};
+use lameduck_rainbow::decide::{
+    Action as RainbowAction, Colour, ColourState, Input as RainbowInput, Work, decide,
+};
 
 /// What disrupts the fleet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, clap::ValueEnum)]
@@ -50,17 +54,23 @@ pub enum Scenario {
     SpotAzure,
     /// The spot reclaim of the workload's provider (--spot, or read from the manifest).
     Spot,
+    /// A release under `lameduck rainbow`: a new colour (a Deployment of all the replicas)
+    /// starts beside the old one, the Services move once it is Ready, and the old colour is
+    /// scaled to zero when its gates report nothing in flight for the quiet period, or at
+    /// maxAge. The controller's own decision runs every 5 s.
+    Rainbow,
 }
 
 impl Scenario {
     /// Every scenario with a name on the command line.
-    pub const ALL: [Scenario; 6] = [
+    pub const ALL: [Scenario; 7] = [
         Scenario::Drain,
         Scenario::Rollout,
         Scenario::ScaleDown,
         Scenario::SpotAws,
         Scenario::SpotGcp,
         Scenario::SpotAzure,
+        Scenario::Rainbow,
     ];
 
     /// The command-line name.
@@ -74,6 +84,7 @@ impl Scenario {
             Scenario::SpotGcp => "spot-gcp",
             Scenario::SpotAzure => "spot-azure",
             Scenario::Spot => "spot",
+            Scenario::Rainbow => "rainbow",
         }
     }
 
@@ -107,6 +118,10 @@ const MIN_AGENT_BUDGET: Duration = Duration::from_millis(500);
 
 /// A single disruption still under way this long after it started is reported as stuck.
 pub const STUCK_AFTER: Duration = Duration::from_secs(2 * 3600);
+
+/// How often the simulated rainbow controller decides (`lameduck rainbow run --poll`'s
+/// default).
+pub const RAINBOW_POLL: Duration = Duration::from_secs(5);
 
 /// How requests arrive.
 #[derive(Debug, Clone, PartialEq)]
@@ -184,6 +199,53 @@ pub struct SimConfig {
     /// that exactly the node's pods go, through their graceful termination. Without it, as
     /// `kubectl drain`: evictions first, replacements cold-start afterwards.
     pub surge: bool,
+    /// The `rainbow` scenario's promotion and retirement settings (the fleet's replicas win
+    /// over `replicas`); `None`: a RainbowDeployment's defaults.
+    pub rainbow: Option<Settings>,
+}
+
+/// A RainbowDeployment's defaults: all replicas Ready before the Services move, a 30 s quiet
+/// period, a 24 h maxAge.
+pub fn rainbow_defaults(replicas: u32) -> Settings {
+    let spec = RainbowDeploymentSpec {
+        replicas: Some(i32::try_from(replicas).unwrap_or(i32::MAX)),
+        template: Default::default(),
+        services: Vec::new(),
+        promotion: Default::default(),
+        retirement: Default::default(),
+        autoscaler: None,
+    };
+    spec.settings().unwrap_or(Settings {
+        replicas: i32::try_from(replicas).unwrap_or(i32::MAX),
+        ready_fraction: 1.0,
+        quiet: Duration::from_secs(30),
+        max_age: Some(Duration::from_secs(24 * 3600)),
+        autoscaled: false,
+    })
+}
+
+/// The rainbow controller as simulated: one Deployment per colour (a revision), the colour
+/// the Services select, and what the last decision remembered. The decision itself is the
+/// controller's own [`decide`], so the simulation and the controller cannot disagree.
+#[derive(Debug)]
+struct Rainbow {
+    settings: Settings,
+    /// Each colour's Deployment replicas.
+    replicas: std::collections::BTreeMap<u32, i32>,
+    /// The colour the Services select.
+    serving: u32,
+    /// The last decision's colours (the controller keeps them in the status).
+    memory: Vec<ColourState>,
+    /// A poll is queued.
+    polling: bool,
+}
+
+fn colour_name(rev: u32) -> String {
+    format!("r{rev}")
+}
+
+fn colour_rev(name: &str) -> Option<u32> {
+    name.strip_prefix('r').and_then(|n| n.parse().ok())
 }
 
 /// What happens to a pod's requests when it is cut.
@@ -209,6 +271,7 @@ enum Ev {
     Evict { pod: u32 },
     Disrupt,
     Sample,
+    RainbowPoll,
 }
 
 #[derive(Debug)]
@@ -291,6 +354,11 @@ pub struct Sim<'a> {
     drained_pods_losing: u32,
     /// A surge-first drain waiting for its replacements: the node's pods.
     surge_victims: Vec<u32>,
+    /// The rainbow controller (scenario `rainbow` only).
+    rainbow: Option<Rainbow>,
+    /// Pod-seconds above the spec's replicas, up to `pods_since`.
+    extra_pod_seconds: f64,
+    pods_since: Time,
 }
 
 /// Heap payload; ordering is by (time, seq) only.
@@ -354,7 +422,25 @@ impl<'a> Sim<'a> {
             drained_pods: 0,
             drained_pods_losing: 0,
             surge_victims: Vec::new(),
+            rainbow: None,
+            extra_pod_seconds: 0.0,
+            pods_since: Duration::ZERO,
         };
+        if sim.cfg.scenario == Scenario::Rainbow {
+            let mut settings = sim
+                .cfg
+                .rainbow
+                .clone()
+                .unwrap_or_else(|| rainbow_defaults(spec.replicas));
+            settings.replicas = i32::try_from(spec.replicas).unwrap_or(i32::MAX);
+            sim.rainbow = Some(Rainbow {
+                settings,
+                replicas: [(0, i32::try_from(spec.replicas).unwrap_or(i32::MAX))].into(),
+                serving: 0,
+                memory: Vec::new(),
+                polling: false,
+            });
+        }
         for _ in 0..spec.replicas {
             let p = sim.create_pod();
             // The initial fleet is warm: serving, ready and in the balancer from the start.
@@ -425,6 +511,12 @@ impl<'a> Sim<'a> {
             Ev::Evict { pod } => self.evict(pod),
             Ev::Disrupt => self.disrupt(),
             Ev::Sample => self.sample(),
+            Ev::RainbowPoll => {
+                if let Some(rb) = self.rainbow.as_mut() {
+                    rb.polling = false;
+                }
+                self.rainbow_poll();
+            }
         }
     }
 
@@ -561,6 +653,11 @@ impl<'a> Sim<'a> {
     }
 
     fn create_pod(&mut self) -> u32 {
+        self.create_pod_of(self.revision)
+    }
+
+    fn create_pod_of(&mut self, revision: u32) -> u32 {
+        self.count_pods();
         let node = self.place();
         let id = self.pods.len() as u32;
         let gate = match self.spec.pod.shutdown {
@@ -580,7 +677,7 @@ impl<'a> Sim<'a> {
         };
         self.pods.push(Pod {
             node,
-            revision: self.revision,
+            revision,
             serving: false,
             ready: false,
             routable: None,
@@ -616,6 +713,15 @@ impl<'a> Sim<'a> {
             return;
         }
         p.ready = true;
+        // Under the rainbow, the Services select one colour: the others' pods are Ready but
+        // get no requests.
+        if self
+            .rainbow
+            .as_ref()
+            .is_some_and(|rb| rb.serving != p.revision)
+        {
+            return;
+        }
         let at = self.now + lag;
         self.push(at, Ev::Routable { pod });
     }
@@ -623,6 +729,13 @@ impl<'a> Sim<'a> {
     fn routable(&mut self, pod: u32) {
         let p = &mut self.pods[pod as usize];
         if !p.alive() || p.routable.is_some() {
+            return;
+        }
+        if self
+            .rainbow
+            .as_ref()
+            .is_some_and(|rb| rb.serving != p.revision)
+        {
             return;
         }
         p.routable = Some(self.routable.len());
@@ -745,10 +858,11 @@ impl<'a> Sim<'a> {
 
     fn exit(&mut self, pod: u32) {
         let now = self.now;
-        let p = &mut self.pods[pod as usize];
-        if p.exited {
+        if self.pods[pod as usize].exited {
             return;
         }
+        self.count_pods();
+        let p = &mut self.pods[pod as usize];
         p.exited = true;
         let node = p.node as usize;
         if let Some(d) = p.deleted_at {
@@ -782,6 +896,15 @@ impl<'a> Sim<'a> {
         self.node_load.iter().sum()
     }
 
+    /// Adds the pod-seconds above the spec's replicas since the last change; called just
+    /// before the number of pods changes.
+    fn count_pods(&mut self) {
+        // Every change calls this first, so the count now is the count since `pods_since`.
+        let above = self.pods_now().saturating_sub(self.spec.replicas);
+        self.extra_pod_seconds += f64::from(above) * (self.now - self.pods_since).as_secs_f64();
+        self.pods_since = self.now;
+    }
+
     // ---- controllers -----------------------------------------------------------------------
 
     /// The Deployment and ReplicaSet controllers: keep `desired` pods of the current revision,
@@ -797,6 +920,9 @@ impl<'a> Sim<'a> {
 
     /// One sync of the controllers; whether it created or deleted any pod.
     fn reconcile_once(&mut self) -> bool {
+        if self.rainbow.is_some() {
+            return self.reconcile_colours();
+        }
         let rev = self.revision;
         let (mut new, mut new_ready, mut old) = (0u32, 0u32, 0u32);
         for p in self.pods.iter().filter(|p| p.alive()) {
@@ -861,6 +987,141 @@ impl<'a> Sim<'a> {
         changed
     }
 
+    /// Under the rainbow each colour is a Deployment of its own: its ReplicaSet keeps its
+    /// replicas, and nothing rolls.
+    fn reconcile_colours(&mut self) -> bool {
+        let Some(rb) = self.rainbow.as_ref() else {
+            return false;
+        };
+        let want: Vec<(u32, u32)> = rb
+            .replicas
+            .iter()
+            .map(|(&rev, &n)| (rev, u32::try_from(n).unwrap_or(0)))
+            .collect();
+        let mut changed = false;
+        for (rev, n) in want {
+            let alive = self
+                .pods
+                .iter()
+                .filter(|p| p.alive() && p.revision == rev)
+                .count() as u32;
+            for _ in alive..n {
+                self.create_pod_of(rev);
+                changed = true;
+            }
+            if alive > n {
+                for v in self.pick_victims(alive - n, |p| p.revision == rev) {
+                    self.delete(v, None);
+                    changed = true;
+                }
+            }
+        }
+        changed
+    }
+
+    /// One poll of the rainbow controller: what it would read from the cluster and the gates,
+    /// its decision, and the decision carried out.
+    fn rainbow_poll(&mut self) {
+        let gated = self.spec.pod.gated();
+        let now = self.now;
+        let Some(rb) = self.rainbow.as_ref() else {
+            return;
+        };
+        let colours = rb
+            .replicas
+            .iter()
+            .map(|(&rev, &replicas)| {
+                let name = colour_name(rev);
+                let of: Vec<&Pod> = self
+                    .pods
+                    .iter()
+                    .filter(|p| p.revision == rev && !p.exited)
+                    .collect();
+                let ready = of.iter().filter(|p| p.alive() && p.ready).count();
+                let busy: u64 = of.iter().map(|p| u64::from(p.load())).sum();
+                let work = if gated {
+                    Work::from_sum(busy, None)
+                } else {
+                    Work::Unknown("the pods have no gate".into())
+                };
+                let memory = rb.memory.iter().find(|m| m.colour == name);
+                Colour {
+                    colour: name,
+                    replicas,
+                    ready: i32::try_from(ready).unwrap_or(i32::MAX),
+                    pods: of.len() as u32,
+                    work,
+                    superseded_at: memory.and_then(|m| m.superseded_at),
+                    idle_since: memory.and_then(|m| m.idle_since),
+                    retiring: memory.and_then(|m| m.retiring),
+                }
+            })
+            .collect();
+        let decision = decide(&RainbowInput {
+            now,
+            settings: rb.settings.clone(),
+            desired: colour_name(self.revision),
+            serving: Some(colour_name(rb.serving)),
+            colours,
+        });
+        let lag = self.spec.propagation_lag;
+        for action in decision.actions {
+            let Some(rb) = self.rainbow.as_mut() else {
+                return;
+            };
+            match action {
+                RainbowAction::Create { colour, replicas }
+                | RainbowAction::Scale { colour, replicas } => {
+                    if let Some(rev) = colour_rev(&colour) {
+                        rb.replicas.insert(rev, replicas);
+                    }
+                }
+                RainbowAction::Retire { colour, .. } => {
+                    if let Some(rev) = colour_rev(&colour) {
+                        rb.replicas.insert(rev, 0);
+                    }
+                }
+                RainbowAction::Delete { colour } => {
+                    if let Some(rev) = colour_rev(&colour) {
+                        rb.replicas.remove(&rev);
+                    }
+                }
+                RainbowAction::Route { colour, .. } => {
+                    let Some(rev) = colour_rev(&colour) else {
+                        continue;
+                    };
+                    rb.serving = rev;
+                    // The Services' selector changes; the balancers follow one lag later.
+                    for i in 0..self.pods.len() as u32 {
+                        let p = &self.pods[i as usize];
+                        if p.revision == rev && p.alive() && p.ready {
+                            self.push(now + lag, Ev::Routable { pod: i });
+                        } else if p.revision != rev && p.routable.is_some() {
+                            self.push(now + lag, Ev::Unroutable { pod: i });
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(rb) = self.rainbow.as_mut() {
+            rb.memory = decision.colours;
+        }
+        self.reconcile();
+        self.check_active();
+        // Poll on while there is more than one colour, or the release is still starting.
+        let settled = self
+            .rainbow
+            .as_ref()
+            .is_none_or(|rb| rb.replicas.len() == 1 && rb.serving == self.revision);
+        if let Some(rb) = self.rainbow.as_mut()
+            && !settled
+            && !rb.polling
+        {
+            rb.polling = true;
+            self.push(now + RAINBOW_POLL, Ev::RainbowPoll);
+        }
+    }
+
     /// Pods the ReplicaSet deletes first: not ready before ready, then the newest.
     fn pick_victims(&self, n: u32, filter: impl Fn(&Pod) -> bool) -> Vec<u32> {
         let mut c: Vec<u32> = (0..self.pods.len() as u32)
@@ -900,6 +1161,13 @@ impl<'a> Sim<'a> {
             Scenario::Rollout => {
                 self.revision += 1;
                 self.reconcile();
+            }
+            Scenario::Rainbow => {
+                // A new template: the controller sees it at once (it watches the resource).
+                self.revision += 1;
+                self.active = Some(active);
+                self.rainbow_poll();
+                return;
             }
             Scenario::ScaleDown => {
                 if self.desired < self.spec.replicas {
@@ -1077,6 +1345,15 @@ impl<'a> Sim<'a> {
                 .pods
                 .iter()
                 .all(|p| p.exited || (p.revision == self.revision && p.ready && p.alive())),
+            Scenario::Rainbow => {
+                self.rainbow
+                    .as_ref()
+                    .is_some_and(|rb| rb.serving == self.revision && rb.replicas.len() == 1)
+                    && self
+                        .pods
+                        .iter()
+                        .all(|p| p.exited || (p.revision == self.revision && p.ready && p.alive()))
+            }
             Scenario::ScaleDown => self.pods.iter().all(|p| p.exited || p.alive()),
             _ => {
                 let node = a.node.unwrap_or(u32::MAX);
@@ -1114,7 +1391,12 @@ impl<'a> Sim<'a> {
         self.series
             .in_flight
             .push(self.in_flight.min(u64::from(u32::MAX)) as u32);
-        let stuck = self.cfg.horizon.is_none() && self.now >= self.cfg.start + STUCK_AFTER;
+        // A rainbow's old colour may rightly stay until its maxAge.
+        let stuck_after = match self.rainbow.as_ref().and_then(|rb| rb.settings.max_age) {
+            Some(max_age) => STUCK_AFTER.max(max_age + Duration::from_secs(3600)),
+            None => STUCK_AFTER,
+        };
+        let stuck = self.cfg.horizon.is_none() && self.now >= self.cfg.start + stuck_after;
         if stuck && let Some(a) = self.active.take() {
             // A disruption that never ends (a PDB that allows no eviction): report it open.
             self.spans.push(EventSpan {
@@ -1134,6 +1416,7 @@ impl<'a> Sim<'a> {
     }
 
     fn finish(mut self) -> SimReport {
+        self.count_pods();
         if self.peak_since != Duration::MAX {
             self.time_at_peak += self.now - self.peak_since;
         }
@@ -1180,6 +1463,7 @@ impl<'a> Sim<'a> {
             peak_pods: self.peak_pods,
             peak_terminating: self.peak_terminating,
             time_at_peak: self.time_at_peak.as_secs_f64(),
+            extra_pod_hours: self.extra_pod_seconds / 3600.0,
             pods_deleted: self.drained_pods,
             pods_losing_work: self.drained_pods_losing,
             pod_drain: Percentiles {

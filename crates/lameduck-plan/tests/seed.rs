@@ -46,6 +46,7 @@ fn run(spec: &FleetSpec, lat: &Latency, rate: f64, scenario: Scenario, seed: u64
             sample_every: S(1),
             agent: false,
             surge: false,
+            rainbow: None,
         },
     )
     .run()

@@ -151,6 +151,16 @@ pub struct PlanArgs {
     #[arg(long, value_name = "DURATION", value_parser = dur, requires = "replicas")]
     pub pre_stop: Option<Duration>,
 
+    /// The `rainbow` scenario: how long every gate of the old colour must report nothing in
+    /// flight before it is retired (default: the RainbowDeployment's, else 30s).
+    #[arg(long, value_name = "DURATION", value_parser = dur)]
+    pub quiet_period: Option<Duration>,
+
+    /// The `rainbow` scenario: the longest an old colour is kept, work or not (`0`: no
+    /// limit; default: the RainbowDeployment's, else 24h).
+    #[arg(long, value_name = "DURATION", value_parser = dur)]
+    pub max_age: Option<Duration>,
+
     /// Output on stdout: the table, or JSON.
     #[arg(long, value_enum, default_value_t = Format::Human)]
     pub format: Format,
@@ -260,11 +270,16 @@ pub fn run(args: PlanArgs) -> anyhow::Result<i32> {
             grace: args.grace_period,
             pre_stop: args.pre_stop,
         },
+        quiet_period: args.quiet_period,
+        max_age: args.max_age,
     };
     let out = run::execute(&req)?;
     if let Some(path) = &args.chart {
-        let runs: Vec<(&str, &lameduck_plan::SimReport)> =
-            out.runs.iter().map(|r| (r.spec, &r.report)).collect();
+        let runs: Vec<(&str, &lameduck_plan::SimReport)> = out
+            .runs
+            .iter()
+            .map(|r| (r.spec.as_str(), &r.report))
+            .collect();
         std::fs::write(path, lameduck_plan::chart::render(&runs))
             .with_context(|| format!("cannot write the chart to {}", path.display()))?;
     }

@@ -52,6 +52,8 @@ fn plan_need(objects: &[Object], w: &Workload<'_>) -> Option<String> {
         duration: None,
         spot: None,
         overrides: Default::default(),
+        quiet_period: None,
+        max_age: None,
     };
     let (_, plan, _) = recommend(&req).ok()?;
     plan.recommendations

@@ -298,3 +298,59 @@ fn drain_evict_first_against_surge_first() {
     assert!(p99(surge) <= p99(evict), "{surge}\n{evict}");
     assert!(p99(evict) > 0.0, "the dip makes requests queue: {evict}");
 }
+
+/// `--scenario rainbow` compares a rolling update of the same pods (with their grace period,
+/// and with one covering the longest request) against a rainbow release, on the same
+/// arrivals. A RainbowDeployment's own retirement settings are used, and `--max-age` wins.
+#[test]
+fn rainbow_against_rolling_updates() {
+    let rd = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples/rainbow/injected.yaml")
+        .display()
+        .to_string();
+    let runs = plan_runs(&["-f", &rd, "--max-request", "20m", "--scenario", "rainbow"]);
+    let specs: Vec<&str> = runs.iter().filter_map(|r| r["spec"].as_str()).collect();
+    assert_eq!(specs.len(), 3, "{specs:?}");
+    let long = specs[1];
+    assert!(long.starts_with("current + grace "), "{specs:?}");
+    let n = |r: &Value, k: &str| r["requests"][k].as_u64().expect("count");
+    let (rolling, grace, rainbow) = (
+        run_of(&runs, "current"),
+        run_of(&runs, long),
+        run_of(&runs, "current + rainbow"),
+    );
+    assert_eq!(rolling["scenario"], "rollout");
+    assert_eq!(rainbow["scenario"], "rainbow");
+    assert_eq!(n(rolling, "total"), n(rainbow, "total"), "same arrivals");
+    assert!(
+        n(rolling, "truncated") > 0,
+        "its 180 s grace cannot hold 20 min streams: {rolling}"
+    );
+    for r in [grace, rainbow] {
+        assert_eq!(
+            n(r, "ok"),
+            n(r, "total"),
+            "nothing lost with the long grace or the rainbow: {r}"
+        );
+    }
+    let pod_h = |r: &Value| r["extra_pod_hours"].as_f64().expect("extra_pod_hours");
+    assert!(pod_h(rainbow) > pod_h(rolling), "{rainbow}\n{rolling}");
+
+    // maxAge 5 minutes retires the old colour with its streams in flight.
+    let runs = plan_runs(&[
+        "-f",
+        &rd,
+        "--max-request",
+        "20m",
+        "--scenario",
+        "rainbow",
+        "--max-age",
+        "5m",
+    ]);
+    let rainbow = run_of(&runs, "current + rainbow");
+    assert!(n(rainbow, "truncated") > 0, "{rainbow}");
+
+    // A RainbowDeployment's template is planned for with every scenario, the rainbow included.
+    let all = plan_runs(&["-f", &rd, "--max-request", "90s"]);
+    assert!(all.iter().any(|r| r["scenario"] == "rainbow"), "{all:?}");
+}
