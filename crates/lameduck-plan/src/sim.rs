@@ -1044,17 +1044,8 @@ impl<'a> Sim<'a> {
                 } else {
                     Work::Unknown("the pods have no gate".into())
                 };
-                let memory = rb.memory.iter().find(|m| m.colour == name);
-                Colour {
-                    colour: name,
-                    replicas,
-                    ready: i32::try_from(ready).unwrap_or(i32::MAX),
-                    pods: of.len() as u32,
-                    work,
-                    superseded_at: memory.and_then(|m| m.superseded_at),
-                    idle_since: memory.and_then(|m| m.idle_since),
-                    retiring: memory.and_then(|m| m.retiring),
-                }
+                let remembered = rb.memory.iter().find(|m| m.colour == name);
+                Colour::observed(name, replicas, ready, of.len(), work, remembered)
             })
             .collect();
         let decision = decide(&RainbowInput {

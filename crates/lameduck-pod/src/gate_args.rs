@@ -455,6 +455,13 @@ impl GateFlags {
         self.put(long, None)
     }
 
+    /// Removes every setting of `--long`; whether there was one.
+    pub fn remove(&mut self, long: &str) -> bool {
+        let before = self.flags.len();
+        self.flags.retain(|(k, _)| k != long);
+        self.flags.len() != before
+    }
+
     fn put(&mut self, long: &str, value: Option<String>) -> &mut Self {
         debug_assert!(
             Standalone::command()

@@ -99,6 +99,30 @@ pub struct Colour {
     pub retiring: Option<Reason>,
 }
 
+impl Colour {
+    /// A colour as observed now (its Deployment's replicas, Ready pods, pods and work), with
+    /// what the last decision remembered about it, if it was there.
+    pub fn observed(
+        colour: String,
+        replicas: i32,
+        ready: usize,
+        pods: usize,
+        work: Work,
+        remembered: Option<&ColourState>,
+    ) -> Colour {
+        Colour {
+            colour,
+            replicas,
+            ready: i32::try_from(ready).unwrap_or(i32::MAX),
+            pods: u32::try_from(pods).unwrap_or(u32::MAX),
+            work,
+            superseded_at: remembered.and_then(|m| m.superseded_at),
+            idle_since: remembered.and_then(|m| m.idle_since),
+            retiring: remembered.and_then(|m| m.retiring),
+        }
+    }
+}
+
 /// Everything a decision needs. Times are durations since the Unix epoch.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Input {

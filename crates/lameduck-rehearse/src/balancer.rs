@@ -105,6 +105,10 @@ struct State {
     seq: u64,
     next: usize,
     routed: Vec<(f64, String)>,
+    /// The pods the Service selects (`None`: every pod), as the `rainbow` scenario moves it.
+    selector: Option<std::collections::HashSet<String>>,
+    /// What the kubelet last reported of each pod: its address and readiness.
+    reported: HashMap<String, (SocketAddr, bool)>,
 }
 
 /// The load balancer's endpoint table.
@@ -132,6 +136,8 @@ impl Endpoints {
                 seq: 0,
                 next: 0,
                 routed: Vec::new(),
+                selector: None,
+                reported: HashMap::new(),
             }),
         })
     }
@@ -142,7 +148,72 @@ impl Endpoints {
 
     /// The kubelet saw the pod become ready or unready.
     pub fn set_ready(self: &Arc<Self>, pod: &str, addr: SocketAddr, ready: bool) {
-        self.schedule(pod, addr, Change::Ready(ready));
+        let selected = {
+            let mut st = self.lock();
+            st.reported.insert(pod.to_owned(), (addr, ready));
+            st.selector.as_ref().is_none_or(|s| s.contains(pod))
+        };
+        if selected {
+            self.schedule(pod, addr, Change::Ready(ready));
+        }
+    }
+
+    /// The Service's selector changes to these pods (the rainbow's Services moving to a new
+    /// colour). Ready pods that enter it join the balancer and pods that leave it stop getting
+    /// requests, all at once after one propagation lag: the EndpointSlice is rewritten in one
+    /// update, so a proxy sees both halves together.
+    pub fn select(self: &Arc<Self>, pods: std::collections::HashSet<String>) {
+        let now = self.clock.now();
+        let (at, changes) = {
+            let mut st = self.lock();
+            let before = st.selector.replace(pods);
+            let was = |p: &str| before.as_ref().is_none_or(|s| s.contains(p));
+            let now_in = |p: &str| st.selector.as_ref().is_none_or(|s| s.contains(p));
+            let mut changes: Vec<(String, SocketAddr, bool)> = st
+                .reported
+                .iter()
+                .filter(|(pod, _)| !st.removed.contains(*pod))
+                .filter_map(|(pod, &(addr, ready))| match (was(pod), now_in(pod)) {
+                    (false, true) if ready => Some((pod.clone(), addr, true)),
+                    (true, false) => Some((pod.clone(), addr, false)),
+                    _ => None,
+                })
+                .collect();
+            // The pods joining first, so the balancer never has fewer than before.
+            changes.sort_by_key(|c| !c.2);
+            let lag = self.draw_lag(&mut st);
+            // After any change already scheduled for these pods, so changes stay in order.
+            let at = changes
+                .iter()
+                .filter_map(|c| st.scheduled.get(&c.0).map(|(t, _)| *t))
+                .fold(now + lag.as_secs_f64(), f64::max);
+            let mut batch = Vec::new();
+            for (pod, addr, ready) in changes {
+                st.seq += 1;
+                let seq = st.seq;
+                st.scheduled.insert(pod.clone(), (at, seq));
+                batch.push((pod, addr, Change::Ready(ready), seq));
+            }
+            (at, batch)
+        };
+        if changes.is_empty() {
+            return;
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            this.clock.sleep_until(at).await;
+            for (pod, addr, change, seq) in changes {
+                this.apply(&pod, addr, change, seq);
+            }
+        });
+    }
+
+    fn draw_lag(&self, st: &mut State) -> Duration {
+        if self.lag.max > self.lag.min {
+            st.rng.random_range(self.lag.min..=self.lag.max)
+        } else {
+            self.lag.min
+        }
     }
 
     /// The pod was deleted: its endpoint is removed (after the lag).
@@ -161,11 +232,7 @@ impl Endpoints {
             if change == Change::Removed {
                 st.removed.insert(pod.to_owned());
             }
-            let lag = if self.lag.max > self.lag.min {
-                st.rng.random_range(self.lag.min..=self.lag.max)
-            } else {
-                self.lag.min
-            };
+            let lag = self.draw_lag(&mut st);
             st.seq += 1;
             let seq = st.seq;
             let earliest = st.scheduled.get(pod).map_or(0.0, |(t, _)| *t);
@@ -412,5 +479,33 @@ mod tests {
         // Every change took between 1 and 3 s after the first was made, never less.
         let first = rec.events().first().map(|e| e.t).unwrap_or_default();
         assert!(first >= 1.0, "{first}");
+    }
+
+    /// A selector keeps ready pods it does not select out of the balancer; moving it brings
+    /// the selected ones in and takes the others out, after the lag.
+    #[tokio::test(start_paused = true)]
+    async fn the_selector_decides_which_ready_pods_get_requests() {
+        let clock = Clock::start(1.0);
+        let rec = Recorder::new(clock);
+        let eps = Endpoints::new(rec.clone(), "1s".parse().expect("lag"), 7);
+        let addr: SocketAddr = "127.0.0.1:9".parse().expect("addr");
+        eps.select(["old".to_owned()].into());
+        eps.set_ready("old", addr, true);
+        eps.set_ready("new", addr, true);
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert_eq!(eps.ready_count(), 1);
+        assert_eq!(eps.pick().map(|p| p.0).as_deref(), Some("old"));
+        eps.select(["new".to_owned()].into());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(eps.pick().map(|p| p.0).as_deref(), Some("old"), "the lag");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        for _ in 0..4 {
+            assert_eq!(eps.pick().map(|p| p.0).as_deref(), Some("new"));
+        }
+        // A pod that is not selected stays out when it turns ready again.
+        eps.set_ready("old", addr, false);
+        eps.set_ready("old", addr, true);
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert_eq!(eps.ready_count(), 1);
     }
 }

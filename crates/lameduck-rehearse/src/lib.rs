@@ -17,6 +17,7 @@ pub mod kubelet;
 pub mod load;
 pub mod noise;
 mod ports;
+pub mod rainbow;
 pub mod report;
 pub mod run;
 pub mod setup;
@@ -145,6 +146,17 @@ pub struct RehearseArgs {
     /// Ready (lameduck drain).
     #[arg(long, value_enum, value_name = "MODE", default_value_t = run::DrainMode::Evict)]
     pub drain: run::DrainMode,
+
+    /// Rainbow scenario: how long every gate of the old colour must report nothing in flight
+    /// before it is retired.
+    #[arg(long, default_value = "30s", value_parser = dur, value_name = "DURATION")]
+    pub quiet_period: Duration,
+
+    /// Rainbow scenario: the longest the old colour is kept after the Service left it, work or
+    /// not. Shorter than the controller's 24h default so that setups without a gate, whose
+    /// work cannot be read, end.
+    #[arg(long, default_value = "5m", value_parser = dur, value_name = "DURATION")]
+    pub max_age: Duration,
 
     /// Spot scenario: leave `lameduck agent` off the reclaimed node. By default setups with
     /// the gate run it (with a fake AWS metadata service and an in-process API server), so
@@ -317,6 +329,16 @@ impl RehearseArgs {
                     .map_err(|e| Error::Input(format!("setup {}: {e}", s.name)))?;
             }
         }
+        if self.scenario == Scenario::Rainbow && self.max_age.is_zero() {
+            return Err(Error::Input(
+                "--max-age 0: a rehearsal must end; give the old colour a bound (the controller's own default is 24h)".into(),
+            ));
+        }
+        if self.scenario == Scenario::Rainbow && self.quiet_period.is_zero() {
+            return Err(Error::Input(
+                "--quiet-period 0: give the gates a period of reporting nothing in flight (the controller's default is 30s)".into(),
+            ));
+        }
         raise_fd_limit();
         let dir = std::env::temp_dir().join(format!("lameduck-rehearse-{}", std::process::id()));
         Ok(Rehearsal {
@@ -332,6 +354,13 @@ impl RehearseArgs {
                 notice: self.notice,
                 agent: !self.no_agent,
                 drain: self.drain,
+                rainbow: lameduck_rainbow::crd::Settings {
+                    replicas: i32::try_from(replicas).unwrap_or(i32::MAX),
+                    ready_fraction: 1.0,
+                    quiet: self.quiet_period,
+                    max_age: Some(self.max_age),
+                    autoscaled: false,
+                },
                 time_scale: scale,
                 seed: self.seed,
                 exe,

@@ -54,6 +54,9 @@ impl RunReport {
             Scenario::Drain => "drain (one pod deleted mid-load)",
             Scenario::Rollout => "rollout (every pod replaced)",
             Scenario::Spot => "spot (one node reclaimed after its notice)",
+            Scenario::Rainbow => {
+                "rainbow (a new colour beside the old one; the old one deleted once its gates are idle)"
+            }
         };
         let _ = writeln!(
             out,

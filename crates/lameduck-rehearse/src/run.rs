@@ -27,6 +27,10 @@ pub enum Scenario {
     /// A spot reclaim: the pod is drained at the notice and its node disappears when the
     /// notice runs out, whatever the grace period says.
     Spot,
+    /// A release under `lameduck rainbow`: a new colour of every replica starts beside the
+    /// old one, the Service moves to it once it is Ready, and the old colour is deleted when
+    /// its gates have reported nothing in flight for the quiet period (or at maxAge).
+    Rainbow,
 }
 
 /// How the `drain` scenario removes its pod.
@@ -64,6 +68,8 @@ pub struct Plan {
     pub agent: bool,
     /// Drain scenario: evict first or surge first.
     pub drain: DrainMode,
+    /// Rainbow scenario: promotion and retirement (the replicas are the setup's).
+    pub rainbow: lameduck_rainbow::crd::Settings,
     /// Speed-up.
     pub time_scale: f64,
     /// Seed.
@@ -164,7 +170,7 @@ pub struct Status {
 }
 
 impl Status {
-    fn phase(&self, p: &str) {
+    pub(crate) fn phase(&self, p: &str) {
         *self.phase.lock().unwrap_or_else(|e| e.into_inner()) = p.to_owned();
     }
 
@@ -310,6 +316,7 @@ pub async fn run_setup(
     };
     let mut agent_note = None;
     let mut surge_note = None;
+    let mut rainbow_note = None;
 
     // The load.
     status.phase("load");
@@ -421,6 +428,32 @@ pub async fn run_setup(
                 Replace::Never => {}
             }
         }
+        Scenario::Rainbow => {
+            let settings = lameduck_rainbow::crd::Settings {
+                replicas: i32::try_from(replicas).unwrap_or(i32::MAX),
+                ..plan.rainbow.clone()
+            };
+            let gated = matches!(setup.server, Server::Gate { .. });
+            // The new colour's start, the old colour's longest stream, maxAge, its drain.
+            let limit = cold
+                + settings.max_age.unwrap_or_default()
+                + setup.grace
+                + Duration::from_secs(600);
+            let released = crate::rainbow::release(
+                &mut pods, &mut next, &endpoints, clock, gated, &settings, &spawn, &status, limit,
+            )
+            .await
+            .map_err(|e| match e {
+                Error::Run(m) => Error::Run(format!(
+                    "setup {}: {m}; see the logs in {}",
+                    setup.name,
+                    dir.display()
+                )),
+                other => other,
+            })?;
+            rainbow_note = Some(released.note(&settings));
+            deleted = released.old;
+        }
         Scenario::Rollout => {
             status.phase("rolling out");
             let strategy = setup.strategy.clone().unwrap_or_default();
@@ -481,6 +514,7 @@ pub async fn run_setup(
     let mut setup = setup.clone();
     setup.notes.extend(agent_note);
     setup.notes.extend(surge_note);
+    setup.notes.extend(rainbow_note);
     if plan.scenario == Scenario::Spot && !plan.agent && matches!(setup.server, Server::Gate { .. })
     {
         setup.notes.push(

@@ -542,6 +542,7 @@ pub fn from_manifest(path: &Path) -> Result<Setup, Error> {
                 WorkloadKind::Deployment
                     | WorkloadKind::StatefulSet
                     | WorkloadKind::ReplicaSet
+                    | WorkloadKind::RainbowDeployment
                     | WorkloadKind::Pod
             )
         ) {
@@ -551,7 +552,7 @@ pub fn from_manifest(path: &Path) -> Result<Setup, Error> {
     }
     let Some(object) = found else {
         return Err(Error::Input(format!(
-            "-f {}: no Deployment, StatefulSet, ReplicaSet or Pod in it; rehearse needs one workload that serves requests",
+            "-f {}: no Deployment, StatefulSet, ReplicaSet, RainbowDeployment or Pod in it; rehearse needs one workload that serves requests",
             path.display()
         )));
     };
@@ -612,6 +613,21 @@ fn setup_of(object: &Object) -> Result<Setup, Error> {
             // Rehearse runs the gate itself, on its own addresses.
             let mut own = flags.clone();
             own.command.clear();
+            // No API server here: the gate's Kubernetes side is left out (its readiness gate
+            // with it; the readiness probe still runs).
+            if g.args.kube {
+                for long in [
+                    "kube",
+                    "deletion-cost",
+                    "pod-name",
+                    "pod-namespace",
+                    "kubeconfig",
+                    "context",
+                ] {
+                    own.remove(long);
+                }
+                notes.push("the gate's --kube is off: the rehearsal has no API server, so its pod condition, readiness gate and Events are not rehearsed (the probes are)".to_owned());
+            }
             server = Server::Gate {
                 args: strip_flags(
                     &own.render(),

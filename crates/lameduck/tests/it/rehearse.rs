@@ -454,6 +454,115 @@ fn a_rollout_replaces_every_pod_without_loss() {
     }
 }
 
+/// A rainbow release with streams longer than the grace period: the old colour keeps serving
+/// them after the Service has moved, and is deleted only once its gates have reported nothing
+/// in flight for the quiet period. Without a gate the work cannot be read, so the old colour
+/// stays until maxAge.
+#[test]
+fn a_rainbow_release_keeps_streams_longer_than_the_grace_period() {
+    let run = rehearse(
+        &args(&[
+            "--setups",
+            "naive,lameduck",
+            "--scenario",
+            "rainbow",
+            "--replicas",
+            "2",
+            "--time-scale",
+            "20",
+            "--lengths",
+            "uniform:1900-2100",
+            "--rate",
+            "0.3",
+            "--load-for",
+            "70s",
+            "--quiet-period",
+            "10s",
+            "--max-age",
+            "400s",
+        ]),
+        None,
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    for name in ["naive", "lameduck"] {
+        let s = setup(&run, name);
+        assert_eq!(n(s, "lost"), 0, "{name}: {:?}", outcomes(s));
+        assert_eq!(n(s, "routed_after_delete"), 0, "{name}");
+        assert_eq!(
+            s["summary"]["min_ready"].as_u64(),
+            Some(2),
+            "{name}: the Service moves in one update, so it never has fewer endpoints"
+        );
+        let old = [format!("{name}-0"), format!("{name}-1")];
+        assert_eq!(
+            s["deleted"].as_array().map(|d| d.len()),
+            Some(2),
+            "{name}: the old colour's two pods"
+        );
+        let requests = s["requests"].as_array().expect("requests");
+        let on_old: Vec<&Value> = requests
+            .iter()
+            .filter(|r| old.iter().any(|o| r["pod"] == o.as_str()))
+            .collect();
+        let on_new = requests.len() - on_old.len();
+        assert!(
+            !on_old.is_empty() && on_new > 0,
+            "{name}: both colours served"
+        );
+        // Every stream on the old colour outlived the 180 s grace period, and ended before
+        // its pod was deleted.
+        let last_end = on_old
+            .iter()
+            .filter_map(|r| r["end"].as_f64())
+            .fold(0.0, f64::max);
+        for r in &on_old {
+            let (start, end) = (
+                r["start"].as_f64().unwrap_or(0.0),
+                r["end"].as_f64().unwrap_or(0.0),
+            );
+            assert!(end - start > 180.0, "{name}: {r}");
+        }
+        let deleted = old
+            .iter()
+            .filter_map(|p| event_time(s, p, "deleted"))
+            .fold(f64::MAX, f64::min);
+        assert!(
+            deleted >= last_end,
+            "{name}: the old colour was deleted at {deleted}, its last stream ended at {last_end}"
+        );
+        let note = s["setup"]["notes"].to_string();
+        if name == "lameduck" {
+            assert!(
+                note.contains("retired: nothing in flight for 10 s"),
+                "{note}"
+            );
+            assert!(
+                deleted < 400.0,
+                "retired once idle, not at maxAge: {deleted}"
+            );
+        } else {
+            assert!(note.contains("maxAge"), "{note}");
+            assert!(deleted > 400.0, "kept until maxAge: {deleted}");
+        }
+    }
+}
+
+/// What `inject --kube` leaves (here a RainbowDeployment's template) is rehearsed without the
+/// gate's Kubernetes side, which needs an API server, and the note says so.
+#[test]
+fn a_kube_gated_manifest_is_rehearsed_without_its_api_side() {
+    let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples/rainbow/injected.yaml")
+        .display()
+        .to_string();
+    let run = rehearse(&args(&["-f", &file, "--setups", "naive"]), None);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let s = setup(&run, "llama");
+    assert_eq!(n(s, "lost"), 0, "{:?}", outcomes(s));
+    let notes = s["setup"]["notes"].to_string();
+    assert!(notes.contains("--kube is off"), "{notes}");
+}
+
 /// A Deployment with the gate in wrapper mode, probes on its admin port, a tcpSocket
 /// liveness probe and /drain as preStop, next to the naive setup.
 const GATED: &str = r#"
