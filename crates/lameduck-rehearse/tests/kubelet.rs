@@ -472,8 +472,18 @@ async fn grpc_probes_ask_the_standard_health_service() {
             .await;
             assert_eq!(h.endpoints.ready_count(), 0, "{service}: {:#?}", h.events());
         }
-        // The same check, asked directly: what grpcio answered.
-        let answer = lameduck_rehearse::kubelet::grpc_health(pod.serve_port, service).await;
+        // The same check, asked directly: what grpcio answered. The failed probes above may
+        // all have come before the Python server listened (its import of grpcio is slow on a
+        // cold machine): ask until it is up.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let answer = loop {
+            let a = lameduck_rehearse::kubelet::grpc_health(pod.serve_port, service).await;
+            let starting = a.as_ref().is_err_and(|e| e.contains("Connection refused"));
+            if !starting || std::time::Instant::now() > deadline {
+                break a;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
         match service {
             "" => assert_eq!(answer, Ok(1), "SERVING"),
             "model" => assert_eq!(answer, Ok(2), "NOT_SERVING"),

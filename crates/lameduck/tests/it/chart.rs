@@ -108,7 +108,7 @@ fn the_chart_renders_lints_and_validates() {
             std::fs::write(&spec, object("PrometheusRule")["spec"].to_string()).expect("write");
             let check =
                 crate::observability::promtool(&["check", "rules", &spec.display().to_string()]);
-            assert!(check.contains("SUCCESS: 4 rules found"), "{name}: {check}");
+            assert!(check.contains("SUCCESS: 6 rules found"), "{name}: {check}");
         }
         // PodMonitor and PrometheusRule are CRDs the schema validator does not know: the rest
         // must validate.

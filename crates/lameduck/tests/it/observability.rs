@@ -1,7 +1,7 @@
 //! The Grafana dashboard and the alerts the chart ships (`charts/lameduck/files/`): promtool
 //! (Debian's `prometheus` package, which `.ci/run` installs) checks the rule file and runs its
 //! unit tests, every query of the dashboard parses as PromQL, and every metric either of them
-//! names is one that a running gate or agent exports on `/metrics`.
+//! names is one that a running gate, agent or rainbow controller exports on `/metrics`.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -103,7 +103,7 @@ fn the_alerts_pass_promtool_and_their_unit_tests() {
         "rules",
         "charts/lameduck/files/prometheus-rules.yaml",
     ]);
-    assert!(check.contains("SUCCESS: 4 rules found"), "{check}");
+    assert!(check.contains("SUCCESS: 6 rules found"), "{check}");
     let test = promtool(&["test", "rules", "tests/observability/alerts_test.yaml"]);
     assert!(test.contains("SUCCESS"), "{test}");
 }
@@ -178,6 +178,9 @@ fn the_dashboard_is_well_formed_and_every_query_parses() {
         "outcome=\"truncated\"",
         "lameduck_gate_propagation_lag_seconds",
         "lameduck_agent_notices_total",
+        "lameduck_gate_handoffs_total",
+        "lameduck_rainbow_in_flight",
+        "lameduck_rainbow_retirements_total",
     ] {
         assert!(all.contains(m), "the dashboard does not show {m}");
     }
@@ -245,10 +248,32 @@ async fn every_metric_the_dashboard_and_alerts_name_is_exported() {
     let (_, agent_metrics) = get(&format!("http://{admin}/metrics"))
         .await
         .expect("agent /metrics");
+    // The rainbow controller against the same API server, with one RainbowDeployment (its
+    // per-colour series exist once it has a colour).
+    crate::cluster::service(&api);
+    crate::rainbow::rainbow(&api, "1", "30s", "24h");
+    let config = crate::cluster::kubeconfig(&api, "observability");
+    let (_controller, port) = crate::rainbow::controller(&config, &[]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let rainbow_metrics = loop {
+        if let Ok((_, m)) = get(&format!("http://127.0.0.1:{port}/metrics")).await
+            && m.contains("lameduck_rainbow_in_flight{")
+            && m.contains("lameduck_rainbow_colours{")
+        {
+            break m;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the rainbow controller's /metrics did not answer"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     let mut names = exported(&gate_metrics);
     names.extend(exported(&agent_metrics));
+    names.extend(exported(&rainbow_metrics));
     assert!(names.contains("lameduck_gate_requests_total"), "{names:?}");
     assert!(names.contains("lameduck_agent_notices_total"), "{names:?}");
+    assert!(names.contains("lameduck_rainbow_in_flight"), "{names:?}");
 
     for file in [
         "charts/lameduck/files/grafana-dashboard.json",

@@ -136,7 +136,7 @@ fn pods_of(api: &TestApi, colour: &str) -> Vec<String> {
 
 /// The RainbowDeployment `llm`: one replica of a gated engine whose template carries
 /// `release` as an annotation (a new release is a new value).
-fn rainbow(api: &TestApi, release: &str, quiet: &str, max_age: &str) {
+pub(crate) fn rainbow(api: &TestApi, release: &str, quiet: &str, max_age: &str) {
     api.create(json!({
         "apiVersion": RD.0, "kind": RD.1,
         "metadata": {"name": "llm", "namespace": "default"},
@@ -233,7 +233,7 @@ async fn until(what: &str, timeout: Duration, api: &TestApi, mut f: impl FnMut()
     }
 }
 
-fn controller(config: &std::path::Path, extra: &[&str]) -> (Proc, u16) {
+pub(crate) fn controller(config: &std::path::Path, extra: &[&str]) -> (Proc, u16) {
     let port = free_port();
     let admin = format!("127.0.0.1:{port}");
     let cfg = config.display().to_string();
