@@ -1054,6 +1054,7 @@ impl<'a> Sim<'a> {
             desired: colour_name(self.revision),
             serving: Some(colour_name(rb.serving)),
             colours,
+            unroutable: None,
         });
         let lag = self.spec.propagation_lag;
         for action in decision.actions {

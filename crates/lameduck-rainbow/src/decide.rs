@@ -136,6 +136,10 @@ pub struct Input {
     pub serving: Option<String>,
     /// Every colour that has a Deployment.
     pub colours: Vec<Colour>,
+    /// Why the Services cannot be moved to the desired colour (a selector that its pods would
+    /// not match, so that the move would leave the Services without endpoints); `None`: they
+    /// can.
+    pub unroutable: Option<String>,
 }
 
 /// Something to do.
@@ -286,7 +290,10 @@ pub fn decide(input: &Input) -> Decision {
 
     // 2. The Services.
     let mut serving = input.serving.clone();
-    if serving.as_deref() != Some(input.desired.as_str()) && desired_ready {
+    if serving.as_deref() != Some(input.desired.as_str())
+        && desired_ready
+        && input.unroutable.is_none()
+    {
         actions.push(Action::Route {
             colour: input.desired.clone(),
             from: serving.clone(),
@@ -295,6 +302,10 @@ pub fn decide(input: &Input) -> Decision {
     }
     let desired_message = match (desired, serving.as_deref() == Some(input.desired.as_str())) {
         (_, true) => "serves new requests".to_owned(),
+        (Some(_), false) if desired_ready && input.unroutable.is_some() => format!(
+            "Ready, but the Services stay where they are: {}",
+            input.unroutable.as_deref().unwrap_or_default()
+        ),
         (None, false) => "created; waiting for its pods to be Ready".to_owned(),
         (Some(c), false) => format!(
             "waiting for {} of {} pods to be Ready ({} are)",
@@ -471,6 +482,7 @@ mod tests {
             desired: "blue".into(),
             serving: Some("red".into()),
             colours: vec![colour("red", 2, 2, Work::Busy(3))],
+            unroutable: None,
         });
         assert_eq!(
             d.actions,
@@ -495,12 +507,25 @@ mod tests {
                 colour("blue", 2, 1, Work::Idle),
                 colour("red", 2, 2, Work::Busy(3)),
             ],
+            unroutable: None,
         };
         assert!(
             decide(&input).actions.is_empty(),
             "one of two is not enough"
         );
         input.colours[0].ready = 2;
+        // Services whose selector the new pods would not match are not moved, and the colour
+        // says why.
+        input.unroutable = Some("Service llm selects app=other".into());
+        let d = decide(&input);
+        assert!(d.actions.is_empty(), "{:?}", d.actions);
+        assert_eq!(d.serving.as_deref(), Some("red"));
+        assert_eq!(d.colours[0].phase, Phase::Starting);
+        assert_eq!(
+            d.colours[0].message,
+            "Ready, but the Services stay where they are: Service llm selects app=other"
+        );
+        input.unroutable = None;
         let d = decide(&input);
         assert_eq!(
             d.actions,
@@ -566,6 +591,7 @@ mod tests {
             desired: "blue".into(),
             serving: Some("blue".into()),
             colours: vec![colour("blue", 2, 2, Work::Idle), red],
+            unroutable: None,
         };
         let d = decide(&input);
         assert!(d.actions.is_empty());
@@ -586,6 +612,7 @@ mod tests {
             desired: "blue".into(),
             serving: Some("blue".into()),
             colours: vec![colour("blue", 2, 2, Work::Idle), red],
+            unroutable: None,
         });
         assert_eq!(
             d.actions,
@@ -609,6 +636,7 @@ mod tests {
             desired: "red".into(),
             serving: Some("blue".into()),
             colours: vec![colour("blue", 2, 2, Work::Busy(1)), red],
+            unroutable: None,
         });
         assert_eq!(
             d.actions,

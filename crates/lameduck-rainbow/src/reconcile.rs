@@ -162,16 +162,34 @@ pub async fn reconcile(rd: &RainbowDeployment, ctx: &Ctx) -> Result<(), Reconcil
         .collect();
     let all_pods = pods.list(&lp).await.op(Op::new("list", "pods", &ns))?.items;
     let mut serving_seen: Vec<Option<String>> = Vec::new();
+    // The labels the desired colour's pods carry: a Service whose selector asks for anything
+    // else would select none of them once it is moved.
+    let mut pod_labels = rd
+        .spec
+        .template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.labels.clone())
+        .unwrap_or_default();
+    pod_labels.insert(RAINBOW_LABEL.to_owned(), name.clone());
+    let mut unroutable = None;
     for svc in &rd.spec.services {
         let s = services
             .get_opt(svc)
             .await
             .op(Op::new("get", "services", &ns).named(svc))?;
-        serving_seen.push(s.and_then(|s| {
-            s.spec
-                .and_then(|sp| sp.selector)
-                .and_then(|sel| sel.get(COLOUR_LABEL).cloned())
-        }));
+        let selector = s.and_then(|s| s.spec.and_then(|sp| sp.selector));
+        if unroutable.is_none()
+            && let Some((k, v)) = selector
+                .iter()
+                .flatten()
+                .find(|(k, v)| k.as_str() != COLOUR_LABEL && pod_labels.get(k.as_str()) != Some(v))
+        {
+            unroutable = Some(format!(
+                "Service {svc} selects {k}={v}, which spec.template's labels do not carry: moved, it would select no pod; give the template that label or change the Service's selector"
+            ));
+        }
+        serving_seen.push(selector.and_then(|sel| sel.get(COLOUR_LABEL).cloned()));
     }
     let remembered = rd.status.clone().unwrap_or_default();
     let serving = if rd.spec.services.is_empty() {
@@ -252,9 +270,10 @@ pub async fn reconcile(rd: &RainbowDeployment, ctx: &Ctx) -> Result<(), Reconcil
         desired: desired.clone(),
         serving,
         colours,
+        unroutable: unroutable.clone(),
     };
     let decision = decide::decide(&input);
-    let mut problems = Vec::new();
+    let mut problems: Vec<String> = unroutable.into_iter().collect();
     for action in &decision.actions {
         if let Err(e) = act(rd, &ns, &name, action, ctx).await {
             problems.push(e.to_string());
@@ -337,11 +356,19 @@ pub async fn reconcile(rd: &RainbowDeployment, ctx: &Ctx) -> Result<(), Reconcil
     };
     if rd.status.as_ref() != Some(&status) && !ctx.dry_run {
         let api: Api<RainbowDeployment> = Api::namespaced(ctx.client.clone(), &ns);
+        // A merge patch keeps a field it does not name: a field now absent (a problem that
+        // went away) is sent as null, which removes it.
+        let mut body = serde_json::to_value(&status).unwrap_or_default();
+        if let Some(o) = body.as_object_mut() {
+            for field in ["problem", "serving", "desired", "observedGeneration"] {
+                o.entry(field).or_insert(serde_json::Value::Null);
+            }
+        }
         if let Err(e) = api
             .patch_status(
                 &name,
                 &PatchParams::default(),
-                &Patch::Merge(json!({ "status": status })),
+                &Patch::Merge(json!({ "status": body })),
             )
             .await
             .op(Op::new("patch", "rainbowdeployments/status", &ns).named(&name))

@@ -130,6 +130,7 @@ impl World {
                     }
                 })
                 .collect(),
+            unroutable: None,
         }
     }
 

@@ -179,6 +179,7 @@ pub async fn release(
             desired: name(1),
             serving: Some(name(serving)),
             colours,
+            unroutable: None,
         });
         for action in decision.actions {
             match action {

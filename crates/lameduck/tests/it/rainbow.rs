@@ -664,6 +664,71 @@ async fn rollback_moves_the_services_back_to_a_live_colour() {
     );
 }
 
+/// A Service whose selector asks for a label the template's pods do not carry would select no
+/// pod once moved: the controller leaves it where it is, says why in the status and the
+/// colour's message, and moves it once the selector is fixed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_that_would_select_no_pod_is_not_moved() {
+    let s = setup("rainbow-unroutable", 7, &[], "1h", "1h").await;
+    assert!(
+        s.api
+            .modify("v1", "Service", Some("default"), "llm", |svc| {
+                svc["spec"]["selector"] = json!({"app": "llm", "tier": "gpu"});
+            })
+    );
+    let (_ctl, _port) = controller(&s.config, &[]);
+    until(
+        "the status names the selector",
+        Duration::from_secs(40),
+        &s.api,
+        || {
+            status(&s.api)["problem"]
+                .as_str()
+                .is_some_and(|p| p.contains("Service llm selects tier=gpu"))
+        },
+    )
+    .await;
+    let desired = status(&s.api)["desired"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    until(
+        "the colour is Ready and says why it does not serve",
+        Duration::from_secs(40),
+        &s.api,
+        || {
+            let row = colour_row(&s.api, &desired);
+            row["readyReplicas"] == 1
+                && row["phase"] == "Starting"
+                && row["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("Ready, but the Services stay where they are"))
+        },
+    )
+    .await;
+    assert_eq!(serving(&s.api), None, "the Service was not moved");
+    assert!(
+        s.api
+            .modify("v1", "Service", Some("default"), "llm", |svc| {
+                svc["spec"]["selector"] = json!({"app": "llm"});
+            })
+    );
+    until(
+        "the Service moves once it can select the pods",
+        Duration::from_secs(20),
+        &s.api,
+        || serving(&s.api).as_deref() == Some(desired.as_str()),
+    )
+    .await;
+    until(
+        "the problem is gone",
+        Duration::from_secs(10),
+        &s.api,
+        || status(&s.api).get("problem").is_none_or(Value::is_null),
+    )
+    .await;
+}
+
 /// `examples/rainbow/`: the CRD is exactly what `lameduck rainbow crd` prints, the injected
 /// RainbowDeployment exactly what `inject --kube` writes from the plain one, everything but
 /// the plain one lints with no finding (the plain one is told it has no gate), the built-in
