@@ -39,6 +39,7 @@ fn rollout_every_hour_for_24h(bencher: divan::Bencher) {
                 agent: false,
                 surge: false,
                 rainbow: None,
+                handoff: false,
             },
         )
         .run();

@@ -17,6 +17,8 @@ pub struct Counts {
     pub killed: u64,
     /// Ended early by the gate's deadline, with a clean terminal event.
     pub truncated: u64,
+    /// Of the ok, those completed on a peer after a handoff at the deadline.
+    pub handed_off: u64,
 }
 
 impl Counts {
@@ -154,6 +156,7 @@ pub fn table(rows: &[Row<'_>]) -> String {
         "refused",
         "killed silently",
         "ended cleanly",
+        "handed off",
         "queue p99",
         "min ready",
         "peak pods",
@@ -184,6 +187,7 @@ pub fn table(rows: &[Row<'_>]) -> String {
             r.requests.refused.to_string(),
             r.requests.killed.to_string(),
             r.requests.truncated.to_string(),
+            r.requests.handed_off.to_string(),
             format!("{}s", secs(r.queue_delay.p99)),
             r.min_ready.to_string(),
             format!("{} for {}s", r.peak_pods, secs(r.time_at_peak)),

@@ -67,6 +67,9 @@ pub struct Request {
     /// `--max-age` (`0`: none): the `rainbow` scenario's (default: the RainbowDeployment's,
     /// else 24 h).
     pub max_age: Option<Duration>,
+    /// `--handoff`: also simulate gates that hand streams to a peer at the deadline (on by
+    /// itself when the workload's gate has `--handoff-to`).
+    pub handoff: bool,
 }
 
 /// A plan run that cannot go on; the message says what to change.
@@ -266,6 +269,7 @@ pub fn execute(req: &Request) -> Result<Output, RunError> {
         agent: false,
         surge: false,
         rainbow: rainbow.clone(),
+        handoff: false,
     };
     // A rolling update whose grace period covers the longest request: what the rainbow is
     // compared with (the grace is the plan's own).
@@ -276,44 +280,82 @@ pub fn execute(req: &Request) -> Result<Output, RunError> {
         },
         ..current.clone()
     };
+    // Handoff rows: asked for, or the workload's gate has `--handoff-to`.
+    let handoff = req.handoff
+        || workload.as_ref().is_some_and(|w| {
+            w.model
+                .gate
+                .as_ref()
+                .is_some_and(|g| g.args.handoff_to.is_some())
+        });
+    if handoff && current.pod.gated() {
+        notes.push(format!(
+            "handoff (+ handoff rows): a stream handed off at the deadline is relayed through its own pod, so it completes only if the rest of it (plus {} s of prefill on the peer) fits before that pod's end; the grace period still has to cover the longest request (docs/handoff.md)",
+            lameduck_timeline::secs_plain(crate::sim::HANDOFF_PREFILL)
+        ));
+    } else if handoff {
+        notes.push(
+            "--handoff: the pods have no gate, so nothing is handed off (no + handoff rows)".into(),
+        );
+    }
     let mut runs = Vec::new();
     for &scenario in &scenarios {
-        // (label, spec, scenario as simulated, the agent on spot / surge-first on drain)
-        let mut specs: Vec<(String, &FleetSpec, Scenario, bool)> =
-            vec![("current".into(), &current, scenario, false)];
+        // (label, spec, scenario as simulated, (the agent on spot / surge-first on drain, handoff))
+        let mut specs: Vec<(String, &FleetSpec, Scenario, (bool, bool))> =
+            vec![("current".into(), &current, scenario, (false, false))];
         if req.compare {
-            specs.push(("recommended".into(), &the_plan.fleet, scenario, false));
+            specs.push((
+                "recommended".into(),
+                &the_plan.fleet,
+                scenario,
+                (false, false),
+            ));
         }
         // On spot, a gated fleet is also simulated with `lameduck agent` on its nodes.
         if scenario.provider().is_some() {
             if current.pod.gated() {
-                specs.push(("current + agent".into(), &current, scenario, true));
+                specs.push(("current + agent".into(), &current, scenario, (true, false)));
             }
             if req.compare && the_plan.fleet.pod.gated() {
                 specs.push((
                     "recommended + agent".into(),
                     &the_plan.fleet,
                     scenario,
-                    true,
+                    (true, false),
                 ));
             }
         }
         // A node drain is also simulated as `lameduck drain` does it: surge first.
         if scenario == Scenario::Drain {
-            specs.push(("current + surge".into(), &current, scenario, true));
+            specs.push(("current + surge".into(), &current, scenario, (true, false)));
             if req.compare {
                 specs.push((
                     "recommended + surge".into(),
                     &the_plan.fleet,
                     scenario,
-                    true,
+                    (true, false),
                 ));
             }
+        }
+        // Gates that hand what cannot finish to a peer (with the agent on spot).
+        if handoff && current.pod.gated() && scenario != Scenario::Rainbow {
+            let agent = scenario.provider().is_some();
+            let label = if agent {
+                "current + agent + handoff"
+            } else {
+                "current + handoff"
+            };
+            specs.push((label.into(), &current, scenario, (agent, true)));
         }
         // A rainbow release against the rolling updates of the same pods: with their grace
         // period, and with one that covers the longest request.
         if scenario == Scenario::Rainbow {
-            specs = vec![("current".into(), &current, Scenario::Rollout, false)];
+            specs = vec![(
+                "current".into(),
+                &current,
+                Scenario::Rollout,
+                (false, false),
+            )];
             if long_grace.pod.grace > current.pod.grace {
                 specs.push((
                     format!(
@@ -322,21 +364,25 @@ pub fn execute(req: &Request) -> Result<Output, RunError> {
                     ),
                     &long_grace,
                     Scenario::Rollout,
-                    false,
+                    (false, false),
                 ));
             }
             specs.push((
                 "current + rainbow".into(),
                 &current,
                 Scenario::Rainbow,
-                false,
+                (false, false),
             ));
         }
-        let simulate = |spec: &FleetSpec, scenario: Scenario, variant: bool, cfg: SimConfig| {
+        let simulate = |spec: &FleetSpec,
+                        scenario: Scenario,
+                        (variant, handoff): (bool, bool),
+                        cfg: SimConfig| {
             let cfg = SimConfig {
                 scenario,
                 agent: variant && scenario.provider().is_some(),
                 surge: variant && scenario == Scenario::Drain,
+                handoff,
                 ..cfg
             };
             Sim::new(spec, &latency, rate.clone(), cfg).run()
@@ -594,7 +640,7 @@ pub fn render_text(o: &Output) -> String {
     if !o.runs.is_empty() {
         let _ = writeln!(
             t,
-            "\nSimulation (seed {}; times in seconds; refused = never served; killed silently = cut dead, no terminal event; ended cleanly = the gate's deadline ended it with a terminal event; + agent: `lameduck agent` on the nodes; + surge: `lameduck drain`, replacements Ready before the node's pods go; + grace: the rolling update with a grace period covering the longest request; + rainbow: `lameduck rainbow`, a new colour beside the old one, retired when its gates are idle; extra pod-h = pod-hours above the replicas)",
+            "\nSimulation (seed {}; times in seconds; refused = never served; killed silently = cut dead, no terminal event; ended cleanly = the gate's deadline ended it with a terminal event; + agent: `lameduck agent` on the nodes; + surge: `lameduck drain`, replacements Ready before the node's pods go; + handoff: the gates hand streams that cannot finish to a peer; + grace: the rolling update with a grace period covering the longest request; + rainbow: `lameduck rainbow`, a new colour beside the old one, retired when its gates are idle; extra pod-h = pod-hours above the replicas)",
             o.runs[0].report.seed
         );
         let rows: Vec<crate::report::Row<'_>> = o

@@ -202,7 +202,21 @@ pub struct SimConfig {
     /// The `rainbow` scenario's promotion and retirement settings (the fleet's replicas win
     /// over `replicas`); `None`: a RainbowDeployment's defaults.
     pub rainbow: Option<Settings>,
+    /// The gates hand what cannot finish to a peer (`--handoff-to`): at the drain deadline,
+    /// each stream in flight continues on another pod that has a free slot (after one extra
+    /// prefill, [`HANDOFF_PREFILL`]) and is relayed through its own pod. That pod stays up
+    /// until its last relay ends or its hard stop (just before the kubelet's SIGKILL, or the
+    /// node's end) cuts the relay with the terminal event. Without a peer with a free slot the
+    /// stream ends at the deadline, as without handoff.
+    pub handoff: bool,
 }
+
+/// What a handoff adds before the peer's first token: its prefill of the prompt and the text
+/// so far. An assumption, the same for every stream.
+pub const HANDOFF_PREFILL: Duration = Duration::from_secs(1);
+
+/// The gate's hard stop comes this long before the kubelet's SIGKILL (or the node's end).
+const HARD_STOP_LEAD: Duration = Duration::from_millis(100);
 
 /// A RainbowDeployment's defaults: all replicas Ready before the Services move, a 30 s quiet
 /// period, a 24 h maxAge.
@@ -258,20 +272,49 @@ enum Fate {
 #[derive(Debug, Clone, Copy)]
 enum Ev {
     Arrival,
-    Done { pod: u32 },
-    Serving { pod: u32 },
-    Ready { pod: u32 },
-    Routable { pod: u32 },
-    Unroutable { pod: u32 },
-    Sigterm { pod: u32 },
-    EngineLimit { pod: u32 },
-    Sigkill { pod: u32 },
-    GateTimer { pod: u32 },
-    NodeGone { node: u32 },
-    Evict { pod: u32 },
+    Done {
+        pod: u32,
+    },
+    Serving {
+        pod: u32,
+    },
+    Ready {
+        pod: u32,
+    },
+    Routable {
+        pod: u32,
+    },
+    Unroutable {
+        pod: u32,
+    },
+    Sigterm {
+        pod: u32,
+    },
+    EngineLimit {
+        pod: u32,
+    },
+    Sigkill {
+        pod: u32,
+    },
+    GateTimer {
+        pod: u32,
+    },
+    NodeGone {
+        node: u32,
+    },
+    Evict {
+        pod: u32,
+    },
     Disrupt,
     Sample,
     RainbowPoll,
+    /// A handed-off stream's relay through `pod` ends: completed on `peer`, or cut by
+    /// `pod`'s hard stop.
+    RelayEnd {
+        pod: u32,
+        peer: u32,
+        completed: bool,
+    },
 }
 
 #[derive(Debug)]
@@ -293,6 +336,10 @@ struct Pod {
     gate_timer: Option<Time>,
     held_at_delete: u32,
     lost: u32,
+    /// Handed-off streams relayed through this pod now.
+    relays: u32,
+    /// The engine's part is over; the pod exits when its last relay ends.
+    exit_after_relays: bool,
 }
 
 impl Pod {
@@ -323,6 +370,9 @@ pub struct Sim<'a> {
     rng: Pcg64Mcg,
     /// The balancer's choices.
     lb_rng: Pcg64Mcg,
+    /// The handoff's choice of peer (apart, so that handoff leaves the balancer's choices
+    /// as they were).
+    peer_rng: Pcg64Mcg,
     exp: Exp<f64>,
     arrivals_until: Option<Time>,
     now: Time,
@@ -358,6 +408,8 @@ pub struct Sim<'a> {
     rainbow: Option<Rainbow>,
     /// Pod-seconds above the spec's replicas, up to `pods_since`.
     extra_pod_seconds: f64,
+    /// When each node disappears, once a spot notice has said so.
+    node_end: std::collections::HashMap<u32, Time>,
     pods_since: Time,
 }
 
@@ -392,6 +444,7 @@ impl<'a> Sim<'a> {
             rate,
             rng: Pcg64Mcg::seed_from_u64(cfg.seed),
             lb_rng: Pcg64Mcg::seed_from_u64(cfg.seed ^ 0x9e37_79b9_7f4a_7c15),
+            peer_rng: Pcg64Mcg::seed_from_u64(cfg.seed ^ 0x2545_f491_4f6c_dd1d),
             arrivals_until: None,
             cfg,
             now: Duration::ZERO,
@@ -424,6 +477,7 @@ impl<'a> Sim<'a> {
             surge_victims: Vec::new(),
             rainbow: None,
             extra_pod_seconds: 0.0,
+            node_end: std::collections::HashMap::new(),
             pods_since: Duration::ZERO,
         };
         if sim.cfg.scenario == Scenario::Rainbow {
@@ -511,6 +565,11 @@ impl<'a> Sim<'a> {
             Ev::Evict { pod } => self.evict(pod),
             Ev::Disrupt => self.disrupt(),
             Ev::Sample => self.sample(),
+            Ev::RelayEnd {
+                pod,
+                peer,
+                completed,
+            } => self.relay_end(pod, peer, completed),
             Ev::RainbowPoll => {
                 if let Some(rb) = self.rainbow.as_mut() {
                     rb.polling = false;
@@ -574,12 +633,19 @@ impl<'a> Sim<'a> {
 
     /// The balancer: power of two choices on outstanding requests (Envoy's least-request).
     fn pick(&mut self) -> Option<u32> {
+        let mut rng = std::mem::replace(&mut self.lb_rng, Pcg64Mcg::seed_from_u64(0));
+        let picked = self.pick_with(&mut rng);
+        self.lb_rng = rng;
+        picked
+    }
+
+    fn pick_with(&self, rng: &mut Pcg64Mcg) -> Option<u32> {
         match self.routable.len() {
             0 => None,
             1 => Some(self.routable[0]),
             n => {
-                let a = self.routable[self.lb_rng.random_range(0..n)];
-                let b = self.routable[self.lb_rng.random_range(0..n)];
+                let a = self.routable[rng.random_range(0..n)];
+                let b = self.routable[rng.random_range(0..n)];
                 let (la, lb) = (self.pods[a as usize].load(), self.pods[b as usize].load());
                 Some(if lb < la { b } else { a })
             }
@@ -634,6 +700,137 @@ impl<'a> Sim<'a> {
         match fate {
             Fate::Killed => self.counts.killed += u64::from(n),
             Fate::Truncated => self.counts.truncated += u64::from(n),
+        }
+    }
+
+    /// The deadline came with streams in flight: each goes to a peer with a free slot and is
+    /// relayed through this pod until it completes there or this pod's hard stop cuts it.
+    /// Responses still waiting in the engine's queue had not started: they end as without
+    /// handoff.
+    fn hand_off(&mut self, pod: u32) {
+        let now = self.now;
+        if self.pods[pod as usize].cut {
+            return;
+        }
+        // The streams' completion instants on this pod (its only pending Done events).
+        let mut ends: Vec<Time> = self
+            .heap
+            .iter()
+            .filter_map(|Reverse((t, _, EvSlot(ev)))| match ev {
+                Ev::Done { pod: q } if *q == pod => Some(*t),
+                _ => None,
+            })
+            .collect();
+        ends.sort();
+        let hard_stop = self.hard_stop(pod);
+        let p = &mut self.pods[pod as usize];
+        ends.truncate(p.in_flight as usize);
+        let (streams, queued) = (p.in_flight, p.queue.len() as u32);
+        p.cut = true;
+        p.in_flight = 0;
+        p.queue.clear();
+        if let Some(g) = p.gate.as_mut() {
+            // Handed off or not, they leave the engine.
+            for _ in 0..streams + queued {
+                g.request_finished(now, Outcome::Truncated);
+            }
+        }
+        // Streams this pod was continuing for another pod end here, with the terminal event.
+        let hosted = streams - ends.len() as u32;
+        let ended = queued + hosted;
+        p.lost += ended;
+        self.in_flight -= u64::from(ended);
+        self.counts.truncated += u64::from(ended);
+        for end in ends {
+            let mut rng = std::mem::replace(&mut self.peer_rng, Pcg64Mcg::seed_from_u64(0));
+            let picked = self.pick_with(&mut rng);
+            self.peer_rng = rng;
+            let peer = picked.filter(|&q| {
+                let c = &self.pods[q as usize];
+                q != pod
+                    && !c.cut
+                    && !c.exited
+                    && c.serving
+                    && c.accepting
+                    && c.in_flight < self.spec.pod.concurrency
+            });
+            let Some(peer) = peer else {
+                // Nowhere to go: the terminal event, as without handoff.
+                self.pods[pod as usize].lost += 1;
+                self.in_flight -= 1;
+                self.counts.truncated += 1;
+                continue;
+            };
+            let finish = now + HANDOFF_PREFILL + end.saturating_sub(now);
+            let (at, completed) = match hard_stop {
+                Some(h) if finish > h => (h.max(now), false),
+                _ => (finish, true),
+            };
+            self.pods[peer as usize].in_flight += 1;
+            if let Some(g) = self.pods[peer as usize].gate.as_mut() {
+                let _ = g.request_started(now);
+            }
+            self.pods[pod as usize].relays += 1;
+            self.push(
+                at,
+                Ev::RelayEnd {
+                    pod,
+                    peer,
+                    completed,
+                },
+            );
+        }
+    }
+
+    /// When this pod's gate must end what it still relays: just before the kubelet's SIGKILL
+    /// or the node's end, whichever is first.
+    fn hard_stop(&self, pod: u32) -> Option<Time> {
+        let p = &self.pods[pod as usize];
+        let kill = p
+            .deleted_at
+            .map(|d| d + self.spec.pod.termination(p.grace).sigkill_at());
+        let node = self.node_end.get(&p.node).copied();
+        let end = match (kill, node) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        end.map(|e| e.saturating_sub(HARD_STOP_LEAD))
+    }
+
+    fn relay_end(&mut self, pod: u32, peer: u32, completed: bool) {
+        let now = self.now;
+        // The continuation's slot on the peer; a peer cut meanwhile counted it already.
+        if !self.pods[peer as usize].cut {
+            self.in_flight -= 1;
+            if completed {
+                self.counts.ok += 1;
+                self.counts.handed_off += 1;
+            } else {
+                self.counts.truncated += 1;
+                self.pods[pod as usize].lost += 1;
+            }
+            let q = &mut self.pods[peer as usize];
+            q.in_flight -= 1;
+            if let Some(g) = q.gate.as_mut() {
+                g.request_finished(now, Outcome::Ok);
+            }
+            if let Some((arrived, dur)) = q.queue.pop_front() {
+                q.in_flight += 1;
+                self.delays.push((now - arrived).as_secs_f32());
+                self.push(now + dur, Ev::Done { pod: peer });
+            }
+            if self.pods[peer as usize].gate.is_some() {
+                self.drive_gate(peer);
+            }
+            let q = &self.pods[peer as usize];
+            if q.exiting_when_idle && q.load() == 0 && !q.exited {
+                self.exit(peer);
+            }
+        }
+        let p = &mut self.pods[pod as usize];
+        p.relays = p.relays.saturating_sub(1);
+        if p.relays == 0 && p.exit_after_relays && !p.exited {
+            self.exit(pod);
         }
     }
 
@@ -693,6 +890,8 @@ impl<'a> Sim<'a> {
             gate_timer: None,
             held_at_delete: 0,
             lost: 0,
+            relays: 0,
+            exit_after_relays: false,
         });
         let now = self.now;
         let pm = self.spec.pod;
@@ -826,12 +1025,18 @@ impl<'a> Sim<'a> {
         {
             match action {
                 Action::StartRefusing => self.pods[pod as usize].accepting = false,
+                Action::EndStreams if self.cfg.handoff => self.hand_off(pod),
                 Action::EndStreams => self.cut(pod, Fate::Truncated),
                 // The preStop `/drain` returns: the kubelet sends SIGTERM to an idle engine.
                 Action::Drained => {
                     if !self.pods[pod as usize].exited {
                         self.cut(pod, Fate::Truncated);
-                        self.exit(pod);
+                        if self.pods[pod as usize].relays > 0 {
+                            // The gate stays up to relay what it handed off.
+                            self.pods[pod as usize].exit_after_relays = true;
+                        } else {
+                            self.exit(pod);
+                        }
                     }
                 }
                 Action::GoUnready
@@ -1211,6 +1416,7 @@ impl<'a> Sim<'a> {
                             self.delete(v, Some(left));
                         }
                         self.reconcile();
+                        self.node_end.insert(node, self.now + spot.notice());
                         self.push(self.now + spot.notice(), Ev::NodeGone { node });
                     }
                     Some(spot) if !spot.evicts() => {
@@ -1219,12 +1425,14 @@ impl<'a> Sim<'a> {
                             self.delete(v, Some(spot.pod_window()));
                         }
                         self.reconcile();
+                        self.node_end.insert(node, self.now + spot.notice());
                         self.push(self.now + spot.notice(), Ev::NodeGone { node });
                     }
                     Some(spot) => {
                         for v in victims {
                             self.evict(v);
                         }
+                        self.node_end.insert(node, self.now + spot.notice());
                         self.push(self.now + spot.notice(), Ev::NodeGone { node });
                     }
                     None if self.cfg.surge => {

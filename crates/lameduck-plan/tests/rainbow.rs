@@ -64,6 +64,7 @@ fn run(
             agent: false,
             surge: false,
             rainbow: Some(settings),
+            handoff: false,
         },
     )
     .run()

@@ -47,6 +47,7 @@ fn run(spec: &FleetSpec, lat: &Latency, rate: f64, scenario: Scenario, seed: u64
             agent: false,
             surge: false,
             rainbow: None,
+            handoff: false,
         },
     )
     .run()

@@ -81,7 +81,8 @@ pub struct PlanArgs {
     pub percentile: f64,
 
     /// Scenarios to simulate (repeat or comma-separate). Default: drain, rollout,
-    /// scale-down, and the spot scenario of the workload's provider.
+    /// scale-down, the spot scenario of the workload's provider, and rainbow for a
+    /// RainbowDeployment.
     #[arg(long, value_enum, value_delimiter = ',')]
     pub scenario: Vec<Scenario>,
 
@@ -160,6 +161,11 @@ pub struct PlanArgs {
     /// limit; default: the RainbowDeployment's, else 24h).
     #[arg(long, value_name = "DURATION", value_parser = dur)]
     pub max_age: Option<Duration>,
+
+    /// Also simulate gated pods whose gates hand streams that cannot finish to a peer
+    /// (`--handoff-to`; on by itself when the manifest's gate has it): rows `+ handoff`.
+    #[arg(long)]
+    pub handoff: bool,
 
     /// Output on stdout: the table, or JSON.
     #[arg(long, value_enum, default_value_t = Format::Human)]
@@ -272,6 +278,7 @@ pub fn run(args: PlanArgs) -> anyhow::Result<i32> {
         },
         quiet_period: args.quiet_period,
         max_age: args.max_age,
+        handoff: args.handoff,
     };
     let out = run::execute(&req)?;
     if let Some(path) = &args.chart {

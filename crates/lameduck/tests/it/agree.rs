@@ -54,6 +54,7 @@ fn plan_need(objects: &[Object], w: &Workload<'_>) -> Option<String> {
         overrides: Default::default(),
         quiet_period: None,
         max_age: None,
+        handoff: false,
     };
     let (_, plan, _) = recommend(&req).ok()?;
     plan.recommendations

@@ -354,3 +354,46 @@ fn rainbow_against_rolling_updates() {
     let all = plan_runs(&["-f", &rd, "--max-request", "90s"]);
     assert!(all.iter().any(|r| r["scenario"] == "rainbow"), "{all:?}");
 }
+
+/// `--handoff` adds rows where the gates hand streams that cannot finish to a peer: each
+/// stream the deadline ends is then either completed on the peer or still ended, and the
+/// notes say why the grace period does not shrink.
+#[test]
+fn handoff_rows_account_for_every_stream_the_deadline_ends() {
+    let gated = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../docs/examples/kube-vllm.yaml")
+        .display()
+        .to_string();
+    let args = [
+        "-f",
+        &gated,
+        "--max-request",
+        "200s",
+        "--scenario",
+        "spot-aws",
+        "--handoff",
+    ];
+    let runs = plan_runs(&args);
+    let n = |r: &Value, k: &str| r["requests"][k].as_u64().expect("count");
+    let (agent, handoff) = (
+        run_of(&runs, "current + agent"),
+        run_of(&runs, "current + agent + handoff"),
+    );
+    assert_eq!(n(agent, "total"), n(handoff, "total"));
+    assert!(n(agent, "truncated") > 0, "{agent}");
+    assert_eq!(
+        n(handoff, "handed_off") + n(handoff, "truncated"),
+        n(agent, "truncated"),
+        "{handoff}"
+    );
+    assert_eq!(n(handoff, "killed"), 0, "{handoff}");
+    let mut all = vec!["plan"];
+    all.extend_from_slice(&args);
+    let out = run_with_stdin(&all, None);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("the grace period still has to cover the longest request"),
+        "{text}"
+    );
+    assert!(text.contains("handed off"), "{text}");
+}
