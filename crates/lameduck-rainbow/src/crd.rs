@@ -70,7 +70,8 @@ pub struct RainbowDeploymentSpec {
 pub struct Autoscaler {
     /// `HorizontalPodAutoscaler` (autoscaling/v2) or `ScaledObject` (KEDA, keda.sh/v1alpha1).
     pub kind: AutoscalerKind,
-    /// Its spec, without `scaleTargetRef` (the colour's Deployment is filled in).
+    /// Its spec, without `scaleTargetRef` (the colour's Deployment is filled in); in its
+    /// strings, `$(DEPLOYMENT)` and `$(COLOUR)` become the colour's Deployment name and colour.
     #[schemars(schema_with = "any_object")]
     pub spec: serde_json::Value,
 }

@@ -395,6 +395,30 @@ fn autoscaler_api(ns: &str, auto: &Autoscaler, ctx: &Ctx) -> (Api<DynamicObject>
     (Api::namespaced_with(ctx.client.clone(), ns, &ar), rbac)
 }
 
+/// The autoscaler spec for one colour: `$(COLOUR)` and `$(DEPLOYMENT)` in any string of it
+/// become the colour and its Deployment's name, so that a trigger's query can select the
+/// colour's own pods (`pod=~"$(DEPLOYMENT)-.*"`).
+pub fn per_colour(spec: &serde_json::Value, colour: &str, deployment: &str) -> serde_json::Value {
+    use serde_json::Value;
+    match spec {
+        Value::String(s) => Value::String(
+            s.replace("$(COLOUR)", colour)
+                .replace("$(DEPLOYMENT)", deployment),
+        ),
+        Value::Array(a) => Value::Array(
+            a.iter()
+                .map(|v| per_colour(v, colour, deployment))
+                .collect(),
+        ),
+        Value::Object(o) => Value::Object(
+            o.iter()
+                .map(|(k, v)| (k.clone(), per_colour(v, colour, deployment)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
 /// Creates the colour's autoscaler, or brings its spec to the RainbowDeployment's.
 async fn ensure_autoscaler(
     rd: &RainbowDeployment,
@@ -406,7 +430,7 @@ async fn ensure_autoscaler(
 ) -> Result<(), KubeError> {
     let (api, rbac) = autoscaler_api(ns, auto, ctx);
     let dname = colour::deployment_name(name, colour);
-    let mut spec = auto.spec.clone();
+    let mut spec = per_colour(&auto.spec, colour, &dname);
     if let Some(o) = spec.as_object_mut() {
         o.insert(
             "scaleTargetRef".to_owned(),

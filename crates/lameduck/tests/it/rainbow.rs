@@ -664,6 +664,70 @@ async fn rollback_moves_the_services_back_to_a_live_colour() {
     );
 }
 
+/// A KEDA ScaledObject per colour, its trigger's query naming the colour's own pods through
+/// `$(DEPLOYMENT)`; the superseded colour's goes with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_colour_gets_its_own_keda_scaled_object() {
+    let s = setup("rainbow-keda", 8, &[], "1s", "1h").await;
+    assert!(s.api.modify(RD.0, RD.1, Some("default"), "llm", |rd| {
+        rd["spec"]["autoscaler"] = json!({
+            "kind": "ScaledObject",
+            "spec": {"minReplicaCount": 1, "maxReplicaCount": 4,
+                     "triggers": [{"type": "prometheus", "metadata": {
+                         "serverAddress": "http://prometheus.monitoring:9090",
+                         "query": "sum(lameduck_gate_in_flight{pod=~\"$(DEPLOYMENT)-.*\"})",
+                         "threshold": "8"}}]}
+        });
+    }));
+    let (_ctl, _port) = controller(&s.config, &[]);
+    let first = first_colour(&s).await;
+    let scaled = |colour: &str| {
+        s.api.get(
+            "keda.sh/v1alpha1",
+            "ScaledObject",
+            Some("default"),
+            &format!("llm-{colour}"),
+        )
+    };
+    let so = scaled(&first).expect("the first colour's ScaledObject");
+    assert_eq!(
+        so["spec"]["scaleTargetRef"]["name"],
+        format!("llm-{first}").as_str()
+    );
+    assert_eq!(
+        so["spec"]["triggers"][0]["metadata"]["query"],
+        format!("sum(lameduck_gate_in_flight{{pod=~\"llm-{first}-.*\"}})").as_str(),
+        "the query selects this colour's pods"
+    );
+    assert_eq!(so["spec"]["maxReplicaCount"], 4);
+    release_and_retire_with_autoscalers(&s, &first, scaled).await;
+}
+
+/// Releases "2" after `first`: the new colour gets its autoscaler, and the first colour's
+/// goes when the colour does.
+async fn release_and_retire_with_autoscalers(
+    s: &Setup,
+    first: &str,
+    autoscaler: impl Fn(&str) -> Option<Value>,
+) {
+    let second = s.release_from("2", &[first]).await;
+    until(
+        "the new colour's autoscaler",
+        Duration::from_secs(10),
+        &s.api,
+        || autoscaler(&second).is_some(),
+    )
+    .await;
+    until(
+        "the first colour goes",
+        Duration::from_secs(40),
+        &s.api,
+        || colours(&s.api) == vec![(second.clone(), 1)],
+    )
+    .await;
+    assert!(autoscaler(first).is_none(), "its autoscaler went with it");
+}
+
 /// A Service whose selector asks for a label the template's pods do not carry would select no
 /// pod once moved: the controller leaves it where it is, says why in the status and the
 /// colour's message, and moves it once the selector is fixed.
@@ -871,15 +935,6 @@ async fn each_colour_gets_its_own_autoscaler() {
         "{:?}",
         colours(&s.api)
     );
-    let second = s.release_from("2", &[&first]).await;
-    assert!(hpa(&second).is_some(), "the new colour's autoscaler");
-    until(
-        "the first colour goes",
-        Duration::from_secs(40),
-        &s.api,
-        || colours(&s.api) == vec![(second.clone(), 1)],
-    )
-    .await;
-    assert!(hpa(&first).is_none(), "its autoscaler went with it");
+    release_and_retire_with_autoscalers(&s, &first, hpa).await;
     assert_eq!(events(&s.api, "AutoscalerCreated").len(), 2);
 }
