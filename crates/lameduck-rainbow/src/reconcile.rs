@@ -419,6 +419,33 @@ pub fn per_colour(spec: &serde_json::Value, colour: &str, deployment: &str) -> s
     }
 }
 
+/// The JSON merge patch (RFC 7386) that turns `from` into `to`: what `to` changes or adds, and
+/// null for each field `to` no longer has, at any depth (arrays are replaced whole).
+pub fn merge_patch(from: &serde_json::Value, to: &serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match (from, to) {
+        (Value::Object(a), Value::Object(b)) => {
+            let mut out = serde_json::Map::new();
+            for (k, v) in b {
+                match a.get(k) {
+                    Some(old) if old == v => {}
+                    Some(old) => {
+                        out.insert(k.clone(), merge_patch(old, v));
+                    }
+                    None => {
+                        out.insert(k.clone(), v.clone());
+                    }
+                }
+            }
+            for k in a.keys().filter(|k| !b.contains_key(*k)) {
+                out.insert(k.clone(), Value::Null);
+            }
+            Value::Object(out)
+        }
+        _ => to.clone(),
+    }
+}
+
 /// Creates the colour's autoscaler, or brings its spec to the RainbowDeployment's.
 async fn ensure_autoscaler(
     rd: &RainbowDeployment,
@@ -443,11 +470,13 @@ async fn ensure_autoscaler(
         .op(Op::new("get", rbac, ns).named(&dname))?;
     match existing {
         Some(o) if o.data.get("spec") == Some(&spec) => Ok(()),
-        Some(_) => api
+        Some(o) => api
             .patch(
                 &dname,
                 &PatchParams::default(),
-                &Patch::Merge(json!({ "spec": spec })),
+                &Patch::Merge(json!({
+                    "spec": merge_patch(o.data.get("spec").unwrap_or(&serde_json::Value::Null), &spec)
+                })),
             )
             .await
             .op(Op::new("patch", rbac, ns).named(&dname))
@@ -763,5 +792,31 @@ async fn post_event(
         .op(Op::new("create", "events", ns))
     {
         fail(ctx, "post_event", &e);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_merge_patch_removes_what_the_new_spec_dropped() {
+        let from = json!({"minReplicas": 1, "maxReplicas": 3, "behavior": {"scaleDown": {"policies": [1]}, "scaleUp": {"x": 1}}, "metrics": [1, 2]});
+        let to = json!({"minReplicas": 1, "maxReplicas": 5, "behavior": {"scaleUp": {"x": 1}}, "metrics": [2]});
+        let patch = merge_patch(&from, &to);
+        assert_eq!(
+            patch,
+            json!({"maxReplicas": 5, "behavior": {"scaleDown": null}, "metrics": [2]})
+        );
+        assert_eq!(merge_patch(&to, &to), json!({}));
+    }
+
+    #[test]
+    fn per_colour_names_the_colours_own_objects() {
+        let spec = json!({"triggers": [{"metadata": {"query": "x{pod=~\"$(DEPLOYMENT)-.*\", c=\"$(COLOUR)\"}"}}], "n": 1});
+        assert_eq!(
+            per_colour(&spec, "abc", "llm-abc"),
+            json!({"triggers": [{"metadata": {"query": "x{pod=~\"llm-abc-.*\", c=\"abc\"}"}}], "n": 1})
+        );
     }
 }

@@ -919,6 +919,21 @@ async fn each_colour_gets_its_own_autoscaler() {
         json!({"apiVersion": "apps/v1", "kind": "Deployment", "name": format!("llm-{first}")})
     );
     assert_eq!(h["spec"]["maxReplicas"], 3);
+    // A changed autoscaler spec reaches the colour's autoscaler, fields left out included.
+    assert!(s.api.modify(RD.0, RD.1, Some("default"), "llm", |rd| {
+        rd["spec"]["autoscaler"]["spec"] = json!({"minReplicas": 1, "maxReplicas": 4});
+    }));
+    until(
+        "the autoscaler follows the spec",
+        Duration::from_secs(10),
+        &s.api,
+        || {
+            hpa(&first).is_some_and(|h| {
+                h["spec"]["maxReplicas"] == 4 && h["spec"].get("metrics").is_none()
+            })
+        },
+    )
+    .await;
     // The autoscaler scales the colour up: the controller leaves it so.
     assert!(s.api.modify(
         "apps/v1",
