@@ -59,11 +59,11 @@ pub fn render(runs: &[(&str, &SimReport)]) -> String {
         out,
         r##"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" viewBox="0 0 {WIDTH} {height}" font-family="system-ui, sans-serif" font-size="11">
 <rect width="100%" height="100%" fill="#fff"/>
-<g id="legend"><rect x="{LEFT}" y="10" width="22" height="10" fill="#e53935" fill-opacity="0.12" stroke="#e53935" stroke-opacity="0.4"/><text x="{}" y="19">a disruption in progress (drain, rollout, scale-down, spot reclaim), until its last pod is replaced</text><line x1="{}" x2="{}" y1="9" y2="21" stroke="#e53935" stroke-dasharray="3,2"/><text x="{}" y="19">its start</text></g>"##,
+<g id="legend"><rect x="{LEFT}" y="10" width="22" height="10" fill="#e53935" fill-opacity="0.12" stroke="#e53935" stroke-opacity="0.4"/><text x="{}" y="19">a disruption in progress (drain, rollout, scale-down, spot reclaim, rainbow release), until its last old pod is gone</text><line x1="{}" x2="{}" y1="9" y2="21" stroke="#e53935" stroke-dasharray="3,2"/><text x="{}" y="19">its start</text></g>"##,
         LEFT + 28.0,
-        LEFT + 600.0,
-        LEFT + 600.0,
-        LEFT + 606.0
+        LEFT + 720.0,
+        LEFT + 720.0,
+        LEFT + 726.0
     );
     for (i, (label, r)) in runs.iter().enumerate() {
         let top = LEGEND + 10.0 + block * i as f64;
