@@ -204,9 +204,9 @@ pub struct SimConfig {
     pub rainbow: Option<Settings>,
     /// The gates hand what cannot finish to a peer (`--handoff-to`): at the drain deadline,
     /// each stream in flight continues on another pod that has a free slot (after one extra
-    /// prefill, [`HANDOFF_PREFILL`]) and is relayed through its own pod. That pod stays up
-    /// until its last relay ends or its hard stop (just before the kubelet's SIGKILL, or the
-    /// node's end) cuts the relay with the terminal event. Without a peer with a free slot the
+    /// prefill, [`HANDOFF_PREFILL`]) and is relayed through its own pod. That pod's gate stays
+    /// up until its last relay ends or its hard stop (the [`DrainMachine`]'s, the same as the
+    /// gate's) cuts the relay with the terminal event. Without a peer with a free slot the
     /// stream ends at the deadline, as without handoff.
     pub handoff: bool,
 }
@@ -214,9 +214,6 @@ pub struct SimConfig {
 /// What a handoff adds before the peer's first token: its prefill of the prompt and the text
 /// so far. An assumption, the same for every stream.
 pub const HANDOFF_PREFILL: Duration = Duration::from_secs(1);
-
-/// The gate's hard stop comes this long before the kubelet's SIGKILL (or the node's end).
-const HARD_STOP_LEAD: Duration = Duration::from_millis(100);
 
 /// A RainbowDeployment's defaults: all replicas Ready before the Services move, a 30 s quiet
 /// period, a 24 h maxAge.
@@ -308,12 +305,9 @@ enum Ev {
     Disrupt,
     Sample,
     RainbowPoll,
-    /// A handed-off stream's relay through `pod` ends: completed on `peer`, or cut by
-    /// `pod`'s hard stop.
+    /// A handed-off stream's continuation ends on its peer.
     RelayEnd {
-        pod: u32,
-        peer: u32,
-        completed: bool,
+        relay: u32,
     },
 }
 
@@ -336,10 +330,14 @@ struct Pod {
     gate_timer: Option<Time>,
     held_at_delete: u32,
     lost: u32,
-    /// Handed-off streams relayed through this pod now.
-    relays: u32,
-    /// The engine's part is over; the pod exits when its last relay ends.
-    exit_after_relays: bool,
+}
+
+/// A handed-off stream: relayed through `pod`, continued on `peer`.
+#[derive(Debug, Clone, Copy)]
+struct Relay {
+    pod: u32,
+    peer: u32,
+    active: bool,
 }
 
 impl Pod {
@@ -408,8 +406,8 @@ pub struct Sim<'a> {
     rainbow: Option<Rainbow>,
     /// Pod-seconds above the spec's replicas, up to `pods_since`.
     extra_pod_seconds: f64,
-    /// When each node disappears, once a spot notice has said so.
-    node_end: std::collections::HashMap<u32, Time>,
+    /// Every handoff's relay.
+    relays: Vec<Relay>,
     pods_since: Time,
 }
 
@@ -477,7 +475,7 @@ impl<'a> Sim<'a> {
             surge_victims: Vec::new(),
             rainbow: None,
             extra_pod_seconds: 0.0,
-            node_end: std::collections::HashMap::new(),
+            relays: Vec::new(),
             pods_since: Duration::ZERO,
         };
         if sim.cfg.scenario == Scenario::Rainbow {
@@ -565,11 +563,7 @@ impl<'a> Sim<'a> {
             Ev::Evict { pod } => self.evict(pod),
             Ev::Disrupt => self.disrupt(),
             Ev::Sample => self.sample(),
-            Ev::RelayEnd {
-                pod,
-                peer,
-                completed,
-            } => self.relay_end(pod, peer, completed),
+            Ev::RelayEnd { relay } => self.end_relay(relay, None, true),
             Ev::RainbowPoll => {
                 if let Some(rb) = self.rainbow.as_mut() {
                     rb.polling = false;
@@ -704,15 +698,15 @@ impl<'a> Sim<'a> {
     }
 
     /// The deadline came with streams in flight: each goes to a peer with a free slot and is
-    /// relayed through this pod until it completes there or this pod's hard stop cuts it.
+    /// relayed through this pod until it completes there or this pod's hard stop ends it.
     /// Responses still waiting in the engine's queue had not started: they end as without
-    /// handoff.
+    /// handoff, and so do continuations this pod was running for other pods.
     fn hand_off(&mut self, pod: u32) {
         let now = self.now;
         if self.pods[pod as usize].cut {
             return;
         }
-        // The streams' completion instants on this pod (its only pending Done events).
+        // This pod's own streams: their completion instants (its pending Done events).
         let mut ends: Vec<Time> = self
             .heap
             .iter()
@@ -722,23 +716,19 @@ impl<'a> Sim<'a> {
             })
             .collect();
         ends.sort();
-        let hard_stop = self.hard_stop(pod);
         let p = &mut self.pods[pod as usize];
         ends.truncate(p.in_flight as usize);
         let (streams, queued) = (p.in_flight, p.queue.len() as u32);
         p.cut = true;
         p.in_flight = 0;
         p.queue.clear();
+        let ended = queued + (streams - ends.len() as u32);
+        p.lost += ended;
         if let Some(g) = p.gate.as_mut() {
-            // Handed off or not, they leave the engine.
-            for _ in 0..streams + queued {
+            for _ in 0..ended {
                 g.request_finished(now, Outcome::Truncated);
             }
         }
-        // Streams this pod was continuing for another pod end here, with the terminal event.
-        let hosted = streams - ends.len() as u32;
-        let ended = queued + hosted;
-        p.lost += ended;
         self.in_flight -= u64::from(ended);
         self.counts.truncated += u64::from(ended);
         for end in ends {
@@ -754,6 +744,14 @@ impl<'a> Sim<'a> {
                     && c.accepting
                     && c.in_flight < self.spec.pod.concurrency
             });
+            let outcome = if peer.is_some() {
+                Outcome::HandedOff
+            } else {
+                Outcome::Truncated
+            };
+            if let Some(g) = self.pods[pod as usize].gate.as_mut() {
+                g.request_finished(now, outcome);
+            }
             let Some(peer) = peer else {
                 // Nowhere to go: the terminal event, as without handoff.
                 self.pods[pod as usize].lost += 1;
@@ -761,52 +759,44 @@ impl<'a> Sim<'a> {
                 self.counts.truncated += 1;
                 continue;
             };
-            let finish = now + HANDOFF_PREFILL + end.saturating_sub(now);
-            let (at, completed) = match hard_stop {
-                Some(h) if finish > h => (h.max(now), false),
-                _ => (finish, true),
-            };
             self.pods[peer as usize].in_flight += 1;
             if let Some(g) = self.pods[peer as usize].gate.as_mut() {
                 let _ = g.request_started(now);
             }
-            self.pods[pod as usize].relays += 1;
-            self.push(
-                at,
-                Ev::RelayEnd {
-                    pod,
-                    peer,
-                    completed,
-                },
-            );
+            let relay = self.relays.len() as u32;
+            self.relays.push(Relay {
+                pod,
+                peer,
+                active: true,
+            });
+            let finish = now + HANDOFF_PREFILL + end.saturating_sub(now);
+            self.push(finish, Ev::RelayEnd { relay });
         }
     }
 
-    /// When this pod's gate must end what it still relays: just before the kubelet's SIGKILL
-    /// or the node's end, whichever is first.
-    fn hard_stop(&self, pod: u32) -> Option<Time> {
-        let p = &self.pods[pod as usize];
-        let kill = p
-            .deleted_at
-            .map(|d| d + self.spec.pod.termination(p.grace).sigkill_at());
-        let node = self.node_end.get(&p.node).copied();
-        let end = match (kill, node) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        end.map(|e| e.saturating_sub(HARD_STOP_LEAD))
-    }
-
-    fn relay_end(&mut self, pod: u32, peer: u32, completed: bool) {
+    /// A relay ends: its continuation completed (`cut` None), or the relaying pod's hard stop
+    /// or its end cut it. `drive`: run the relaying pod's gate afterwards (not when its own
+    /// actions are being carried out already).
+    fn end_relay(&mut self, relay: u32, cut: Option<Fate>, drive: bool) {
         let now = self.now;
+        let Relay { pod, peer, active } = self.relays[relay as usize];
+        if !active {
+            return;
+        }
+        self.relays[relay as usize].active = false;
         // The continuation's slot on the peer; a peer cut meanwhile counted it already.
-        if !self.pods[peer as usize].cut {
+        let counted = self.pods[peer as usize].cut;
+        if !counted {
             self.in_flight -= 1;
-            if completed {
-                self.counts.ok += 1;
-                self.counts.handed_off += 1;
-            } else {
-                self.counts.truncated += 1;
+            match cut {
+                None => {
+                    self.counts.ok += 1;
+                    self.counts.handed_off += 1;
+                }
+                Some(Fate::Truncated) => self.counts.truncated += 1,
+                Some(Fate::Killed) => self.counts.killed += 1,
+            }
+            if cut.is_some() {
                 self.pods[pod as usize].lost += 1;
             }
             let q = &mut self.pods[peer as usize];
@@ -827,10 +817,24 @@ impl<'a> Sim<'a> {
                 self.exit(peer);
             }
         }
-        let p = &mut self.pods[pod as usize];
-        p.relays = p.relays.saturating_sub(1);
-        if p.relays == 0 && p.exit_after_relays && !p.exited {
-            self.exit(pod);
+        if !self.pods[pod as usize].exited {
+            if let Some(g) = self.pods[pod as usize].gate.as_mut() {
+                g.relay_finished(now, cut.is_none() && !counted);
+            }
+            if drive {
+                self.drive_gate(pod);
+            }
+        }
+    }
+
+    /// Ends every relay still running through `pod`: its gate's hard stop (`Truncated`: the
+    /// terminal event), or the pod's end (`Killed`).
+    fn cut_relays(&mut self, pod: u32, fate: Fate) {
+        for r in 0..self.relays.len() as u32 {
+            let x = self.relays[r as usize];
+            if x.active && x.pod == pod {
+                self.end_relay(r, Some(fate), false);
+            }
         }
     }
 
@@ -890,8 +894,6 @@ impl<'a> Sim<'a> {
             gate_timer: None,
             held_at_delete: 0,
             lost: 0,
-            relays: 0,
-            exit_after_relays: false,
         });
         let now = self.now;
         let pm = self.spec.pod;
@@ -1031,20 +1033,32 @@ impl<'a> Sim<'a> {
                 Action::Drained => {
                     if !self.pods[pod as usize].exited {
                         self.cut(pod, Fate::Truncated);
-                        if self.pods[pod as usize].relays > 0 {
-                            // The gate stays up to relay what it handed off.
-                            self.pods[pod as usize].exit_after_relays = true;
-                        } else {
-                            self.exit(pod);
+                        let now = self.now;
+                        // The kubelet's grace period began at the deletion.
+                        let spent = self.pods[pod as usize]
+                            .deleted_at
+                            .map_or(Duration::ZERO, |d| now.saturating_sub(d));
+                        match self.pods[pod as usize].gate.as_mut() {
+                            // The engine stops; the kubelet's SIGTERM reaches the gate, which
+                            // stays to relay what it handed off, until they end or its hard stop.
+                            Some(g) if g.relays() > 0 => {
+                                let _ = g.drain(
+                                    now,
+                                    DrainRequest {
+                                        exit: true,
+                                        already_spent: spent,
+                                        ..DrainRequest::new(Trigger::Signal)
+                                    },
+                                );
+                            }
+                            _ => self.exit(pod),
                         }
                     }
                 }
-                Action::GoUnready
-                | Action::Announce
-                | Action::SignalChild
-                | Action::KillChild
-                | Action::EndRelays
-                | Action::Exit => {}
+                // The hard stop came with relays running: each ends with the terminal event.
+                Action::EndRelays => self.cut_relays(pod, Fate::Truncated),
+                Action::Exit => self.exit(pod),
+                Action::GoUnready | Action::Announce | Action::SignalChild | Action::KillChild => {}
             }
         }
         let p = &mut self.pods[pod as usize];
@@ -1078,6 +1092,8 @@ impl<'a> Sim<'a> {
             }
         }
         self.node_load[node] = self.node_load[node].saturating_sub(1);
+        // Relays that outlive their pod (SIGKILL, the node's end) are cut dead.
+        self.cut_relays(pod, Fate::Killed);
         self.track_peak();
         self.check_active();
     }
@@ -1416,7 +1432,6 @@ impl<'a> Sim<'a> {
                             self.delete(v, Some(left));
                         }
                         self.reconcile();
-                        self.node_end.insert(node, self.now + spot.notice());
                         self.push(self.now + spot.notice(), Ev::NodeGone { node });
                     }
                     Some(spot) if !spot.evicts() => {
@@ -1425,14 +1440,12 @@ impl<'a> Sim<'a> {
                             self.delete(v, Some(spot.pod_window()));
                         }
                         self.reconcile();
-                        self.node_end.insert(node, self.now + spot.notice());
                         self.push(self.now + spot.notice(), Ev::NodeGone { node });
                     }
                     Some(spot) => {
                         for v in victims {
                             self.evict(v);
                         }
-                        self.node_end.insert(node, self.now + spot.notice());
                         self.push(self.now + spot.notice(), Ev::NodeGone { node });
                     }
                     None if self.cfg.surge => {
