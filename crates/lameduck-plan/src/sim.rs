@@ -121,7 +121,7 @@ pub const STUCK_AFTER: Duration = Duration::from_secs(2 * 3600);
 
 /// How often the simulated rainbow controller decides (`lameduck rainbow run --poll`'s
 /// default).
-pub const RAINBOW_POLL: Duration = Duration::from_secs(5);
+pub const RAINBOW_POLL: Duration = lameduck_rainbow::DEFAULT_POLL;
 
 /// How requests arrive.
 #[derive(Debug, Clone, PartialEq)]

@@ -52,6 +52,13 @@ pub enum RainbowSub {
 }
 
 /// `lameduck rainbow run`'s flags.
+/// `--poll`'s default: how often the controller decides (also what `plan` and `rehearse`
+/// simulate).
+pub const DEFAULT_POLL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// `--gate-timeout`'s default.
+pub const DEFAULT_GATE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 #[derive(clap::Args, Debug, Clone)]
 #[command(after_help = "\
 A new spec.template gets its own Deployment (NAME-COLOUR, COLOUR being the template's hash); \
@@ -363,4 +370,24 @@ fn error_policy(rd: Arc<RainbowDeployment>, error: &ReconcileError, ctx: Arc<Ctx
         tracing::warn!(error = %error, "RainbowDeployment not acted on (logged once; its status.problem says why)");
     }
     Action::requeue(ctx.poll)
+}
+
+#[cfg(test)]
+mod defaults {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+
+    /// The flags' defaults are the constants `plan` and `rehearse` simulate with.
+    #[test]
+    fn the_flag_defaults_are_the_constants() {
+        let cli = Cli::try_parse_from(["x"]).expect("defaults parse");
+        assert_eq!(cli.run.poll.0, DEFAULT_POLL);
+        assert_eq!(cli.run.gate_timeout.0, DEFAULT_GATE_TIMEOUT);
+    }
 }

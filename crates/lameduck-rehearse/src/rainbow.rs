@@ -26,10 +26,10 @@ use crate::kubelet::PodHandle;
 use crate::run::Status;
 
 /// How often the controller decides (`lameduck rainbow run --poll`'s default), unscaled.
-pub const POLL: Duration = Duration::from_secs(5);
+pub const POLL: Duration = lameduck_rainbow::DEFAULT_POLL;
 
 /// How long a gate has to answer `/status` (the controller's `--gate-timeout`), real time.
-const GATE_TIMEOUT: Duration = Duration::from_secs(2);
+const GATE_TIMEOUT: Duration = lameduck_rainbow::DEFAULT_GATE_TIMEOUT;
 
 /// What the release did.
 #[derive(Debug, Clone)]
