@@ -219,6 +219,87 @@ pub fn aborted_event_start(events: &[u8]) -> Option<usize> {
     None
 }
 
+/// An error event found in a stream: where it starts and whether a gate sent it because its
+/// pod is shutting down (`"type": "server_shutdown"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ErrorEvent {
+    /// Its first byte in the events searched.
+    pub start: usize,
+    /// A draining gate's terminal event.
+    pub shutdown: bool,
+}
+
+/// The fields of an event's data that make it an error.
+#[derive(serde::Deserialize)]
+struct ErrorView<'a> {
+    #[serde(default, borrow)]
+    error: Option<ErrorBody<'a>>,
+    #[serde(default, borrow)]
+    object: Option<std::borrow::Cow<'a, str>>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum ErrorBody<'a> {
+    Object {
+        #[serde(default, rename = "type", borrow)]
+        kind: Option<std::borrow::Cow<'a, str>>,
+    },
+    Other(serde::de::IgnoredAny),
+}
+
+/// Whether one event (`event:` field, `data` joined) is an error; `Some(shutdown)` when it is.
+fn event_error(event_error: bool, data: &[u8]) -> Option<bool> {
+    let view = (memchr::memmem::find(data, b"error").is_some())
+        .then(|| serde_json::from_slice::<ErrorView<'_>>(data).ok())
+        .flatten();
+    let kind = match view.as_ref().and_then(|v| v.error.as_ref()) {
+        Some(ErrorBody::Object { kind }) => kind.as_deref(),
+        _ => None,
+    };
+    let is_error = event_error
+        || view
+            .as_ref()
+            .is_some_and(|v| v.error.is_some() || v.object.as_deref() == Some("error"));
+    is_error.then_some(kind == Some("server_shutdown"))
+}
+
+/// The first error event in `events` (whole events only): one named `error` (`event: error`,
+/// how a gate ends a stream it cannot finish), or whose data is an object with an `error`
+/// member or `"object": "error"` (how vLLM and others report a failure mid-stream).
+///
+/// Only the bytes of candidate events are parsed: a stream with no `error` in it costs one
+/// substring search.
+pub fn error_event_start(events: &[u8]) -> Option<ErrorEvent> {
+    memchr::memmem::find(events, b"error")?;
+    let mut start = 0;
+    let mut pos = 0;
+    let mut named_error = false;
+    let mut data: Vec<u8> = Vec::new();
+    while pos < events.len() {
+        let end = memchr::memchr(b'\n', &events[pos..]).map_or(events.len(), |i| pos + i);
+        let line = &events[pos..end];
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() {
+            if let Some(shutdown) = event_error(named_error, &data) {
+                return Some(ErrorEvent { start, shutdown });
+            }
+            data.clear();
+            named_error = false;
+            start = end + 1;
+        } else if let Some(v) = line.strip_prefix(b"event:") {
+            named_error = v.trim_ascii() == b"error";
+        } else if let Some(v) = line.strip_prefix(b"data:") {
+            if !data.is_empty() {
+                data.push(b'\n');
+            }
+            data.extend_from_slice(v.strip_prefix(b" ").unwrap_or(v));
+        }
+        pos = end + 1;
+    }
+    event_error(named_error, &data).map(|shutdown| ErrorEvent { start, shutdown })
+}
+
 /// Bytes the gate holds back at most while waiting for an SSE event boundary. Larger events
 /// are passed on unframed: a stream that never has a boundary is not really SSE.
 const MAX_HELD: usize = 256 * 1024;
@@ -685,7 +766,44 @@ impl Body for TrackedBody {
                         ));
                         return Poll::Ready(Some(Ok(Frame::data(b.freeze()))));
                     }
-                    if let (Some(h), Some(out)) = (this.handoff.as_mut(), out.as_ref()) {
+                    let mut observed = false;
+                    if this.handoff.is_some()
+                        && let Some(found) = out.as_deref().and_then(error_event_start)
+                        && let Some(mut rest) = out.clone()
+                    {
+                        // The upstream reported a failure mid-stream: a draining gate's
+                        // terminal event (this gate is then a --gateway in front of it), or the
+                        // engine's own error.
+                        let before = rest.split_to(found.start);
+                        if let Some(h) = this.handoff.as_mut() {
+                            h.tracker.observe(&before);
+                        }
+                        // An error before any text is most likely the request's own fault and
+                        // is passed on as it is, unless a draining gate sent it.
+                        let worth = found.shutdown
+                            || this
+                                .handoff
+                                .as_ref()
+                                .is_some_and(|h| !h.tracker.text().is_empty());
+                        if worth && hand_off(this.handoff, this.guard, this.inner, this.relay) {
+                            tracing::info!(
+                                shutdown = found.shutdown,
+                                "The upstream ended a stream with an error event; handing it off"
+                            );
+                            if before.is_empty()
+                                && let Some(relay) = this.relay.as_mut()
+                            {
+                                return poll_relay(relay, this.done, cx);
+                            }
+                            return Poll::Ready(Some(Ok(Frame::data(before))));
+                        }
+                        if let Some(h) = this.handoff.as_mut() {
+                            h.tracker.observe(&rest);
+                        }
+                        observed = true;
+                    }
+                    if !observed && let (Some(h), Some(out)) = (this.handoff.as_mut(), out.as_ref())
+                    {
                         h.tracker.observe(out);
                     }
                     match out {
@@ -933,6 +1051,46 @@ mod tests {
         let content =
             b"data: {\"choices\":[{\"delta\":{\"content\":\"abort\"},\"finish_reason\":null}]}\n\n";
         assert_eq!(aborted_event_start(content), None);
+    }
+
+    #[test]
+    fn error_events_are_found_at_their_start() {
+        let ok =
+            b"data: {\"choices\":[{\"delta\":{\"content\":\"error\"},\"finish_reason\":null}]}\n\n";
+        assert_eq!(error_event_start(ok), None);
+        let gate = terminal_event("server_shutdown", 503, "going away");
+        let both = [&ok[..], &gate[..]].concat();
+        assert_eq!(
+            error_event_start(&both),
+            Some(ErrorEvent {
+                start: ok.len(),
+                shutdown: true
+            })
+        );
+        // vLLM's mid-stream error, with CRLF line ends.
+        let vllm = b"data: {\"object\":\"error\",\"message\":\"boom\",\"code\":500}\r\n\r\n";
+        let both = [&ok[..], &vllm[..]].concat();
+        assert_eq!(
+            error_event_start(&both),
+            Some(ErrorEvent {
+                start: ok.len(),
+                shutdown: false
+            })
+        );
+        let wrapped =
+            b"data: {\"error\":{\"message\":\"boom\",\"type\":\"InternalServerError\"}}\n\n";
+        assert_eq!(
+            error_event_start(wrapped),
+            Some(ErrorEvent {
+                start: 0,
+                shutdown: false
+            })
+        );
+        // `"error": null` and a field merely named like it are not errors.
+        let null = b"data: {\"error\":null,\"choices\":[]}\n\n";
+        assert_eq!(error_event_start(null), None);
+        let named = b"event: message\ndata: {\"errors\":1}\n\n";
+        assert_eq!(error_event_start(named), None);
     }
 
     #[test]

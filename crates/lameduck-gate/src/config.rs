@@ -57,6 +57,8 @@ pub struct Config {
     pub time_scale: f64,
     /// `--handoff-to` and its settings, when stream handoff is on.
     pub handoff: Option<HandoffSettings>,
+    /// `--gateway`: in front of the Service rather than beside one engine.
+    pub gateway: bool,
 }
 
 /// Stream handoff's settings (`--handoff-*`).
@@ -206,6 +208,7 @@ struct Resolver {
     handoff_max_body: u64,
     handoff_attempts: u32,
     handoff_timeout: Duration,
+    gateway: bool,
 }
 
 impl From<GateArgs> for Resolver {
@@ -248,6 +251,7 @@ impl From<GateArgs> for Resolver {
             handoff_max_body: a.handoff_max_body,
             handoff_attempts: a.handoff_attempts,
             handoff_timeout: a.handoff_timeout.0,
+            gateway: a.gateway,
         }
     }
 }
@@ -371,12 +375,23 @@ impl Resolver {
             }
             None
         };
-        let handoff = match &self.handoff_to {
-            Some(uri) => {
-                let to = Upstream::parse_flag(uri, "--handoff-to")?;
-                if to.authority == upstream.authority {
+        if self.gateway && wrapper {
+            return Err(Error::Config(
+                "--gateway fronts a Service and cannot wrap an engine: drop the command after `--` and pass the Service as --upstream".into(),
+            ));
+        }
+        // A gateway hands off to the Service it fronts unless told otherwise.
+        let handoff_to = match (&self.handoff_to, self.gateway) {
+            (Some(uri), _) => Some(Upstream::parse_flag(uri, "--handoff-to")?),
+            (None, true) => Some(upstream.clone()),
+            (None, false) => None,
+        };
+        let handoff = match (handoff_to, &self.handoff_to) {
+            (Some(to), uri) => {
+                if !self.gateway && to.authority == upstream.authority {
+                    let uri = uri.as_ref().map(ToString::to_string).unwrap_or_default();
                     return Err(Error::Config(format!(
-                        "--handoff-to {uri} is this pod's own engine: give the Service's address, so that a continuation reaches another replica"
+                        "--handoff-to {uri} is this pod's own engine: give the Service's address, so that a continuation reaches another replica (or pass --gateway when --upstream is the Service itself)"
                     )));
                 }
                 if self.handoff_timeout.is_zero() {
@@ -391,7 +406,7 @@ impl Resolver {
                     timeout: self.handoff_timeout,
                 })
             }
-            None => None,
+            (None, _) => None,
         };
         let warmup = match self.warmup_request {
             Some(path) => {
@@ -433,6 +448,51 @@ impl Resolver {
             kube,
             time_scale: self.time_scale,
             handoff,
+            gateway: self.gateway,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(words: &str) -> Result<Config, Error> {
+        let words: Vec<String> = words.split_whitespace().map(str::to_owned).collect();
+        let (_, args) =
+            lameduck_pod::GateFlags::parse(&words, &[]).map_err(|e| Error::Config(e.0))?;
+        Config::from_args(args)
+    }
+
+    #[test]
+    fn a_gateway_hands_off_to_the_service_it_fronts() {
+        let c = config("--gateway --upstream http://vllm.ml.svc:8000").expect("config");
+        assert!(c.gateway);
+        let to = c.handoff.expect("handoff on").to;
+        assert_eq!(to.authority.as_str(), "vllm.ml.svc:8000");
+        // An explicit --handoff-to wins.
+        let c = config("--gateway --upstream http://a:8000 --handoff-to http://b:8000")
+            .expect("config");
+        assert_eq!(
+            c.handoff.expect("handoff on").to.authority.as_str(),
+            "b:8000"
+        );
+    }
+
+    #[test]
+    fn only_a_gateway_may_hand_off_to_its_own_upstream() {
+        let e = config("--upstream http://127.0.0.1:8001 --handoff-to http://127.0.0.1:8001")
+            .expect_err("a pod's own engine");
+        assert!(e.to_string().contains("--gateway"), "{e}");
+        config("--gateway --upstream http://svc:8000 --handoff-to http://svc:8000")
+            .expect("a gateway may");
+        let e = config("--gateway -- vllm serve m").expect_err("a gateway wraps nothing");
+        assert!(e.to_string().contains("cannot wrap an engine"), "{e}");
+        assert!(
+            config("--upstream http://127.0.0.1:8001")
+                .expect("plain")
+                .handoff
+                .is_none()
+        );
     }
 }

@@ -254,6 +254,15 @@ pub struct GateArgs {
     )]
     pub handoff_timeout: Dur,
 
+    /// Run as a gateway in front of the Service instead of beside one engine: --upstream is
+    /// the Service, and --handoff-to defaults to it. The client's connection then ends on this
+    /// gateway, not on the pod that drains, so a stream that a draining or vanished pod cuts
+    /// mid-way (its gate's terminal event, a broken connection, silence past
+    /// --upstream-idle-timeout) continues on another replica even after that pod is gone.
+    /// Cannot wrap an engine. See docs/handoff.md.
+    #[arg(long, env = "LAMEDUCK_GATEWAY")]
+    pub gateway: bool,
+
     /// Worker threads. Default 1: a single-threaded runtime, the cheapest per request and per
     /// streamed event; one core carries tens of thousands of requests per second. More only
     /// for a gate in front of something much faster than an inference engine.

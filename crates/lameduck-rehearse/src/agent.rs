@@ -9,14 +9,14 @@
 //! by the time scale, and the gate takes `/drain?deadline=` in real seconds.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
+
 use std::time::{Duration, SystemTime};
 
 use lameduck_cloud::Provider;
 use lameduck_fakecloud::FakeMetadata;
 use lameduck_testapi::TestApi;
 use serde_json::json;
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 
 use crate::Error;
 use crate::clock::Clock;
@@ -80,35 +80,27 @@ impl AgentRig {
             .map_err(|e| Error::Io(format!("cannot write {}: {e}", kubeconfig.display())))?;
         let cloud = FakeMetadata::start(Provider::Aws).await;
         let log = dir.join("agent.log");
-        let out = std::fs::File::create(&log)
-            .map_err(|e| Error::Io(format!("cannot create {}: {e}", log.display())))?;
-        let err = out
-            .try_clone()
-            .map_err(|e| Error::Io(format!("cannot open {}: {e}", log.display())))?;
         let ms = |d: Duration| format!("{}ms", clock.real(d).as_millis().max(1));
-        let child = Command::new(exe)
-            .args([
-                "agent",
-                "--node",
-                NODE,
-                "--provider",
-                "aws",
-                "--metadata-url",
-            ])
-            .arg(cloud.url())
-            .arg("--kubeconfig")
-            .arg(&kubeconfig)
-            .args(["--margin", &ms(lameduck_pod::facts::NOTICE_MARGIN)])
-            .args(["--poll", &ms(POLL)])
-            .args(["--admin", "127.0.0.1:0"])
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| Error::Io(format!("cannot start `{} agent`: {e}", exe.display())))?;
+        let args: Vec<String> = [
+            "agent",
+            "--node",
+            NODE,
+            "--provider",
+            "aws",
+            "--metadata-url",
+            &cloud.url(),
+            "--kubeconfig",
+            &kubeconfig.display().to_string(),
+            "--margin",
+            &ms(lameduck_pod::facts::NOTICE_MARGIN),
+            "--poll",
+            &ms(POLL),
+            "--admin",
+            "127.0.0.1:0",
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        let child = crate::spawn_logged(exe, &args, &log)?;
         let rig = AgentRig {
             api,
             cloud,

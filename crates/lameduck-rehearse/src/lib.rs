@@ -12,6 +12,7 @@
 pub mod agent;
 pub mod balancer;
 pub mod clock;
+pub mod gateway;
 pub mod html;
 pub mod kubelet;
 pub mod load;
@@ -381,4 +382,31 @@ fn raise_fd_limit() {
     {
         let _ = setrlimit(Resource::RLIMIT_NOFILE, hard.min(1 << 20), hard);
     }
+}
+
+/// Starts one of the rehearsal's own helper processes (`lameduck agent`, the gateway): `args`
+/// after `exe`, info logs without colour into `log`, killed when its handle is dropped.
+pub(crate) fn spawn_logged(
+    exe: &std::path::Path,
+    args: &[String],
+    log: &std::path::Path,
+) -> Result<tokio::process::Child, Error> {
+    let out = std::fs::File::create(log)
+        .map_err(|e| Error::Io(format!("cannot create {}: {e}", log.display())))?;
+    let err = out
+        .try_clone()
+        .map_err(|e| Error::Io(format!("cannot open {}: {e}", log.display())))?;
+    tokio::process::Command::new(exe)
+        .args(args)
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdin(std::process::Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| {
+            let what = args.first().map_or("", String::as_str);
+            Error::Io(format!("cannot start `{} {what}`: {e}", exe.display()))
+        })
 }

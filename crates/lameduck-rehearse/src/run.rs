@@ -314,6 +314,14 @@ pub async fn run_setup(
     } else {
         None
     };
+    // A gateway in front of the Service, for setups that have one: the load goes through it.
+    let gateway = if setup.gateway {
+        status.phase("starting the gateway");
+        Some(crate::gateway::Gateway::start(&plan.exe, &dir, clock, lb.addr).await?)
+    } else {
+        None
+    };
+    let front = gateway.as_ref().map_or(lb.addr, |g| g.addr);
     let mut agent_note = None;
     let mut surge_note = None;
     let mut rainbow_note = None;
@@ -324,7 +332,7 @@ pub async fn run_setup(
     let load = tokio::spawn(load::run(
         plan.load.clone(),
         arrivals,
-        lb.addr,
+        front,
         clock,
         load_start,
         status.counts.clone(),
@@ -493,6 +501,16 @@ pub async fn run_setup(
         .await
         .map_err(|e| Error::Run(format!("the load generator failed: {e}")))?;
     let end = clock.now();
+    let gateway_note = match gateway {
+        Some(g) => {
+            let (handed_off, completed) = g.handoffs().await;
+            g.stop().await;
+            Some(format!(
+                "gateway (lameduck gate --gateway) in front of the Service: {handed_off} streams cut by their pod continued on another pod, {completed} of them completed"
+            ))
+        }
+        None => None,
+    };
     let events = rec.events();
     status.phase("done");
     reaper.kill_all();
@@ -515,6 +533,7 @@ pub async fn run_setup(
     setup.notes.extend(agent_note);
     setup.notes.extend(surge_note);
     setup.notes.extend(rainbow_note);
+    setup.notes.extend(gateway_note);
     if plan.scenario == Scenario::Spot && !plan.agent && matches!(setup.server, Server::Gate { .. })
     {
         setup.notes.push(

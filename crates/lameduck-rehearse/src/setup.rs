@@ -135,6 +135,8 @@ pub struct Setup {
     pub replace: Replace,
     /// Things the rehearsal could not reproduce exactly; shown in the report.
     pub notes: Vec<String>,
+    /// Clients reach the Service through a `lameduck gate --gateway` that outlives the pods.
+    pub gateway: bool,
 }
 
 impl Setup {
@@ -157,6 +159,7 @@ impl Setup {
             strategy: None,
             replace: Replace::Immediately,
             notes: Vec::new(),
+            gateway: false,
         }
     }
 }
@@ -419,7 +422,7 @@ fn sh(script: &str) -> Vec<String> {
 pub const BUILT_IN: [&str; 3] = ["naive", "shell", "lameduck"];
 
 /// Built-in setups run only when named in `--setups`.
-pub const BUILT_IN_EXTRA: [&str; 1] = ["lameduck+handoff"];
+pub const BUILT_IN_EXTRA: [&str; 2] = ["lameduck+handoff", "lameduck+pod-handoff"];
 
 /// In a gate flag, the address of the rehearsal's Service (its load balancer), as a URL.
 pub const SERVICE_URL: &str = "$(SERVICE_URL)";
@@ -478,8 +481,10 @@ pub fn built_in(name: &str) -> Option<Setup> {
             }
         }
         // The gate in wrapper mode, `/drain` as preStop, probes on its admin endpoints; with
-        // stream handoff to the Service, when named so.
-        "lameduck" | "lameduck+handoff" => {
+        // stream handoff to the Service, when named so: from the pods' gates only
+        // (`+pod-handoff`), or also from a gateway in front of the Service (`+handoff`), which
+        // carries a stream past its pod's end.
+        "lameduck" | "lameduck+handoff" | "lameduck+pod-handoff" => {
             let admin = |path: &str, period, failure| ProbeSpec {
                 handler: Handler::HttpGet {
                     port: PortRef::Admin,
@@ -487,15 +492,18 @@ pub fn built_in(name: &str) -> Option<Setup> {
                 },
                 timing: probe(period, failure),
             };
-            let handoff = name == "lameduck+handoff";
+            let handoff = name != "lameduck";
+            let gateway = name == "lameduck+handoff";
             let mut args = vec!["--grace-period".to_owned(), "180".to_owned()];
             if handoff {
                 args.extend(["--handoff-to".to_owned(), SERVICE_URL.to_owned()]);
             }
             Setup {
                 name: name.into(),
-                description: if handoff {
-                    "the lameduck setup with --handoff-to the Service: streams that cannot finish continue on another pod".into()
+                description: if gateway {
+                    "the lameduck setup with --handoff-to the Service, behind a lameduck gate --gateway: a stream cut by its pod's end continues on another pod".into()
+                } else if handoff {
+                    "the lameduck setup with --handoff-to the Service: a stream its engine cannot finish continues on another pod while the pod lives".into()
                 } else {
                     "lameduck gate wrapping the engine, preStop GET /drain, readiness on /ready, grace 180 s".into()
                 },
@@ -507,6 +515,7 @@ pub fn built_in(name: &str) -> Option<Setup> {
                 readiness: Some(admin("/ready", 2, 1)),
                 liveness: Some(admin("/live", 10, 6)),
                 server: Server::Gate { args },
+                gateway,
                 ..Setup::new(name)
             }
         }
@@ -749,6 +758,7 @@ fn setup_of(object: &Object) -> Result<Setup, Error> {
             .map(|r| u32::try_from(r.max(1)).unwrap_or(1)),
         strategy,
         notes,
+        gateway: false,
     })
 }
 

@@ -559,3 +559,85 @@ async fn the_continuation_request_carries_the_text_so_far_and_the_clients_header
     assert_eq!(b["seed"], 11);
     let _ = std::fs::remove_file(&record);
 }
+
+/// `--gateway`: the gate in front of the Service instead of in the pod. The client's
+/// connection ends on the gateway, so a stream can outlive the pod that served it: the pod's
+/// own gate ends it at its deadline (its terminal event), or the pod vanishes with its gate
+/// and engine (a reclaimed node), and the gateway continues it on another replica. The client
+/// receives exactly the text of an uninterrupted run, one `id` and one `[DONE]`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_carries_a_stream_past_the_end_of_its_pod() {
+    let (_peer_proc, peer) = sim(&["--tokens-per-second", "40"]).await;
+    let (_ref_proc, reference) = sim(&["--tokens-per-second", "5000"]).await;
+    let to = format!("http://{peer}");
+    for (seed, how) in [(21, "deadline"), (22, "vanished")] {
+        // A plain lameduck pod: the gate wraps the engine and has no handoff of its own. At 20
+        // tokens/s its stream (at least 7.5 s) is still running when its end comes.
+        let mut sim_args = SIM.to_vec();
+        sim_args.extend_from_slice(&["--tokens-per-second", "20"]);
+        let pod = Gate::wrapping_sim(&[], &sim_args).await;
+        // The gateway's upstream stands for the Service; the peer is where the Service sends
+        // the continuation once the pod has left it.
+        let gateway = Gate::sidecar(pod.proxy, &["--gateway", "--handoff-to", &to]).await;
+        let want = stream_text(format!("http://{reference}/v1/chat/completions"), seed).await;
+        let run = tokio::spawn(stream_text(gateway.url("/v1/chat/completions"), seed));
+        pod.wait_streams(1).await;
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        match how {
+            "deadline" => {
+                get(&pod.admin_url("/drain?deadline=1s&wait=false"))
+                    .await
+                    .expect("drain the pod");
+            }
+            // Its gate and engine SIGKILLed: the connection to the gateway breaks.
+            _ => drop(pod),
+        }
+        let got = tokio::time::timeout(Duration::from_secs(60), run)
+            .await
+            .unwrap_or_else(|_| panic!("{how}: the stream never ended"))
+            .expect("join");
+        let (text, events, end) = parse_raw(&got);
+        let (want_text, _, want_end) = parse_raw(&want);
+        assert!(!want_text.is_empty());
+        assert_eq!(end, want_end, "{how}: {got}");
+        assert_eq!(text, want_text, "{how}");
+        assert_eq!(got.matches("[DONE]").count(), 1, "{how}: {got}");
+        assert!(!got.contains("event: error"), "{how}: {got}");
+        let ids: std::collections::BTreeSet<_> =
+            events.iter().filter_map(|e| e["id"].as_str()).collect();
+        assert_eq!(ids.len(), 1, "{how}: {ids:?}");
+        settled(&gateway).await;
+        assert_eq!(
+            gateway
+                .metric("lameduck_gate_handoffs_total{outcome=\"completed\"}")
+                .await,
+            Some(1.0),
+            "{how}: {}",
+            gateway.status().await
+        );
+    }
+}
+
+/// A gateway cannot wrap an engine: the gate says so and exits with the usage status.
+#[test]
+fn a_gateway_wraps_no_engine() {
+    let out = std::process::Command::new(bin())
+        .args([
+            "gate",
+            "--gateway",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--",
+            "true",
+        ])
+        .output()
+        .expect("run the gate");
+    assert!(!out.status.success(), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--gateway") && err.contains("--upstream"),
+        "{err}"
+    );
+}

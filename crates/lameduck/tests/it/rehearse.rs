@@ -342,14 +342,15 @@ fn a_spot_reclaim_resets_streams_that_outlast_the_notice() {
 /// With `lameduck agent` on the node (a fake AWS metadata service, the test API server and the
 /// agent as a real process), the gate learns the notice as its deadline: streams that outlast
 /// it end with the terminal event, none is reset (`--no-agent` resets them: the test above).
-/// With stream handoff the same holds: a relay through the reclaimed pod cannot outlive it, so
-/// the gate ends the relays still running just before the node goes, with the terminal event.
+/// With stream handoff from the pod's gate alone the same holds: a relay through the reclaimed
+/// pod cannot outlive it, so the gate ends the relays still running just before the node goes,
+/// with the terminal event.
 #[test]
 fn a_spot_reclaim_with_the_agent_ends_every_stream_cleanly() {
     let run = rehearse(
         &args(&[
             "--setups",
-            "lameduck,lameduck+handoff",
+            "lameduck,lameduck+pod-handoff",
             "--scenario",
             "spot",
             "--notice",
@@ -359,7 +360,7 @@ fn a_spot_reclaim_with_the_agent_ends_every_stream_cleanly() {
         ]),
         None,
     );
-    for name in ["lameduck", "lameduck+handoff"] {
+    for name in ["lameduck", "lameduck+pod-handoff"] {
         let s = setup(&run, name);
         let notes = s["setup"]["notes"].to_string();
         assert!(
@@ -378,6 +379,56 @@ fn a_spot_reclaim_with_the_agent_ends_every_stream_cleanly() {
         // The pod finished before its node went: nothing was left for the node to kill.
         assert_eq!(n(s, "sigkills"), 0, "{name}: {}", s["events"]);
     }
+}
+
+/// Behind a `lameduck gate --gateway`, the client's connection outlives the reclaimed pod: a
+/// 30 s notice against 90 s streams, and every stream completes on another pod, where the same
+/// pods without the gateway end some with the terminal event.
+#[test]
+fn a_spot_reclaim_behind_a_gateway_completes_every_stream() {
+    let run = rehearse(
+        &args(&[
+            "--setups",
+            "lameduck,lameduck+handoff",
+            "--scenario",
+            "spot",
+            "--notice",
+            "30s",
+            "--lengths",
+            "900",
+        ]),
+        None,
+    );
+    let plain = setup(&run, "lameduck");
+    assert!(
+        n(plain, "truncated") >= 1,
+        "the notice cut nothing, so this run proves nothing: {:?}\n{}",
+        outcomes(plain),
+        run.stderr
+    );
+    let s = setup(&run, "lameduck+handoff");
+    assert_eq!(n(s, "requests"), n(plain, "requests"));
+    assert_eq!(
+        n(s, "lost"),
+        0,
+        "{:?}\n{}",
+        outcomes(s),
+        s["setup"]["notes"]
+    );
+    assert_eq!(n(s, "ok"), n(s, "requests"), "{:?}", outcomes(s));
+    let notes = s["setup"]["notes"].to_string();
+    assert!(
+        notes.contains("the gate took the notice as its deadline"),
+        "{notes}"
+    );
+    // The gateway counted the streams it carried past the pod's end.
+    let carried = notes
+        .split("gateway (lameduck gate --gateway) in front of the Service: ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("no gateway note: {notes}"));
+    assert!(carried >= 1, "{notes}");
 }
 
 /// `--drain surge`: the replacement is Ready and in the balancer before the pod is deleted, so
