@@ -40,6 +40,7 @@ fn rollout_every_hour_for_24h(bencher: divan::Bencher) {
                 surge: false,
                 rainbow: None,
                 handoff: false,
+                gateway: false,
             },
         )
         .run();

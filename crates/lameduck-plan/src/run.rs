@@ -70,6 +70,32 @@ pub struct Request {
     /// `--handoff`: also simulate gates that hand streams to a peer at the deadline (on by
     /// itself when the workload's gate has `--handoff-to`).
     pub handoff: bool,
+    /// `--gateway`: also simulate clients that reach the pods through a `lameduck gate
+    /// --gateway`, which continues on a peer every stream a pod ends.
+    pub gateway: bool,
+}
+
+/// What a simulated row adds to the pods.
+#[derive(Debug, Clone, Copy)]
+struct Variant {
+    /// `lameduck agent` on spot, surge-first `lameduck drain` on a node drain.
+    helped: bool,
+    /// The gates hand off what cannot finish (`--handoff-to`).
+    handoff: bool,
+    /// Clients behind `lameduck gate --gateway`.
+    gateway: bool,
+}
+
+impl Variant {
+    const PLAIN: Variant = Variant {
+        helped: false,
+        handoff: false,
+        gateway: false,
+    };
+    const HELPED: Variant = Variant {
+        helped: true,
+        ..Variant::PLAIN
+    };
 }
 
 /// A plan run that cannot go on; the message says what to change.
@@ -270,6 +296,7 @@ pub fn execute(req: &Request) -> Result<Output, RunError> {
         surge: false,
         rainbow: rainbow.clone(),
         handoff: false,
+        gateway: false,
     };
     // A rolling update whose grace period covers the longest request: what the rainbow is
     // compared with (the grace is the plan's own).
@@ -298,54 +325,99 @@ pub fn execute(req: &Request) -> Result<Output, RunError> {
             "--handoff: the pods have no gate, so nothing is handed off (no + handoff rows)".into(),
         );
     }
+    if req.gateway {
+        notes.push(format!(
+            "gateway (+ gateway rows): clients reach the pods through `lameduck gate --gateway`, which holds their connections; every stream a pod ends (its deadline, its SIGKILL, its node's end) continues on a peer with a free slot after {} s of prefill there, so the grace period no longer has to cover the longest request (docs/handoff.md)",
+            lameduck_timeline::secs_plain(crate::sim::HANDOFF_PREFILL)
+        ));
+    }
     let mut runs = Vec::new();
     for &scenario in &scenarios {
-        // (label, spec, scenario as simulated, (the agent on spot / surge-first on drain, handoff))
-        let mut specs: Vec<(String, &FleetSpec, Scenario, (bool, bool))> =
-            vec![("current".into(), &current, scenario, (false, false))];
+        // (label, spec, scenario as simulated, what helps it)
+        let mut specs: Vec<(String, &FleetSpec, Scenario, Variant)> =
+            vec![("current".into(), &current, scenario, Variant::PLAIN)];
         if req.compare {
             specs.push((
                 "recommended".into(),
                 &the_plan.fleet,
                 scenario,
-                (false, false),
+                Variant::PLAIN,
             ));
         }
         // On spot, a gated fleet is also simulated with `lameduck agent` on its nodes.
         if scenario.provider().is_some() {
             if current.pod.gated() {
-                specs.push(("current + agent".into(), &current, scenario, (true, false)));
+                specs.push((
+                    "current + agent".into(),
+                    &current,
+                    scenario,
+                    Variant::HELPED,
+                ));
             }
             if req.compare && the_plan.fleet.pod.gated() {
                 specs.push((
                     "recommended + agent".into(),
                     &the_plan.fleet,
                     scenario,
-                    (true, false),
+                    Variant::HELPED,
                 ));
             }
         }
         // A node drain is also simulated as `lameduck drain` does it: surge first.
         if scenario == Scenario::Drain {
-            specs.push(("current + surge".into(), &current, scenario, (true, false)));
+            specs.push((
+                "current + surge".into(),
+                &current,
+                scenario,
+                Variant::HELPED,
+            ));
             if req.compare {
                 specs.push((
                     "recommended + surge".into(),
                     &the_plan.fleet,
                     scenario,
-                    (true, false),
+                    Variant::HELPED,
                 ));
             }
         }
-        // Gates that hand what cannot finish to a peer (with the agent on spot).
-        if handoff && current.pod.gated() && scenario != Scenario::Rainbow {
-            let agent = scenario.provider().is_some();
+        // Gates that hand what cannot finish to a peer, and clients behind a gateway that
+        // continues whatever a pod ends (each with the agent on spot).
+        for (name, wanted, variant) in [
+            (
+                "handoff",
+                handoff && current.pod.gated(),
+                Variant {
+                    handoff: true,
+                    ..Variant::PLAIN
+                },
+            ),
+            (
+                "gateway",
+                req.gateway,
+                Variant {
+                    gateway: true,
+                    ..Variant::PLAIN
+                },
+            ),
+        ] {
+            if !wanted || scenario == Scenario::Rainbow {
+                continue;
+            }
+            let agent = scenario.provider().is_some() && current.pod.gated();
             let label = if agent {
-                "current + agent + handoff"
+                format!("current + agent + {name}")
             } else {
-                "current + handoff"
+                format!("current + {name}")
             };
-            specs.push((label.into(), &current, scenario, (agent, true)));
+            specs.push((
+                label,
+                &current,
+                scenario,
+                Variant {
+                    helped: agent,
+                    ..variant
+                },
+            ));
         }
         // A rainbow release against the rolling updates of the same pods: with their grace
         // period, and with one that covers the longest request.
@@ -354,7 +426,7 @@ pub fn execute(req: &Request) -> Result<Output, RunError> {
                 "current".into(),
                 &current,
                 Scenario::Rollout,
-                (false, false),
+                Variant::PLAIN,
             )];
             if long_grace.pod.grace > current.pod.grace {
                 specs.push((
@@ -364,25 +436,30 @@ pub fn execute(req: &Request) -> Result<Output, RunError> {
                     ),
                     &long_grace,
                     Scenario::Rollout,
-                    (false, false),
+                    Variant::PLAIN,
                 ));
             }
             specs.push((
                 "current + rainbow".into(),
                 &current,
                 Scenario::Rainbow,
-                (false, false),
+                Variant::PLAIN,
             ));
         }
         let simulate = |spec: &FleetSpec,
                         scenario: Scenario,
-                        (variant, handoff): (bool, bool),
+                        Variant {
+                            helped,
+                            handoff,
+                            gateway,
+                        }: Variant,
                         cfg: SimConfig| {
             let cfg = SimConfig {
                 scenario,
-                agent: variant && scenario.provider().is_some(),
-                surge: variant && scenario == Scenario::Drain,
+                agent: helped && scenario.provider().is_some(),
+                surge: helped && scenario == Scenario::Drain,
                 handoff,
+                gateway,
                 ..cfg
             };
             Sim::new(spec, &latency, rate.clone(), cfg).run()
@@ -640,7 +717,7 @@ pub fn render_text(o: &Output) -> String {
     if !o.runs.is_empty() {
         let _ = writeln!(
             t,
-            "\nSimulation (seed {}; times in seconds; refused = never served; killed silently = cut dead, no terminal event; ended cleanly = the gate's deadline ended it with a terminal event; + agent: `lameduck agent` on the nodes; + surge: `lameduck drain`, replacements Ready before the node's pods go; + handoff: the gates hand streams that cannot finish to a peer; + grace: the rolling update with a grace period covering the longest request; + rainbow: `lameduck rainbow`, a new colour beside the old one, retired when its gates are idle; extra pod-h = pod-hours above the replicas)",
+            "\nSimulation (seed {}; times in seconds; refused = never served; killed silently = cut dead, no terminal event; ended cleanly = the gate's deadline ended it with a terminal event; + agent: `lameduck agent` on the nodes; + surge: `lameduck drain`, replacements Ready before the node's pods go; + handoff: the gates hand streams that cannot finish to a peer; + gateway: clients behind `lameduck gate --gateway`, which continues on a peer every stream a pod ends; + grace: the rolling update with a grace period covering the longest request; + rainbow: `lameduck rainbow`, a new colour beside the old one, retired when its gates are idle; extra pod-h = pod-hours above the replicas)",
             o.runs[0].report.seed
         );
         let rows: Vec<crate::report::Row<'_>> = o

@@ -209,7 +209,16 @@ pub struct SimConfig {
     /// gate's) cuts the relay with the terminal event. Without a peer with a free slot the
     /// stream ends at the deadline, as without handoff.
     pub handoff: bool,
+    /// Clients reach the pods through a `lameduck gate --gateway` in front of the Service:
+    /// every stream a pod ends — its gate's deadline, its SIGKILL, its node's end — continues on
+    /// a peer with a free slot (after [`HANDOFF_PREFILL`]). The gateway holds the client's
+    /// connection, so nothing is relayed through the pod: it exits as without handoff. A
+    /// continuation cut by a second drain is not continued again. Implies `handoff`.
+    pub gateway: bool,
 }
+
+/// Attempts at a peer per handed-off stream: the gate's `--handoff-attempts` default.
+pub const HANDOFF_ATTEMPTS: u32 = 3;
 
 /// What a handoff adds before the peer's first token: its prefill of the prompt and the text
 /// so far. An assumption, the same for every stream.
@@ -332,12 +341,14 @@ struct Pod {
     lost: u32,
 }
 
-/// A handed-off stream: relayed through `pod`, continued on `peer`.
+/// A handed-off stream: from `pod`, continued on `peer`; relayed through `pod` unless a
+/// gateway holds the client's connection.
 #[derive(Debug, Clone, Copy)]
 struct Relay {
     pod: u32,
     peer: u32,
     active: bool,
+    via_pod: bool,
 }
 
 impl Pod {
@@ -673,8 +684,13 @@ impl<'a> Sim<'a> {
         }
     }
 
-    /// Ends everything the pod holds with `fate`; it serves nothing afterwards.
+    /// Ends everything the pod holds with `fate`; it serves nothing afterwards. Behind a
+    /// gateway, its streams continue on peers instead.
     fn cut(&mut self, pod: u32, fate: Fate) {
+        if self.cfg.gateway {
+            self.hand_off(pod, fate);
+            return;
+        }
         let now = self.now;
         let p = &mut self.pods[pod as usize];
         if p.cut {
@@ -697,11 +713,12 @@ impl<'a> Sim<'a> {
         }
     }
 
-    /// The deadline came with streams in flight: each goes to a peer with a free slot and is
-    /// relayed through this pod until it completes there or this pod's hard stop ends it.
-    /// Responses still waiting in the engine's queue had not started: they end as without
-    /// handoff, and so do continuations this pod was running for other pods.
-    fn hand_off(&mut self, pod: u32) {
+    /// The deadline came with streams in flight (or, behind a gateway, anything ended the
+    /// pod): each goes to a peer with a free slot and is relayed through this pod until it
+    /// completes there or this pod's hard stop ends it (behind a gateway: until it completes).
+    /// Responses still waiting in the engine's queue had not started: they end with `fate`, as
+    /// without handoff, and so do continuations this pod was running for other pods.
+    fn hand_off(&mut self, pod: u32, fate: Fate) {
         let now = self.now;
         if self.pods[pod as usize].cut {
             return;
@@ -715,6 +732,26 @@ impl<'a> Sim<'a> {
                 _ => None,
             })
             .collect();
+        // Behind a gateway, the continuations this pod was running for other pods go on too
+        // (the gateway's next attempt): their relays end here and new ones start.
+        if self.cfg.gateway {
+            let continuing: Vec<(u32, Time)> = self
+                .heap
+                .iter()
+                .filter_map(|Reverse((t, _, EvSlot(ev)))| match ev {
+                    Ev::RelayEnd { relay } => Some((*relay, *t)),
+                    _ => None,
+                })
+                .filter(|&(r, _)| {
+                    let x = self.relays[r as usize];
+                    x.active && x.peer == pod
+                })
+                .collect();
+            for (r, t) in continuing {
+                self.relays[r as usize].active = false;
+                ends.push(t);
+            }
+        }
         ends.sort();
         let p = &mut self.pods[pod as usize];
         ends.truncate(p.in_flight as usize);
@@ -730,21 +767,31 @@ impl<'a> Sim<'a> {
             }
         }
         self.in_flight -= u64::from(ended);
-        self.counts.truncated += u64::from(ended);
+        match fate {
+            Fate::Killed => self.counts.killed += u64::from(ended),
+            Fate::Truncated => self.counts.truncated += u64::from(ended),
+        }
+        let via_pod = !self.cfg.gateway;
         for end in ends {
+            // Through the balancer, as the continuation goes to the Service: a pick that cannot
+            // take it (this pod, still in a lagging balancer; one that is draining or full) is
+            // an attempt that fails, and the gate tries again up to its `--handoff-attempts`.
             let mut rng = std::mem::replace(&mut self.peer_rng, Pcg64Mcg::seed_from_u64(0));
-            let picked = self.pick_with(&mut rng);
-            self.peer_rng = rng;
-            let peer = picked.filter(|&q| {
-                let c = &self.pods[q as usize];
-                q != pod
-                    && !c.cut
-                    && !c.exited
-                    && c.serving
-                    && c.accepting
-                    && c.in_flight < self.spec.pod.concurrency
+            let peer = (0..HANDOFF_ATTEMPTS).find_map(|_| {
+                self.pick_with(&mut rng).filter(|&q| {
+                    let c = &self.pods[q as usize];
+                    q != pod
+                        && !c.cut
+                        && !c.exited
+                        && c.serving
+                        && c.accepting
+                        && c.in_flight < self.spec.pod.concurrency
+                })
             });
-            let outcome = if peer.is_some() {
+            self.peer_rng = rng;
+            // Behind a gateway the pod's gate ended the stream as it would have without
+            // handoff; the gateway continues it, and the pod relays nothing.
+            let outcome = if peer.is_some() && via_pod {
                 Outcome::HandedOff
             } else {
                 Outcome::Truncated
@@ -753,10 +800,13 @@ impl<'a> Sim<'a> {
                 g.request_finished(now, outcome);
             }
             let Some(peer) = peer else {
-                // Nowhere to go: the terminal event, as without handoff.
+                // Nowhere to go: ended as without handoff.
                 self.pods[pod as usize].lost += 1;
                 self.in_flight -= 1;
-                self.counts.truncated += 1;
+                match fate {
+                    Fate::Killed => self.counts.killed += 1,
+                    Fate::Truncated => self.counts.truncated += 1,
+                }
                 continue;
             };
             self.pods[peer as usize].in_flight += 1;
@@ -768,6 +818,7 @@ impl<'a> Sim<'a> {
                 pod,
                 peer,
                 active: true,
+                via_pod,
             });
             let finish = now + HANDOFF_PREFILL + end.saturating_sub(now);
             self.push(finish, Ev::RelayEnd { relay });
@@ -779,7 +830,12 @@ impl<'a> Sim<'a> {
     /// actions are being carried out already).
     fn end_relay(&mut self, relay: u32, cut: Option<Fate>, drive: bool) {
         let now = self.now;
-        let Relay { pod, peer, active } = self.relays[relay as usize];
+        let Relay {
+            pod,
+            peer,
+            active,
+            via_pod,
+        } = self.relays[relay as usize];
         if !active {
             return;
         }
@@ -817,7 +873,7 @@ impl<'a> Sim<'a> {
                 self.exit(peer);
             }
         }
-        if !self.pods[pod as usize].exited {
+        if via_pod && !self.pods[pod as usize].exited {
             if let Some(g) = self.pods[pod as usize].gate.as_mut() {
                 g.relay_finished(now, cut.is_none() && !counted);
             }
@@ -832,7 +888,7 @@ impl<'a> Sim<'a> {
     fn cut_relays(&mut self, pod: u32, fate: Fate) {
         for r in 0..self.relays.len() as u32 {
             let x = self.relays[r as usize];
-            if x.active && x.pod == pod {
+            if x.active && x.via_pod && x.pod == pod {
                 self.end_relay(r, Some(fate), false);
             }
         }
@@ -1027,7 +1083,9 @@ impl<'a> Sim<'a> {
         {
             match action {
                 Action::StartRefusing => self.pods[pod as usize].accepting = false,
-                Action::EndStreams if self.cfg.handoff => self.hand_off(pod),
+                Action::EndStreams if self.cfg.handoff || self.cfg.gateway => {
+                    self.hand_off(pod, Fate::Truncated);
+                }
                 Action::EndStreams => self.cut(pod, Fate::Truncated),
                 // The preStop `/drain` returns: the kubelet sends SIGTERM to an idle engine.
                 Action::Drained => {

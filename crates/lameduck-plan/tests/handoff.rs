@@ -1,10 +1,11 @@
 //! Handoff in the simulator: at the drain deadline a gate hands each stream in flight to a
-//! peer and relays it through its own pod, which lives no longer than its grace period.
+//! peer and relays it through its own pod, which lives no longer than its grace period; behind
+//! a gateway, the stream continues on the peer whatever ends its pod.
 
 use std::time::Duration;
 
 use lameduck_plan::{
-    FleetSpec, Latency, PodModel, Rate, Scenario, Shutdown, Sim, SimConfig, SimReport,
+    FleetSpec, Latency, OnSigterm, PodModel, Rate, Scenario, Shutdown, Sim, SimConfig, SimReport,
 };
 
 const S: fn(u64) -> Duration = Duration::from_secs;
@@ -34,6 +35,10 @@ fn fleet(replicas: u32, cold_start: u64) -> FleetSpec {
 }
 
 fn run(spec: &FleetSpec, scenario: Scenario, handoff: bool) -> SimReport {
+    run_with(spec, scenario, handoff, false)
+}
+
+fn run_with(spec: &FleetSpec, scenario: Scenario, handoff: bool, gateway: bool) -> SimReport {
     // Durations spread from 20 s to 100 s: at the deadline some streams are nearly done and
     // some have a minute to go.
     let lat = Latency::from_samples((20..=100).map(f64::from).collect()).expect("samples");
@@ -52,6 +57,7 @@ fn run(spec: &FleetSpec, scenario: Scenario, handoff: bool) -> SimReport {
             surge: false,
             rainbow: None,
             handoff,
+            gateway,
         },
     )
     .run()
@@ -102,4 +108,70 @@ fn without_a_peer_nothing_is_handed_off() {
     assert!(plain.requests.truncated > 0, "{plain:#?}");
     assert_eq!(with.requests.handed_off, 0, "{with:#?}");
     assert_eq!(with.requests.truncated, plain.requests.truncated);
+}
+
+/// Behind a gateway the client's connection does not end on the pod: every stream the
+/// deadline ends continues on a peer and completes there, the long ones too, and the pods
+/// exit as soon as their deadline passed, relaying nothing.
+#[test]
+fn behind_a_gateway_every_stream_the_deadline_ends_completes_on_a_peer() {
+    for scenario in [Scenario::Drain, Scenario::Rollout] {
+        let spec = fleet(4, 20);
+        let plain = run(&spec, scenario, false);
+        let relayed = run(&spec, scenario, true);
+        let gateway = run_with(&spec, scenario, false, true);
+        assert_eq!(
+            plain.requests.total, gateway.requests.total,
+            "same arrivals"
+        );
+        assert!(plain.requests.truncated > 0, "{scenario:?}: {plain:#?}");
+        // Each stream the deadline ends is accounted for once: continued, or ended when no
+        // attempt found a peer with a free slot (rare: the peers have 64 slots).
+        assert_eq!(
+            gateway.requests.handed_off + gateway.requests.truncated,
+            plain.requests.truncated,
+            "{scenario:?}: {gateway:#?}"
+        );
+        assert_eq!(gateway.requests.killed, 0, "{scenario:?}: {gateway:#?}");
+        assert!(
+            gateway.requests.truncated * 4 <= plain.requests.truncated,
+            "{scenario:?}: {gateway:#?}"
+        );
+        assert!(gateway.requests.handed_off > relayed.requests.handed_off);
+        assert_eq!(
+            gateway.requests.ok,
+            plain.requests.ok + gateway.requests.handed_off
+        );
+        // No pod waits for a relay.
+        assert!(
+            gateway.pod_drain.max <= plain.pod_drain.max + 0.001,
+            "{scenario:?}: {} > {}",
+            gateway.pod_drain.max,
+            plain.pod_drain.max
+        );
+    }
+}
+
+/// A pod without a gate whose engine aborts its streams on SIGTERM (vLLM's default) loses
+/// them; behind a gateway they continue on a peer.
+#[test]
+fn behind_a_gateway_streams_an_ungated_pod_aborts_continue() {
+    let mut spec = fleet(4, 20);
+    spec.pod.shutdown = Shutdown::Plain {
+        pre_stop: S(0),
+        on_sigterm: OnSigterm::Abort,
+    };
+    let plain = run(&spec, Scenario::Rollout, false);
+    let gateway = run_with(&spec, Scenario::Rollout, false, true);
+    let lost = |r: &SimReport| r.requests.killed + r.requests.truncated;
+    assert!(lost(&plain) > 0, "{plain:#?}");
+    // Continuations change the pods' loads, so the balancer's later choices differ a little
+    // from the run without a gateway: what is lost is compared, not matched stream by stream.
+    assert!(gateway.requests.handed_off > 0, "{gateway:#?}");
+    assert!(lost(&gateway) * 4 <= lost(&plain), "{gateway:#?}");
+    assert_eq!(
+        gateway.requests.ok + lost(&gateway) + gateway.requests.refused,
+        gateway.requests.total,
+        "{gateway:#?}"
+    );
 }

@@ -65,6 +65,7 @@ fn run(
             surge: false,
             rainbow: Some(settings),
             handoff: false,
+            gateway: false,
         },
     )
     .run()

@@ -48,6 +48,7 @@ fn run(spec: &FleetSpec, lat: &Latency, rate: f64, scenario: Scenario, seed: u64
             surge: false,
             rainbow: None,
             handoff: false,
+            gateway: false,
         },
     )
     .run()

@@ -167,6 +167,12 @@ pub struct PlanArgs {
     #[arg(long)]
     pub handoff: bool,
 
+    /// Also simulate clients that reach the pods through `lameduck gate --gateway`, which
+    /// continues on a peer every stream a pod ends (its deadline, its SIGKILL, its node's
+    /// end): rows `+ gateway`.
+    #[arg(long)]
+    pub gateway: bool,
+
     /// Output on stdout: the table, or JSON.
     #[arg(long, value_enum, default_value_t = Format::Human)]
     pub format: Format,
@@ -279,6 +285,7 @@ pub fn run(args: PlanArgs) -> anyhow::Result<i32> {
         quiet_period: args.quiet_period,
         max_age: args.max_age,
         handoff: args.handoff,
+        gateway: args.gateway,
     };
     let out = run::execute(&req)?;
     if let Some(path) = &args.chart {

@@ -55,6 +55,7 @@ fn plan_need(objects: &[Object], w: &Workload<'_>) -> Option<String> {
         quiet_period: None,
         max_age: None,
         handoff: false,
+        gateway: false,
     };
     let (_, plan, _) = recommend(&req).ok()?;
     plan.recommendations

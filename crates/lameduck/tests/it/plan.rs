@@ -241,10 +241,7 @@ fn run_of<'a>(runs: &'a [Value], spec: &str) -> &'a Value {
 /// cannot finish ends cleanly at the notice's deadline.
 #[test]
 fn spot_with_and_without_the_agent() {
-    let gated = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../docs/examples/kube-vllm.yaml")
-        .display()
-        .to_string();
+    let gated = kube_vllm();
     for scenario in ["spot-gcp", "spot-azure"] {
         let runs = plan_runs(&["-f", &gated, "--max-request", "90s", "--scenario", scenario]);
         let row = |spec: &str| run_of(&runs, spec);
@@ -355,15 +352,22 @@ fn rainbow_against_rolling_updates() {
     assert!(all.iter().any(|r| r["scenario"] == "rainbow"), "{all:?}");
 }
 
-/// `--handoff` adds rows where the gates hand streams that cannot finish to a peer: each
-/// stream the deadline ends is then either completed on the peer or still ended, and the
-/// notes say why the grace period does not shrink.
-#[test]
-fn handoff_rows_account_for_every_stream_the_deadline_ends() {
-    let gated = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+/// docs/examples/kube-vllm.yaml: a gated vLLM Deployment.
+fn kube_vllm() -> String {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../docs/examples/kube-vllm.yaml")
         .display()
-        .to_string();
+        .to_string()
+}
+
+/// `--handoff` adds rows where the gates hand streams that cannot finish to a peer: each
+/// stream the deadline ends is then either completed on the peer or still ended, and the
+/// notes say why the grace period does not shrink. `--gateway` adds rows where clients reach
+/// the pods through `lameduck gate --gateway`: those streams continue on peers past the
+/// reclaimed pod's end, where the gates' own handoff cannot carry them.
+#[test]
+fn handoff_and_gateway_rows_account_for_every_stream_the_deadline_ends() {
+    let gated = kube_vllm();
     let args = [
         "-f",
         &gated,
@@ -372,13 +376,26 @@ fn handoff_rows_account_for_every_stream_the_deadline_ends() {
         "--scenario",
         "spot-aws",
         "--handoff",
+        "--gateway",
     ];
     let runs = plan_runs(&args);
     let n = |r: &Value, k: &str| r["requests"][k].as_u64().expect("count");
-    let (agent, handoff) = (
+    let (agent, handoff, gateway) = (
         run_of(&runs, "current + agent"),
         run_of(&runs, "current + agent + handoff"),
+        run_of(&runs, "current + agent + gateway"),
     );
+    assert_eq!(n(agent, "total"), n(gateway, "total"));
+    assert!(
+        n(handoff, "truncated") > 0,
+        "the relays through the pod end with it: {handoff}"
+    );
+    assert_eq!(
+        n(gateway, "truncated") + n(gateway, "killed"),
+        0,
+        "{gateway}"
+    );
+    assert_eq!(n(gateway, "handed_off"), n(agent, "truncated"), "{gateway}");
     assert_eq!(n(agent, "total"), n(handoff, "total"));
     assert!(n(agent, "truncated") > 0, "{agent}");
     assert_eq!(
