@@ -45,6 +45,9 @@ pub enum GateMode {
     Sidecar,
     /// The gate runs the engine as its child (`lameduck gate … -- CMD`).
     Wrapper,
+    /// The gate fronts a Service, not a container of its pod (`--gateway`): it is the pod's
+    /// server itself.
+    Gateway,
 }
 
 /// The gate as the pod runs it.
@@ -404,7 +407,9 @@ fn read_gate(slot: Slot, c: &core::Container) -> Option<Gate> {
         .ok()
         .and_then(|f| f.args().ok())
         .unwrap_or_else(GateArgs::defaults);
-    let mode = if args.command.is_empty() || words.iter().all(|w| w != "--") {
+    let mode = if args.gateway {
+        GateMode::Gateway
+    } else if args.command.is_empty() || words.iter().all(|w| w != "--") {
         GateMode::Sidecar
     } else {
         GateMode::Wrapper

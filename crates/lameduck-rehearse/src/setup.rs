@@ -599,6 +599,16 @@ fn setup_of(object: &Object) -> Result<Setup, Error> {
             where_()
         )));
     };
+    if model
+        .gate
+        .as_ref()
+        .is_some_and(|g| g.mode == lameduck_pod::GateMode::Gateway)
+    {
+        return Err(Error::Input(format!(
+            "{}: a handoff gateway (`lameduck gate --gateway`) fronts a Service, not an engine of its own pod: rehearse the Deployment it fronts, and `--setups lameduck+handoff` for the gateway's effect",
+            where_()
+        )));
+    }
     let gate = model.gate.as_ref().and_then(|g| {
         let c = workload.container(g.slot)?;
         Some((

@@ -55,7 +55,13 @@ pub(crate) struct Headroom {
 pub(crate) fn check(ctx: &mut Ctx<'_>, w: &Workload<'_>) -> Option<Headroom> {
     let o = w.object;
     let grace = w.grace();
-    if grace > Duration::from_secs(600) {
+    // A handoff gateway's long grace period is the point: it holds the streams, on a CPU pod.
+    let gateway = w
+        .model
+        .gate
+        .as_ref()
+        .is_some_and(|g| g.mode == lameduck_pod::GateMode::Gateway);
+    if grace > Duration::from_secs(600) && !gateway {
         ctx.emit(
             LONG_LIVED_WORK,
             w.into(),

@@ -131,14 +131,20 @@ fn the_kube_example_lints_clean_and_is_injects_output() {
     assert_eq!(String::from_utf8_lossy(&again.stdout), text);
 }
 
-/// The agent's DaemonSet in docs/agent.md lints clean.
+/// The agent's DaemonSet in docs/agent.md and the handoff gateway in docs/handoff.md lint
+/// clean (the gateway's long grace period is not long-lived GPU work), and validate against
+/// the Kubernetes schema.
 #[test]
-fn the_agent_daemonset_lints_clean() {
-    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../docs/examples/agent-daemonset.yaml");
-    let (code, out) = lint(&[example.to_str().expect("utf-8 path")], None);
-    assert_eq!(code, 0, "{out}");
-    assert!(out.contains("0 error(s), 0 warning(s)"), "{out}");
+fn the_agent_daemonset_and_the_handoff_gateway_lint_clean() {
+    for name in ["agent-daemonset", "handoff-gateway"] {
+        let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join(format!("../../docs/examples/{name}.yaml"));
+        let (code, out) = lint(&[example.to_str().expect("utf-8 path")], None);
+        assert_eq!(code, 0, "{name}: {out}");
+        assert!(out.contains("0 error(s), 0 warning(s)"), "{name}: {out}");
+        assert!(!out.contains("long-lived-work"), "{name}: {out}");
+        crate::support::assert_schema_valid(name, &[&example]);
+    }
 }
 
 /// `examples/ENGINE/`: each server's Deployment as people write it, and what `inject --kube`
