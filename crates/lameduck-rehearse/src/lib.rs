@@ -80,8 +80,10 @@ pub struct RehearseArgs {
     #[arg(short = 'f', long = "file", value_name = "FILE")]
     pub file: Option<PathBuf>,
 
-    /// Setups to compare, in order: naive, shell, lameduck. Default: all three, or naive and
-    /// the manifest's with -f.
+    /// Setups to compare, in order: naive, shell, lameduck; also lameduck+pod-handoff (the
+    /// pods' gates hand off with --handoff-to) and lameduck+handoff (the same behind a `lameduck
+    /// gate --gateway`, which carries streams past their pod's end). Default: naive, shell and
+    /// lameduck, or naive and the manifest's with -f.
     #[arg(long, value_delimiter = ',', value_name = "LIST")]
     pub setups: Vec<String>,
 

@@ -641,3 +641,63 @@ fn a_gateway_wraps_no_engine() {
         "{err}"
     );
 }
+
+/// The official OpenAI Python and Node clients behind a gateway, chat and completions, with
+/// and without usage: their pod vanishes mid-stream (its gate and engine SIGKILLed) and each
+/// still receives one complete completion, the text of an uninterrupted run, with no error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_clients_behind_a_gateway_outlive_their_pod() {
+    let (_peer_proc, peer) = sim(&["--tokens-per-second", "40"]).await;
+    let (_ref_proc, reference) = sim(&["--tokens-per-second", "5000"]).await;
+    let mut sim_args = SIM.to_vec();
+    sim_args.extend_from_slice(&["--tokens-per-second", "20"]);
+    let pod = Gate::wrapping_sim(&[], &sim_args).await;
+    let to = format!("http://{peer}");
+    let gateway = Gate::sidecar(pod.proxy, &["--gateway", "--handoff-to", &to]).await;
+    let cases = [
+        ("python", "chat", true, 41),
+        ("python", "completions", false, 42),
+        ("node", "chat", false, 43),
+        ("node", "completions", true, 44),
+    ];
+    let mut expected = Vec::new();
+    for &(lang, api, usage, seed) in &cases {
+        expected.push(
+            client(lang, format!("http://{reference}/v1"), api, usage, seed)
+                .await
+                .expect("join"),
+        );
+    }
+    let runs: Vec<_> = cases
+        .iter()
+        .map(|&(lang, api, usage, seed)| client(lang, gateway.url("/v1"), api, usage, seed))
+        .collect();
+    pod.wait_streams(cases.len() as u64).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    drop(pod);
+    for ((lang, api, usage, seed), (run, want)) in
+        cases.into_iter().zip(runs.into_iter().zip(&expected))
+    {
+        let what = format!("{lang} {api} usage={usage} seed={seed}");
+        assert_eq!(want["result"], "completed", "reference run: {want}");
+        let got = run.await.expect("join");
+        assert_eq!(got["result"], "completed", "{what}: {got}");
+        assert_eq!(got["text"], want["text"], "{what}");
+        assert_eq!(got["finish"], want["finish"], "{what}");
+        assert_eq!(
+            got["ids"].as_array().map(Vec::len),
+            Some(1),
+            "{what}: {got}"
+        );
+        if usage {
+            assert_eq!(got["usage"], want["usage"], "{what}: usage adds both parts");
+        }
+    }
+    settled(&gateway).await;
+    assert_eq!(
+        gateway
+            .metric("lameduck_gate_handoffs_total{outcome=\"completed\"}")
+            .await,
+        Some(cases.len() as f64)
+    );
+}
