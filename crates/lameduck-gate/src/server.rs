@@ -359,6 +359,8 @@ async fn drain(shared: &Arc<Shared>, req: &Request<Incoming>) -> Response<GateBo
         }
     };
     let wait = !matches!(query_param(query, "wait"), Some("false" | "0"));
+    // Open until this call returns: the kubelet's SIGTERM follows a preStop's return.
+    let _hook = wait.then(|| shared.hook_call());
     let join = shared.drain(DrainRequest {
         deadline,
         ..DrainRequest::new(Trigger::Endpoint)

@@ -131,6 +131,35 @@ pub struct Shared {
     pub pressure_changed: Notify,
     /// gRPC calls and WebSocket connections that ended during the drain, by how.
     protocols: Mutex<ProtocolEnds>,
+    /// Blocking `/drain` calls: how a preStop hook uses the gate.
+    hook: Mutex<Hook>,
+}
+
+/// The blocking `/drain` calls seen, on the machine's clock: the kubelet's grace period starts
+/// when its preStop hook does, and its SIGTERM follows the hook's return.
+#[derive(Debug, Default)]
+struct Hook {
+    /// When the first of the calls still open (or the last ones) came.
+    began: Option<Duration>,
+    open: u32,
+    returned: Option<Duration>,
+}
+
+/// A SIGTERM this soon after a blocking `/drain` returned (unscaled) is the same termination's:
+/// the kubelet sends it as soon as the preStop hook ends.
+pub const HOOK_TO_SIGTERM: Duration = Duration::from_secs(2);
+
+/// Counts a blocking `/drain` call as open until dropped.
+#[derive(Debug)]
+pub struct HookCall<'a>(&'a Shared);
+
+impl Drop for HookCall<'_> {
+    fn drop(&mut self) {
+        let now = self.0.now();
+        let mut h = self.0.hook();
+        h.open = h.open.saturating_sub(1);
+        h.returned = Some(now);
+    }
 }
 
 /// How gRPC calls and WebSocket connections ended during the drain.
@@ -180,7 +209,42 @@ impl Shared {
             pressure: AtomicBool::new(false),
             pressure_changed: Notify::new(),
             protocols: Mutex::new(ProtocolEnds::default()),
+            hook: Mutex::new(Hook::default()),
         })
+    }
+
+    fn hook(&self) -> std::sync::MutexGuard<'_, Hook> {
+        self.hook.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A blocking `/drain` call begins (a preStop hook, usually); it ends when the returned
+    /// value is dropped.
+    pub fn hook_call(&self) -> HookCall<'_> {
+        let now = self.now();
+        let mut h = self.hook();
+        if h.open == 0 {
+            h.began = Some(now);
+        }
+        h.open += 1;
+        drop(h);
+        HookCall(self)
+    }
+
+    /// How much of the kubelet's grace period a SIGTERM arriving now finds spent: the time
+    /// since the preStop `/drain` began, when one is still open or has just returned (the
+    /// kubelet counts the grace period from the hook's start); `--pre-stop-spent` otherwise.
+    pub fn spent_at_sigterm(&self) -> Duration {
+        let now = self.now();
+        let h = self.hook();
+        let recent = HOOK_TO_SIGTERM.div_f64(self.config.time_scale);
+        let same_termination =
+            h.open > 0 || h.returned.is_some_and(|r| now.saturating_sub(r) <= recent);
+        match h.began {
+            Some(began) if same_termination => {
+                now.saturating_sub(began).max(self.config.pre_stop_spent)
+            }
+            _ => self.config.pre_stop_spent,
+        }
     }
 
     /// Now, on the machine's clock.

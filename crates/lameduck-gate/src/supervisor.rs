@@ -369,7 +369,7 @@ pub async fn signal_loop(shared: Arc<Shared>, signals: Signals) {
         };
         tracing::info!(signal = name, "Signal received");
         shared.drain(DrainRequest {
-            already_spent: shared.config.pre_stop_spent,
+            already_spent: shared.spent_at_sigterm(),
             exit: true,
             ..DrainRequest::new(Trigger::Signal)
         });

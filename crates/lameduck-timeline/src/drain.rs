@@ -640,8 +640,9 @@ impl DrainMachine {
                 }
                 if req.exit && !d.exit {
                     // A SIGTERM that joins an earlier drain (marker file, operator, spot
-                    // notice) starts the kubelet's grace period now: the engine may be
-                    // stopped as late as that period allows.
+                    // notice) starts the kubelet's grace period now, less what the caller
+                    // says is spent (a preStop `/drain` that just returned: its time): the
+                    // engine may be stopped as late as that period allows.
                     let hard_stop = self.config.budget(req.already_spent).hard_stop(now);
                     d.hard_stop = d.hard_stop.max(hard_stop);
                 }

@@ -701,3 +701,45 @@ async fn openai_clients_behind_a_gateway_outlive_their_pod() {
         Some(cases.len() as f64)
     );
 }
+
+/// The kubelet's way: a blocking `/drain` as the preStop hook, SIGTERM as soon as it returns,
+/// SIGKILL when the grace period counted from the hook's start runs out. A relay still running
+/// then must be ended by the gate with the terminal event before that SIGKILL: the gate counts
+/// the grace period from the hook's start, not from the SIGTERM (which came after the
+/// deadline here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_pre_stop_drain_relays_end_cleanly_before_the_kubelets_sigkill() {
+    // A slow peer: the rest of the stream never fits in what is left after the deadline.
+    let (_peer_proc, peer) = sim(&["--tokens-per-second", "4"]).await;
+    let grace = 12;
+    let mut gate = gate_at(
+        peer,
+        "10",
+        &["--grace-period", &grace.to_string(), "--kill-margin", "2"],
+    )
+    .await;
+    let run = cut_stream(&gate, chat(51, Value::Null)).await;
+    gate.wait_streams(1).await;
+    // The preStop hook: blocks until the drain is over (here, the deadline's handoff).
+    let hook_start = tokio::time::Instant::now();
+    let (status, _) = get(&gate.admin_url("/drain"))
+        .await
+        .expect("preStop /drain");
+    assert_eq!(status, 200);
+    gate.proc.signal(Signal::SIGTERM);
+    // The kubelet's SIGKILL would come `grace` after the hook started; allow 3 s of slack on a
+    // busy machine, far less than the grace period a SIGTERM-based count would add.
+    let kill_at = hook_start + Duration::from_secs(grace + 3);
+    let left = kill_at.saturating_duration_since(tokio::time::Instant::now());
+    assert_eq!(gate.proc.wait_exit(left).await, 0);
+    let (end, text) = run.await.expect("join");
+    assert_eq!(
+        end,
+        shutdown_error(),
+        "the relay ended with the terminal event"
+    );
+    assert!(!text.is_empty());
+    let report = gate.proc.report();
+    assert_eq!(report["handed_off"], 1, "{report}");
+    assert_eq!(report["handoffs_failed"], 1, "{report}");
+}
