@@ -145,10 +145,6 @@ struct Hook {
     returned: Option<Duration>,
 }
 
-/// A SIGTERM this soon after a blocking `/drain` returned (unscaled) is the same termination's:
-/// the kubelet sends it as soon as the preStop hook ends.
-pub const HOOK_TO_SIGTERM: Duration = Duration::from_secs(2);
-
 /// Counts a blocking `/drain` call as open until dropped.
 #[derive(Debug)]
 pub struct HookCall<'a>(&'a Shared);
@@ -234,17 +230,15 @@ impl Shared {
     /// since the preStop `/drain` began, when one is still open or has just returned (the
     /// kubelet counts the grace period from the hook's start); `--pre-stop-spent` otherwise.
     pub fn spent_at_sigterm(&self) -> Duration {
-        let now = self.now();
         let h = self.hook();
-        let recent = HOOK_TO_SIGTERM.div_f64(self.config.time_scale);
-        let same_termination =
-            h.open > 0 || h.returned.is_some_and(|r| now.saturating_sub(r) <= recent);
-        match h.began {
-            Some(began) if same_termination => {
-                now.saturating_sub(began).max(self.config.pre_stop_spent)
-            }
-            _ => self.config.pre_stop_spent,
-        }
+        lameduck_timeline::spent_at_sigterm(
+            self.now(),
+            h.began,
+            h.open > 0,
+            h.returned,
+            lameduck_timeline::HOOK_TO_SIGTERM.div_f64(self.config.time_scale),
+            self.config.pre_stop_spent,
+        )
     }
 
     /// Now, on the machine's clock.

@@ -18,6 +18,6 @@ pub use drain::{
 pub use duration::{Dur, ParseDurationError, fmt_secs, parse_duration, secs_plain};
 pub use pod::{
     Budget, CONVERGENCE_REASON, Convergence, DEFAULT_CHILD_TIMEOUT, DEFAULT_CONVERGENCE_WINDOW,
-    DEFAULT_GRACE, DEFAULT_KILL_MARGIN, GraceNeed, KUBELET_MIN_STOP_WINDOW, PreStop, Probe,
-    Termination, terminating_peak,
+    DEFAULT_GRACE, DEFAULT_KILL_MARGIN, GraceNeed, HOOK_TO_SIGTERM, KUBELET_MIN_STOP_WINDOW,
+    PreStop, Probe, Termination, spent_at_sigterm, terminating_peak,
 };

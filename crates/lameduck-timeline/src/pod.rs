@@ -318,6 +318,30 @@ pub fn terminating_peak(replicas: i32, per_step: i32, ready: Duration, drain: Du
     replicas.min(overlapping.min(f64::from(i32::MAX)) as i32)
 }
 
+/// A SIGTERM this soon after a blocking `/drain` returned is the same termination's: the
+/// kubelet sends it as soon as the preStop hook ends.
+pub const HOOK_TO_SIGTERM: Duration = Duration::from_secs(2);
+
+/// How much of the kubelet's grace period a SIGTERM arriving at `now` finds spent, given the
+/// blocking `/drain` calls seen (a preStop hook: the first of the open ones `began`, `open` of
+/// them still waiting, the last `returned`): the time since the hook began when one is still
+/// open or returned at most `recent` ago (the grace period counts from the hook's start);
+/// `floor` (`--pre-stop-spent`) otherwise, and never less.
+pub fn spent_at_sigterm(
+    now: Duration,
+    began: Option<Duration>,
+    open: bool,
+    returned: Option<Duration>,
+    recent: Duration,
+    floor: Duration,
+) -> Duration {
+    let same_termination = open || returned.is_some_and(|r| now.saturating_sub(r) <= recent);
+    match began {
+        Some(began) if same_termination => now.saturating_sub(began).max(floor),
+        _ => floor,
+    }
+}
+
 /// One container's termination, as the kubelet runs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Termination {
@@ -359,6 +383,36 @@ impl Termination {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sigterm_after_the_pre_stop_hook_finds_the_hooks_time_spent() {
+        let s = Duration::from_secs;
+        let recent = HOOK_TO_SIGTERM;
+        // The hook ran 170 s and returned just now: 170 s of the grace period are gone.
+        assert_eq!(
+            spent_at_sigterm(s(200), Some(s(30)), false, Some(s(199)), recent, s(0)),
+            s(170)
+        );
+        // Still open (the kubelet's grace ran out first): all of it.
+        assert_eq!(
+            spent_at_sigterm(s(60), Some(s(30)), true, None, recent, s(0)),
+            s(30)
+        );
+        // An operator's /drain long before: this SIGTERM starts its own count.
+        assert_eq!(
+            spent_at_sigterm(s(900), Some(s(30)), false, Some(s(100)), recent, s(0)),
+            s(0)
+        );
+        // No hook: --pre-stop-spent; and it is a floor.
+        assert_eq!(
+            spent_at_sigterm(s(50), None, false, None, recent, s(15)),
+            s(15)
+        );
+        assert_eq!(
+            spent_at_sigterm(s(40), Some(s(35)), true, None, recent, s(15)),
+            s(15)
+        );
+    }
 
     const S: fn(u64) -> Duration = Duration::from_secs;
 
